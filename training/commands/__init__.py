@@ -1,0 +1,1 @@
+"""One module per `train` sub-command; each defines ``register(app)``."""
