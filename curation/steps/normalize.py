@@ -48,6 +48,8 @@ def normalize_answer_text(answer: str) -> str:
     """Normalise a gold answer string for storage (see module docstring)."""
     a = normalize_text(answer)
     a = _LATEX_SPACING.sub("", a)
+    if a.endswith(".") and not a.endswith(".."):
+        a = a[:-1].rstrip()
     m = _MATH_WRAP.match(a)
     if m:
         a = next(g for g in m.groups() if g is not None).strip()

@@ -2,7 +2,11 @@
 
 Reasons: ``empty_problem``; ``too_short`` / ``too_long`` (characters of problem text, bounds configurable);
 ``corrupt_image`` (bytes that do not decode); ``tiny_image`` (a side below ``min_image_side`` pixels);
-``missing_image`` (the text refers to ``<imageK>`` but fewer than K images are attached).
+``missing_image`` (the text refers to ``<imageK>`` but no image is attached).
+
+Why "no image" and not "fewer than K": real sets pack several referenced figures into one composite
+picture - MATH-Vision's testmini has problems that mention ``<image1>`` ... ``<image7>`` with a single
+image file - so a count mismatch is normal there, while a reference with nothing attached never is.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ class Sanity(Step):
                 return "tiny_image", f"image {i} is {pil.size[0]}x{pil.size[1]} px (< {self.min_image_side})"
         if self.check_image_refs:
             refs = [int(k) for k in _IMG_REF.findall(text)]
-            if refs and max(refs) > len(images):
-                return "missing_image", f"text refers to <image{max(refs)}> but {len(images)} image(s) attached"
+            if refs and not images:
+                return "missing_image", f"text refers to <image{max(refs)}> but no image is attached"
         return None
 
     def run(self, rows: Iterable[dict]) -> Iterator[dict | Excluded]:
