@@ -1,0 +1,239 @@
+"""VPSTable: initial scores (dataset columns / joined scores table / prior), the documented EMA update from
+the trainer's own rollouts, its distributed contract, logging stats and Parquet persistence.  Real rollouts:
+GSM8K test problems with 4 graded model solutions each (../shared/data/gsm8k/example_model_solutions.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from curation.scoring import score_group, trace_diversity
+from training.vps import VPSConfig, VPSTable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+
+
+def gsm8k_groups(n: int) -> list[dict]:
+    """``n`` real groups: problem id, the 4 solutions' 0/1 rewards and texts."""
+    out = []
+    with open(DATA / "gsm8k/example_model_solutions.jsonl") as f:
+        for i, line in enumerate(f):
+            if i >= n:
+                break
+            row = json.loads(line)
+            out.append({
+                "problem_id": f"gsm8k-test-{i}",
+                "rewards": [float(row[m]["is_correct"]) for m in MODELS],
+                "texts": [row[m]["solution"] for m in MODELS],
+            })
+    return out
+
+
+@pytest.fixture(scope="module")
+def groups():
+    return gsm8k_groups(120)
+
+
+def test_initial_scores_from_dataset_columns_and_prior():
+    rows = [
+        {"problem_id": "a", "pass_rate": 0.25, "tds": 0.4},
+        {"problem_id": "b", "pass_rate": 1.0, "tds": 0.1},
+        {"problem_id": "c", "pass_rate": None, "tds": None},  # not scored -> prior
+    ]
+    t = VPSTable.from_dataset(rows)
+    v = t.vps_by_index()
+    assert v[0] == pytest.approx(0.8 * 0.25 * 0.75 + 0.2 * 0.4)
+    assert v[1] == pytest.approx(0.2 * 0.1)
+    assert v[2] == pytest.approx(0.8 * 0.25 + 0.2 * 0.5)  # prior p=0.5, tds=0.5
+    assert t.get("c")["scored"] is False and t.get(0)["scored"] is True
+    cfg = VPSConfig(alpha=0.5, beta=0.5, prior_pass_rate=0.0, prior_tds=0.0)
+    assert VPSTable.from_dataset(rows, config=cfg).vps_by_index()[2] == 0.0
+
+
+def test_scores_joined_from_curate_score_output(groups, tmp_path):
+    """A scores table as `curate score` writes it (curation.scoring.score_group on the real rollouts), joined on
+    problem_id; vps recomputed equal to the stored one; unscored dataset rows get the prior."""
+    scored = groups[:80]
+    srows = [{"problem_id": g["problem_id"], "model": "gsm8k-mix",
+              **score_group([r > 0.5 for r in g["rewards"]], g["texts"])} for g in scored]
+    path = tmp_path / "scores.parquet"
+    pa.Table.from_pylist(srows).to_pandas().to_parquet(path)
+    dataset = [{"problem_id": g["problem_id"], "prompt": "..."} for g in groups]
+    t = VPSTable.from_dataset(dataset, scores=path)
+    v = t.vps_by_index()
+    np.testing.assert_allclose(v[:80], [r["vps"] for r in srows], rtol=0, atol=1e-12)
+    prior = 0.8 * 0.25 + 0.2 * 0.5
+    assert np.all(v[80:] == prior)
+    assert sum(t.get(i)["scored"] for i in range(len(t))) == 80
+    # several models need an explicit choice
+    two = srows + [{**srows[0], "model": "other"}]
+    with pytest.raises(ValueError, match="several models"):
+        VPSTable.from_dataset(dataset, scores=pa.Table.from_pylist(two))
+    t2 = VPSTable.from_dataset(dataset, scores=pa.Table.from_pylist(two), model="other")
+    assert sum(t2.get(i)["scored"] for i in range(len(t2))) == 1
+
+
+def test_stored_vps_with_other_weights_is_recomputed_with_a_warning():
+    rows = [{"problem_id": "a", "pass_rate": 0.5, "tds": 0.5, "vps": 0.5 * 0.25 + 0.5 * 0.5}]
+    with pytest.warns(UserWarning, match="recomputed"):
+        t = VPSTable.from_dataset(rows)
+    assert t.vps_by_index()[0] == pytest.approx(0.8 * 0.25 + 0.2 * 0.5)
+
+
+def test_bad_scores_name_the_row():
+    with pytest.raises(ValueError, match=r"row 1 \(problem_id='b'\): pass_rate=1.5"):
+        VPSTable.from_dataset([{"problem_id": "a", "pass_rate": 0.5}, {"problem_id": "b", "pass_rate": 1.5}])
+    with pytest.raises(ValueError, match="no 'pass_rate'"):
+        VPSTable.from_dataset([{"problem_id": "a", "vps": 0.2}])
+
+
+@pytest.mark.parametrize("m", [1.0, 1.5, -0.1])
+def test_frozen_or_invalid_momentum_is_rejected(m):
+    with pytest.raises(ValueError, match="freezes" if m == 1.0 else "momentum"):
+        VPSConfig(momentum=m)
+
+
+def test_ema_update_follows_the_documented_formula(groups):
+    """p <- m p + (1-m) p_hat, TDS <- m TDS + (1-m) tds_hat, with p_hat the fraction of rewards > threshold and
+    tds_hat = curation.scoring.trace_diversity of the group's texts."""
+    m = 0.3
+    rows = [{"problem_id": g["problem_id"], "pass_rate": 0.5, "tds": 0.2} for g in groups]
+    t = VPSTable.from_dataset(rows, config=VPSConfig(momentum=m))
+    v0 = t.version
+    g = groups[5]
+    t.update([g["problem_id"]], [g["rewards"]], [g["texts"]])
+    p_hat = sum(r > 0.5 for r in g["rewards"]) / 4
+    tds_hat = trace_diversity(g["texts"], "edit")
+    st_ = t.get(g["problem_id"])
+    assert st_["pass_rate"] == pytest.approx(m * 0.5 + (1 - m) * p_hat)
+    assert st_["tds"] == pytest.approx(m * 0.2 + (1 - m) * tds_hat)
+    assert st_["vps"] == pytest.approx(0.8 * st_["pass_rate"] * (1 - st_["pass_rate"]) + 0.2 * st_["tds"])
+    assert st_["n_observed"] == 4 and st_["n_groups"] == 1
+    assert t.version == v0 + 1
+    # untouched prompts keep their scores
+    assert t.get(groups[6]["problem_id"])["pass_rate"] == 0.5
+    # second observation of the same prompt: EMA again, from the updated value
+    p1 = st_["pass_rate"]
+    t.update([5], [[1.0, 1.0, 1.0, 1.0]])  # by dataset index, no texts -> TDS unchanged
+    assert t.get(5)["pass_rate"] == pytest.approx(m * p1 + (1 - m) * 1.0)
+    assert t.get(5)["tds"] == pytest.approx(st_["tds"])
+
+
+def test_prior_is_replaced_by_the_first_observation():
+    t = VPSTable.uniform_prior(3)
+    t.update([1], [[1.0, 0.0, 0.0, 0.0]], [["a b c", "a b d", "x y z", "a b c"]])
+    assert t.get(1)["pass_rate"] == 0.25
+    assert t.get(1)["tds"] == pytest.approx(trace_diversity(["a b c", "a b d", "x y z", "a b c"]))
+    t2 = VPSTable.uniform_prior(3, VPSConfig(replace_prior=False))
+    t2.update([1], [[1.0, 0.0, 0.0, 0.0]])
+    assert t2.get(1)["pass_rate"] == pytest.approx(0.5 * 0.5 + 0.5 * 0.25)
+
+
+def test_rows_sharing_a_problem_share_state_and_keys_validate():
+    t = VPSTable.from_dataset([{"problem_id": "a"}, {"problem_id": "b"}, {"problem_id": "a"}])
+    assert t.num_problems == 2 and len(t) == 3
+    t.update(["a"], [[1.0, 1.0]])
+    assert t.vps_by_index()[0] == t.vps_by_index()[2] == 0.0 + 0.2 * 0.5
+    with pytest.raises(KeyError, match="'zzz'"):
+        t.update(["zzz"], [[1.0]])
+    with pytest.raises(KeyError, match="out of range"):
+        t.update([3], [[1.0]])
+
+
+def test_update_from_flat_gathered_layout(groups):
+    """TRL layout: one entry per rollout of the global batch, each prompt's group consecutive; rewards may be a
+    tensor column of the gathered rewards_per_func.  Splitting the batch across 'ranks' and concatenating
+    (what gather does) gives the same table as one process seeing everything."""
+    G = 4
+    sel = groups[:16]
+    keys = [g["problem_id"] for g in sel for _ in range(G)]
+    rew = torch.tensor([r for g in sel for r in g["rewards"]])
+    txt = [x for g in sel for x in g["texts"]]
+    base = [{"problem_id": g["problem_id"]} for g in groups]
+    a = VPSTable.from_dataset(base)
+    a.update_from_flat(keys, rew, txt, group_size=G)
+    # two ranks each hold half of the global batch (groups split mid-way: 6 rollouts per rank-chunk)
+    halves = [(keys[i : i + 6], rew[i : i + 6], txt[i : i + 6]) for i in range(0, len(keys), 6)]
+    gk = [k for h in halves for k in h[0]]
+    gr = torch.cat([h[1] for h in halves])
+    gt = [x for h in halves for x in h[2]]
+    b = VPSTable.from_dataset(base)
+    b.update_from_flat(gk, gr, gt, group_size=G)
+    assert a.to_table().equals(b.to_table())
+    for g in sel:
+        assert a.get(g["problem_id"])["pass_rate"] == sum(g["rewards"]) / G  # prior replaced
+    with pytest.raises(ValueError, match="not grouped by prompt"):
+        a.update_from_flat(keys[1:] + keys[:1], rew, txt, group_size=G)
+    with pytest.raises(ValueError, match="groups of 3"):
+        a.update_from_flat(keys, rew, txt, group_size=3)
+
+
+def test_nan_rewards_are_ignored():
+    t = VPSTable.uniform_prior(2)
+    t.update([0], [[1.0, float("nan"), 0.0, 1.0]])
+    assert t.get(0)["pass_rate"] == pytest.approx(2 / 3) and t.get(0)["n_observed"] == 3
+    t.update([1], [[float("nan")] * 4])
+    assert t.get(1)["scored"] is False and t.get(1)["n_groups"] == 0
+
+
+def test_stats_report_zero_variance_groups(groups):
+    t = VPSTable.from_dataset([{"problem_id": g["problem_id"]} for g in groups])
+    sel = groups[:40]
+    out = t.update([g["problem_id"] for g in sel], [g["rewards"] for g in sel])
+    zero = sum(len(set(g["rewards"])) == 1 for g in sel)
+    assert 0 < zero < 40  # the real data has both kinds
+    assert out["zero_variance_frac"] == pytest.approx(zero / 40)
+    s = t.stats()
+    assert s["zero_variance_frac_last"] == pytest.approx(zero / 40)
+    assert s["zero_variance_frac_total"] == pytest.approx(zero / 40)
+    assert s["observed_frac"] == pytest.approx(40 / len(groups))
+    v = t.vps_by_index()
+    assert (s["vps_min"], s["vps_max"], s["vps_mean"]) == pytest.approx((v.min(), v.max(), v.mean()))
+
+
+def test_save_load_roundtrip_and_datasets_can_read_it(groups, tmp_path):
+    import datasets
+
+    t = VPSTable.from_dataset([{"problem_id": g["problem_id"]} for g in groups])
+    sel = groups[:10]
+    t.update([g["problem_id"] for g in sel], [g["rewards"] for g in sel], [g["texts"] for g in sel])
+    path = t.save(tmp_path / "vps.parquet")
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert ds.num_rows == len(groups)
+    assert ds.column_names[:6] == ["index", "problem_id", "pass_rate", "ovs", "tds", "vps"]
+    np.testing.assert_allclose(ds["vps"], t.vps_by_index())
+    back = VPSTable.load(path)
+    assert back.to_table().equals(t.to_table())
+    fresh = VPSTable.from_dataset([{"problem_id": g["problem_id"]} for g in groups])
+    fresh.load_state_dict(t.state_dict())
+    assert fresh.to_table().equals(t.to_table()) and fresh.version == t.version
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    m=st.floats(0.0, 0.99),
+    p0=st.floats(0.0, 1.0),
+    obs=st.lists(st.lists(st.sampled_from([0.0, 1.0]), min_size=1, max_size=8), min_size=1, max_size=12),
+)
+def test_ema_stays_in_range_and_matches_closed_form(m, p0, obs):
+    t = VPSTable.from_dataset([{"problem_id": "x", "pass_rate": p0, "tds": 0.0}], config=VPSConfig(momentum=m))
+    expect = p0
+    for r in obs:
+        t.update(["x"], [r])
+        expect = m * expect + (1 - m) * (sum(v > 0.5 for v in r) / len(r))
+    got = t.get("x")
+    assert got["pass_rate"] == pytest.approx(expect, abs=1e-12)
+    assert 0.0 <= got["vps"] <= 0.8 * 0.25 + 0.2 + 1e-12
+    assert math.isfinite(got["vps"])

@@ -1,0 +1,446 @@
+"""MMR1 Variance-Aware Sampling (VAS) as drop-in samplers for TRL.
+
+**Weights.** From per-prompt scores ``s_i = VPS_i >= 0`` (:class:`~training.vps.VPSTable`):
+
+    floor = epsilon * mean_i(s_i)                 (epsilon = 1e-3 by default; relative to the mean score)
+    w_i   = max(s_i, floor) ** power               (power = 1 / temperature, default 1)
+    P_i   = w_i / sum_j w_j
+
+No min-max normalisation (which would give the lowest-scored prompt probability 0 and all-equal scores all
+zero).  All-zero or all-equal scores give exactly uniform ``P``.  With ``epsilon = 0`` prompts scoring 0 get
+probability 0 (only when asked for).  See :func:`vas_probabilities`.
+
+**Batch mix** (:class:`VASSampler`, GRPO).  An epoch covers ``n_chunks = len(dataset) // batch_size``
+generation batches ("chunks") of ``batch_size`` unique prompts, as TRL's ``RepeatSampler``.  Of the epoch's
+``n = n_chunks * batch_size`` prompt slots, ``n_vas = floor(lambda * n + 1/2)`` are VAS slots drawn by ``P``
+(with replacement *across* chunks) and ``n - n_vas`` are uniform slots filled from a uniform random
+permutation of the dataset (without replacement over the epoch).  VAS slots are spread evenly over the chunks:
+chunk ``j`` gets ``c_j = floor((j+1) n_vas / n_chunks) - floor(j n_vas / n_chunks)`` of them (``floor`` or
+``ceil`` of ``lambda * batch_size``), so every generation batch carries the lambda mix and the epoch total is
+exact.
+
+**Uniqueness inside a chunk.** TRL computes advantages per prompt group, so a chunk must not hold a prompt
+twice.  The ``c_j`` VAS prompts of a chunk are drawn by *successive sampling without replacement* from ``P``
+restricted to the prompts not already in the chunk (the chunk's uniform picks are excluded).  This is exactly
+"draw with replacement, re-draw any index already in the chunk": the first VAS draw of a chunk is
+``P``-proportional; later ones are ``P`` renormalised over what is left.  Effect: a prompt appears at most once
+per chunk, so a prompt whose probability exceeds ``1 / c_j`` is capped; with thousands of prompts and
+moderately spread scores the deviation from ``P`` is negligible.  If fewer than ``c_j`` prompts with
+``P > 0`` are left (``epsilon = 0`` with mostly-zero scores), the remaining VAS slots are filled uniformly
+from the other prompts and counted as ``n_vas_fallback`` in :meth:`VASSampler.last_epoch_stats`.
+
+**Determinism / ranks.** Nothing depends on the rank or on global RNG state.  The uniform permutation of epoch
+``e`` is the ``(e+1)``-th ``torch.randperm`` of a generator seeded with ``seed`` - the very stream TRL's
+``RepeatSampler`` uses - so with ``lambda = 0`` the output equals ``RepeatSampler``'s, epoch by epoch.  The VAS
+draw of chunk ``j`` uses ``numpy.random.default_rng([seed, epoch, j])`` and the weight snapshot ``P``.  Every
+rank holds an identical :class:`~training.vps.VPSTable` (updates take gathered data) and consumes the dataloader
+in lockstep, so streams are identical on every rank.
+
+**Refresh.** ``refresh_every=None``: ``P`` is snapshotted from the table when an epoch starts.
+``refresh_every=T``: re-snapshotted every ``T`` chunks (generation rounds) too - needed when training is
+shorter than an epoch.  Chunks are drawn lazily when their first index is requested, so an online update
+reaches the draw within about ``T + 1`` generation rounds (the dataloader looks one batch ahead).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence, Sized
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from .vps import VPSTable
+
+__all__ = ["vas_probabilities", "probability_stats", "VASSampler", "VASEpochSampler"]
+
+
+def vas_probabilities(scores: Any, *, epsilon: float = 1e-3, power: float = 1.0) -> np.ndarray:
+    """Sampling probabilities from scores (formula in the module docstring).
+
+    ``scores``: non-negative finite numbers, one per prompt.  ``epsilon >= 0``: floor relative to the mean
+    score.  ``power > 0``: sharpen (> 1) or flatten (< 1) the distribution.  All-equal or all-zero scores
+    give exactly uniform probabilities.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        raise ValueError("no scores: the dataset is empty")
+    bad = ~np.isfinite(s) | (s < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"score of prompt {i} is {s[i]!r}; VPS scores must be finite and >= 0")
+    if not (epsilon >= 0 and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be finite and >= 0, got {epsilon}")
+    if not (power > 0 and math.isfinite(power)):
+        raise ValueError(f"power must be finite and > 0, got {power}")
+    n = s.size
+    mean = float(s.mean())
+    if mean == 0.0:
+        return np.full(n, 1.0 / n)
+    w = np.maximum(s, epsilon * mean)
+    if power != 1.0:
+        w = w**power
+    if w.min() == w.max() or not np.isfinite(w.sum()) or w.sum() == 0.0:
+        return np.full(n, 1.0 / n)
+    return w / w.sum()
+
+
+def probability_stats(p: np.ndarray) -> dict[str, float]:
+    """For logging: entropy ``H = -sum p log p`` (nats), ``H / log n`` (1 = uniform), min/max probability,
+    the max/min ratio over positive entries, and how many prompts have probability 0."""
+    n = p.size
+    pos = p[p > 0]
+    h = float(-(pos * np.log(pos)).sum())
+    return {
+        "weight_entropy": h,
+        "weight_entropy_norm": h / math.log(n) if n > 1 else 1.0,
+        "min_prob": float(p.min()),
+        "max_prob": float(p.max()),
+        "max_min_ratio": float(pos.max() / pos.min()),
+        "n_zero_prob": int(n - pos.size),
+    }
+
+
+def _score_array(scores: VPSTable | Any) -> tuple[np.ndarray, int]:
+    """(scores per index, version) of a VPSTable or a static array (version 0)."""
+    if isinstance(scores, VPSTable):
+        return scores.vps_by_index(), scores.version
+    return np.asarray(scores, dtype=np.float64).reshape(-1), 0
+
+
+def _check_seed(seed: int) -> int:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int (identical on every rank), got {seed!r}")
+    return int(seed)
+
+
+class VASSampler(Sampler[int]):
+    """TRL ``RepeatSampler``-compatible sampler drawing prompts by VAS (see the module docstring).
+
+    Yields, per chunk of ``batch_size`` unique prompt indices, each index ``mini_repeat_count`` times in a row,
+    the whole chunk ``repeat_count`` times; ``len`` = ``(N // batch_size) * batch_size * mini_repeat_count *
+    repeat_count`` exactly as ``RepeatSampler``.  For GRPO: ``mini_repeat_count = num_generations``,
+    ``batch_size = generation_batch_size // num_generations``, ``repeat_count = num_iterations *
+    steps_per_generation`` (:meth:`for_grpo` reads them from a trainer).
+
+    ``scores``: a :class:`~training.vps.VPSTable` (shared with the trainer, updated online) or a static
+    array of VPS values, one per dataset row.  ``vas_fraction``: MMR1's lambda in [0, 1].
+    """
+
+    def __init__(
+        self,
+        data_source: Sized | int,
+        scores: VPSTable | Any,
+        *,
+        mini_repeat_count: int,
+        batch_size: int = 1,
+        repeat_count: int = 1,
+        vas_fraction: float = 0.5,
+        seed: int = 0,
+        epsilon: float = 1e-3,
+        power: float = 1.0,
+        refresh_every: int | None = None,
+    ):
+        self.num_samples = data_source if isinstance(data_source, int) else len(data_source)
+        self.scores = scores
+        arr, _ = _score_array(scores)
+        if arr.size != self.num_samples:
+            raise ValueError(f"{arr.size} scores for a dataset of {self.num_samples} rows")
+        for name, v in (("mini_repeat_count", mini_repeat_count), ("batch_size", batch_size),
+                        ("repeat_count", repeat_count)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if not (0.0 <= vas_fraction <= 1.0):
+            raise ValueError(f"vas_fraction (lambda) must be in [0, 1], got {vas_fraction}")
+        if refresh_every is not None and (not isinstance(refresh_every, int) or refresh_every < 1):
+            raise ValueError(f"refresh_every must be None or an int >= 1, got {refresh_every!r}")
+        self.mini_repeat_count = mini_repeat_count
+        self.batch_size = batch_size
+        self.repeat_count = repeat_count
+        self.vas_fraction = float(vas_fraction)
+        self.seed = _check_seed(seed)
+        self.epsilon = float(epsilon)
+        self.power = float(power)
+        vas_probabilities(arr, epsilon=self.epsilon, power=self.power)  # validate scores/epsilon/power now
+        self.refresh_every = refresh_every
+        self.epoch = 0
+        self._perm_gen: torch.Generator | None = None
+        self._perm_epoch = -1
+        self._probs_key: tuple[int, int] | None = None
+        self._probs: np.ndarray | None = None
+        self._stats: dict[str, Any] = {}
+
+    # --- TRL / accelerate hooks ---------------------------------------------------------------------------
+
+    @classmethod
+    def for_grpo(cls, trainer: Any, scores: VPSTable | Any, dataset: Sized | None = None, **kwargs: Any) -> VASSampler:
+        """The sampler TRL's ``GRPOTrainer._get_train_sampler`` would build, with VAS.  Use in a subclass::
+
+            def _get_train_sampler(self, dataset=None):
+                return VASSampler.for_grpo(self, self.vps_table, dataset, vas_fraction=..., refresh_every=...)
+        """
+        args = trainer.args
+        kwargs.setdefault("seed", args.seed)
+        return cls(
+            trainer.train_dataset if dataset is None else dataset,
+            scores,
+            mini_repeat_count=trainer.num_generations,
+            batch_size=args.generation_batch_size // trainer.num_generations,
+            repeat_count=trainer.num_iterations * args.steps_per_generation,
+            **kwargs,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of the next ``__iter__`` (the HF Trainer and accelerate call this).  Without calls, each
+        ``__iter__`` advances the epoch by one."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return (self.num_samples // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count
+
+    # --- drawing -----------------------------------------------------------------------------------------
+
+    @property
+    def num_chunks(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def epoch_counts(self) -> tuple[int, int]:
+        """``(n_vas, n_uniform)`` slots per epoch: ``n_vas = floor(lambda * n + 1/2)``."""
+        n = self.num_chunks * self.batch_size
+        n_vas = int(math.floor(self.vas_fraction * n + 0.5))
+        return n_vas, n - n_vas
+
+    def chunk_vas_count(self, j: int) -> int:
+        """``c_j``: VAS slots of chunk ``j`` (even spread; they sum to ``n_vas``)."""
+        n_vas, _ = self.epoch_counts()
+        k = self.num_chunks
+        return ((j + 1) * n_vas) // k - (j * n_vas) // k
+
+    def _epoch_perm(self, epoch: int) -> np.ndarray:
+        """The ``(epoch+1)``-th ``torch.randperm(N)`` of a generator seeded with ``seed`` (RepeatSampler's)."""
+        if self._perm_gen is None or self._perm_epoch != epoch - 1:
+            self._perm_gen = torch.Generator()
+            self._perm_gen.manual_seed(self.seed)
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self._perm_gen)
+        perm = torch.randperm(self.num_samples, generator=self._perm_gen).numpy()
+        self._perm_epoch = epoch
+        return perm
+
+    def current_probabilities(self) -> np.ndarray:
+        """``P`` from the scores' current state (cached per table version)."""
+        arr, version = _score_array(self.scores)
+        key = (id(self.scores), version)
+        if self._probs is None or self._probs_key != key:
+            self._probs = vas_probabilities(arr, epsilon=self.epsilon, power=self.power)
+            self._probs_key = key
+        return self._probs
+
+    def _snapshot(self, stats: dict[str, Any]) -> np.ndarray:
+        p = self.current_probabilities()
+        stats.update(probability_stats(p))
+        stats["refreshes"] += 1
+        stats["scores_version"] = self._probs_key[1]
+        return p
+
+    def _draw_vas(self, rng: np.random.Generator, p: np.ndarray, exclude: np.ndarray, c: int) -> tuple[np.ndarray, int]:
+        """``c`` indices by successive sampling without replacement from ``p`` over indices not in ``exclude``
+        (exponential race: ``argmin_k E_k / p_k`` with ``E ~ Exp(1)`` i.i.d. is ``p``-proportional, and the ``c``
+        smallest keys are successive draws without replacement).  Returns (indices, how many were filled
+        uniformly for lack of positive-probability candidates)."""
+        n = p.size
+        keys = rng.exponential(size=n)
+        with np.errstate(divide="ignore"):
+            keys = keys / p  # p = 0 -> inf
+        keys[exclude] = np.inf
+        n_pos = n - int(np.count_nonzero(p == 0)) - int(np.count_nonzero(p[exclude] > 0))
+        take = min(c, n_pos)
+        if take > 0:
+            sel = np.argpartition(keys, take - 1)[:take] if take < n else np.arange(n)
+            sel = sel[np.argsort(keys[sel], kind="stable")]
+        else:
+            sel = np.empty(0, dtype=np.int64)
+        short = c - take
+        if short > 0:
+            mask = np.ones(n, dtype=bool)
+            mask[exclude] = False
+            mask[sel] = False
+            rest = np.flatnonzero(mask)
+            sel = np.concatenate([sel, rng.choice(rest, size=short, replace=False)])
+        return sel.astype(np.int64), short
+
+    def iter_chunks(self, epoch: int | None = None) -> Iterator[tuple[list[int], list[bool]]]:
+        """Chunks of ``epoch`` (default: the next epoch, advancing it) as ``(indices, is_vas)`` lists, drawn
+        lazily; :meth:`__iter__` expands them with the repeat structure."""
+        if epoch is None:
+            epoch = self.epoch
+            self.epoch += 1
+        return self._chunks(int(epoch))
+
+    def _chunks(self, epoch: int) -> Iterator[tuple[list[int], list[bool]]]:
+        n_vas, n_uni = self.epoch_counts()
+        stats: dict[str, Any] = {
+            "epoch": epoch, "n_chunks": 0, "n_vas": 0, "n_uniform": 0, "n_vas_fallback": 0, "refreshes": 0,
+            "n_vas_planned": n_vas, "n_uniform_planned": n_uni,
+        }
+        self._stats = stats
+        seen: set[int] = set()
+        perm = self._epoch_perm(epoch)
+        p = self._snapshot(stats)
+        u_ptr = 0
+        B = self.batch_size
+        for j in range(self.num_chunks):
+            if self.refresh_every is not None and j > 0 and j % self.refresh_every == 0:
+                p = self._snapshot(stats)
+            c = self.chunk_vas_count(j)
+            u = perm[u_ptr : u_ptr + (B - c)]
+            u_ptr += B - c
+            if c == 0:
+                idx, is_vas = u.tolist(), [False] * B
+            else:
+                rng = np.random.default_rng([self.seed, epoch, j])
+                v, short = self._draw_vas(rng, p, u, c)
+                stats["n_vas_fallback"] += short
+                allidx = np.concatenate([u, v])
+                flags = np.concatenate([np.zeros(u.size, dtype=bool), np.ones(v.size, dtype=bool)])
+                order = rng.permutation(B)  # mix VAS and uniform picks across positions (and ranks)
+                idx, is_vas = allidx[order].tolist(), flags[order].tolist()
+            stats["n_chunks"] += 1
+            stats["n_vas"] += c
+            stats["n_uniform"] += B - c
+            seen.update(idx)
+            stats["n_unique"] = len(seen)
+            yield idx, is_vas
+
+    def __iter__(self) -> Iterator[int]:
+        chunks = self.iter_chunks()
+        mini, rep = self.mini_repeat_count, self.repeat_count
+
+        def gen() -> Iterator[int]:
+            for idx, _ in chunks:
+                for _ in range(rep):
+                    for i in idx:
+                        for _ in range(mini):
+                            yield i
+
+        return gen()
+
+    def last_epoch_stats(self) -> dict[str, Any]:
+        """For logging, about the epoch being (or last) drawn: ``n_vas`` / ``n_uniform`` slots so far (and the
+        planned totals), ``n_vas_fallback``, distinct prompts ``n_unique``, ``refreshes``, and from the latest
+        weight snapshot ``weight_entropy`` (nats), ``weight_entropy_norm``, ``min_prob``, ``max_prob``,
+        ``max_min_ratio``, ``n_zero_prob``, ``scores_version``."""
+        return dict(self._stats)
+
+
+class VASEpochSampler(Sampler[int]):
+    """Plain (non-repeating) VAS sampler for SFT: each epoch ``num_samples`` row indices (default: the dataset
+    size), ``floor(lambda * n + 1/2)`` drawn with replacement by ``P`` and the rest uniformly without
+    replacement (cycling through fresh permutations if more than the dataset is asked for), shuffled together.
+
+    Row weights come from the rows' problems: ``scores`` is a :class:`~training.vps.VPSTable` (looked up by
+    ``problem_ids`` when given - problems missing from the table get the table's prior VPS - else by row
+    index), a static per-row array, or ``None`` (plain seeded shuffle).  ``per_problem=True`` divides a row's
+    weight by its problem's row count, so each *problem's* total probability follows ``P`` however many rows
+    (e.g. CoT variants) it has.  Weights are re-read from the table at every epoch.  Deterministic from
+    ``seed`` and the epoch (``numpy.random.default_rng([seed, epoch])``), identical on every rank, so
+    accelerate can shard its batches.
+    """
+
+    def __init__(
+        self,
+        data_source: Sized | int,
+        scores: VPSTable | Any | None = None,
+        *,
+        problem_ids: Sequence[str | None] | None = None,
+        vas_fraction: float = 0.5,
+        num_samples: int | None = None,
+        seed: int = 0,
+        epsilon: float = 1e-3,
+        power: float = 1.0,
+        per_problem: bool = False,
+    ):
+        self.n_rows = data_source if isinstance(data_source, int) else len(data_source)
+        if self.n_rows < 1:
+            raise ValueError("empty dataset")
+        if problem_ids is not None and len(problem_ids) != self.n_rows:
+            raise ValueError(f"{len(problem_ids)} problem ids for {self.n_rows} rows")
+        if per_problem and problem_ids is None:
+            raise ValueError("per_problem=True needs problem_ids")
+        if not (0.0 <= vas_fraction <= 1.0):
+            raise ValueError(f"vas_fraction (lambda) must be in [0, 1], got {vas_fraction}")
+        self.scores = scores
+        self.problem_ids = None if problem_ids is None else list(problem_ids)
+        self.vas_fraction = float(vas_fraction)
+        self.num_samples = self.n_rows if num_samples is None else int(num_samples)
+        if self.num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        self.seed = _check_seed(seed)
+        self.epsilon = float(epsilon)
+        self.power = float(power)
+        self.per_problem = per_problem
+        self.epoch = 0
+        self._stats: dict[str, Any] = {}
+        self.row_probabilities()  # validate now
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def row_scores(self) -> np.ndarray | None:
+        """Per-row VPS (``None`` = no scores: uniform)."""
+        if self.scores is None:
+            return None
+        if isinstance(self.scores, VPSTable):
+            if self.problem_ids is not None:
+                s = self.scores.vps_for_ids(self.problem_ids)
+            else:
+                s = self.scores.vps_by_index()
+        else:
+            s = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+        if s.size != self.n_rows:
+            raise ValueError(f"{s.size} scores for {self.n_rows} rows (pass problem_ids to look rows up by id)")
+        return s
+
+    def row_probabilities(self) -> np.ndarray:
+        """``P`` over rows: :func:`vas_probabilities` of the row scores, then (``per_problem``) divided by each
+        problem's row count and renormalised; uniform without scores."""
+        s = self.row_scores()
+        if s is None:
+            return np.full(self.n_rows, 1.0 / self.n_rows)
+        p = vas_probabilities(s, epsilon=self.epsilon, power=self.power)
+        if self.per_problem:
+            counts: dict[Any, int] = {}
+            for pid in self.problem_ids:
+                counts[pid] = counts.get(pid, 0) + 1
+            # rows without an id are their own problem
+            c = np.array([counts[pid] if pid is not None else 1 for pid in self.problem_ids], dtype=np.float64)
+            p = p / c
+            p = p / p.sum()
+        return p
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        self.epoch += 1
+        rng = np.random.default_rng([self.seed, epoch])
+        n = self.num_samples
+        has_scores = self.scores is not None
+        n_vas = int(math.floor(self.vas_fraction * n + 0.5)) if has_scores else 0
+        n_uni = n - n_vas
+        p = self.row_probabilities()
+        v = rng.choice(self.n_rows, size=n_vas, replace=True, p=p) if n_vas else np.empty(0, dtype=np.int64)
+        reps = -(-n_uni // self.n_rows) if n_uni else 0
+        u = np.concatenate([rng.permutation(self.n_rows) for _ in range(reps)])[:n_uni] if reps else \
+            np.empty(0, dtype=np.int64)
+        out = np.concatenate([v, u]).astype(np.int64)
+        out = out[rng.permutation(out.size)]
+        self._stats = {"epoch": epoch, "n_vas": int(n_vas), "n_uniform": int(n_uni),
+                       "n_unique": int(np.unique(out).size), **probability_stats(p)}
+        return iter(out.tolist())
+
+    def last_epoch_stats(self) -> dict[str, Any]:
+        """``n_vas``, ``n_uniform``, ``n_unique`` and the weight statistics of the last epoch drawn."""
+        return dict(self._stats)

@@ -1,0 +1,536 @@
+"""Per-prompt Variance Promotion Scores (MMR1) kept up to date from the trainer's own rollouts.
+
+For prompt ``i`` with pass rate ``p_i`` and trace diversity ``TDS_i`` in [0, 1]:
+
+    OVS_i = p_i (1 - p_i)                       (outcome variance of the 0/1 reward, max 0.25 at p = 0.5)
+    VPS_i = alpha * OVS_i + beta * TDS_i         (alpha = 0.8, beta = 0.2 by default)
+
+(``normalize_ovs=True`` uses ``4 OVS_i`` instead, as :func:`curation.scoring.vps`.)
+
+**Initial state.** From ``curate score`` output: ``pass_rate`` / ``tds`` columns on the dataset rows, or a
+scores table joined on ``problem_id``.  ``vps`` is always *recomputed* from ``pass_rate`` and ``tds`` with this
+table's ``alpha``/``beta`` (the state that is updated online is ``p`` and ``TDS``); a stored ``vps`` that
+disagrees is reported once as a warning.  Prompts without a score get the prior ``p = prior_pass_rate``
+(0.5 -> OVS 0.25, the maximum: unscored prompts are treated as informative until observed) and
+``TDS = prior_tds``.
+
+**Online update** (:meth:`VPSTable.update`), per observed group of ``G`` rollouts of one prompt:
+
+    correct_j = reward_j > correct_threshold              (NaN rewards - "not applicable" - are ignored)
+    p_hat     = mean_j correct_j
+    tds_hat   = trace_diversity(texts, metric)             (curation.scoring; skipped when < 2 texts)
+    p   <- m * p   + (1 - m) * p_hat                       (EMA, momentum m in [0, 1), default 0.5)
+    TDS <- m * TDS + (1 - m) * tds_hat
+
+A prompt still on its *prior* (never scored, never observed) takes ``p_hat`` / ``tds_hat`` directly on its
+first observation (``replace_prior=True``, default): a made-up prior should not dilute real evidence.
+``m = 1`` would freeze the scores forever (MMR1's shipped default did exactly this) and is rejected.
+
+**Distributed contract.** ``update`` must be called with *already gathered* data - the whole global
+generation batch, identical on every rank (the trainer gathers rewards with ``accelerate.utils.gather`` -
+TRL already returns gathered rewards from ``_calculate_rewards`` - and keys/texts with ``gather_object``).
+Every rank then applies the same update to its own copy and the tables stay identical, which the
+:class:`~training.sampler.VASSampler` relies on for identical index streams on every rank.  A group split
+across ranks is thus never seen partially.
+
+Rows sharing a ``problem_id`` share one state ("slot"): an update through any of them moves all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = ["VPSConfig", "VPSTable", "INDEX_COLUMN"]
+
+# Column a trainer may add to its dataset (``dataset.map(lambda _, i: {INDEX_COLUMN: i}, with_indices=True)``)
+# so rollouts can be keyed by dataset index when rows have no ``problem_id``.
+INDEX_COLUMN = "vas_index"
+
+
+@dataclass
+class VPSConfig:
+    """Weights of the VPS formula and the online update rule (see the module docstring)."""
+
+    alpha: float = 0.8
+    beta: float = 0.2
+    momentum: float = 0.5
+    prior_pass_rate: float = 0.5
+    prior_tds: float = 0.5
+    correct_threshold: float = 0.5
+    tds_metric: str = "edit"  # curation.scoring.trace_diversity metric; use the one the scores were made with
+    normalize_ovs: bool = False
+    replace_prior: bool = True
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.momentum < 1.0):
+            if self.momentum == 1.0:
+                raise ValueError(
+                    "momentum=1.0 freezes the scores (p <- 1*p + 0*p_hat never changes); this is the MMR1 "
+                    "release bug. Use a momentum in [0, 1), e.g. 0.5, or disable online refresh explicitly."
+                )
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.alpha < 0 or self.beta < 0 or not (math.isfinite(self.alpha) and math.isfinite(self.beta)):
+            raise ValueError(f"alpha and beta must be finite and >= 0, got alpha={self.alpha}, beta={self.beta}")
+        if self.alpha == 0 and self.beta == 0:
+            raise ValueError("alpha = beta = 0 makes every VPS 0")
+        if not (0.0 <= self.prior_pass_rate <= 1.0):
+            raise ValueError(f"prior_pass_rate must be in [0, 1], got {self.prior_pass_rate}")
+        if not (0.0 <= self.prior_tds <= 1.0):
+            raise ValueError(f"prior_tds must be in [0, 1], got {self.prior_tds}")
+
+    def vps(self, pass_rate: np.ndarray, tds: np.ndarray) -> np.ndarray:
+        """``alpha * OVS + beta * TDS`` with ``OVS = p (1 - p)`` (``4 p (1 - p)`` with ``normalize_ovs``)."""
+        ovs = pass_rate * (1.0 - pass_rate)
+        if self.normalize_ovs:
+            ovs = 4.0 * ovs
+        return self.alpha * ovs + self.beta * tds
+
+
+def _trace_diversity():
+    """``curation.scoring.trace_diversity`` (the same metric ``curate score`` uses)."""
+    from curation.scoring import trace_diversity
+
+    return trace_diversity
+
+
+def _columns(data: Any, names: Sequence[str]) -> dict[str, list]:
+    """The requested columns (those present) of a datasets.Dataset, pyarrow Table, list of row dicts or dict of
+    lists, as Python lists in row order (a Dataset's indices mapping - after select/shuffle - is honoured)."""
+    if isinstance(data, pa.Table):
+        return {n: data.column(n).to_pylist() for n in names if n in data.column_names}
+    if isinstance(data, Mapping):
+        return {n: list(data[n]) for n in names if n in data}
+    if hasattr(data, "column_names") and hasattr(data, "select_columns"):  # datasets.Dataset
+        present = [n for n in names if n in data.column_names]
+        if not present:
+            return {}
+        tbl = data.select_columns(present).with_format("arrow")[:]
+        return {n: tbl.column(n).to_pylist() for n in present}
+    if isinstance(data, Sequence):
+        rows = list(data)
+        present = [n for n in names if rows and n in rows[0]]
+        return {n: [r.get(n) for r in rows] for n in present}
+    raise TypeError(f"cannot read columns from {type(data).__name__}")
+
+
+def _num_rows(data: Any) -> int:
+    if isinstance(data, pa.Table):
+        return data.num_rows
+    if isinstance(data, Mapping):
+        return len(next(iter(data.values()))) if data else 0
+    return len(data)
+
+
+class VPSTable:
+    """Per-prompt ``pass_rate``, ``tds``, ``vps`` and observation counts, indexed by dataset index and by
+    problem id.  Build with :meth:`from_dataset` (or :meth:`uniform_prior`), update with :meth:`update` /
+    :meth:`update_from_flat`, read with :meth:`vps_by_index`, persist with :meth:`save` / :meth:`load`.
+
+    ``version`` increases with every update so consumers (the sampler) can cache derived weights.
+    """
+
+    def __init__(
+        self,
+        problem_ids: Sequence[str | None],
+        *,
+        pass_rate: Sequence[float | None] | None = None,
+        tds: Sequence[float | None] | None = None,
+        config: VPSConfig | None = None,
+    ):
+        self.config = config or VPSConfig()
+        n = len(problem_ids)
+        pr = [None] * n if pass_rate is None else list(pass_rate)
+        td = [None] * n if tds is None else list(tds)
+        if len(pr) != n or len(td) != n:
+            raise ValueError(f"{n} problem ids but {len(pr)} pass rates and {len(td)} tds values")
+        slot_of_id: dict[str, int] = {}
+        index_to_slot = np.empty(n, dtype=np.int64)
+        slot_ids: list[str | None] = []
+        slot_p: list[float] = []
+        slot_t: list[float] = []
+        slot_scored: list[bool] = []
+        for i, pid in enumerate(problem_ids):
+            if pid is not None and not isinstance(pid, str):
+                raise TypeError(f"row {i}: problem_id must be a string or None, got {type(pid).__name__} {pid!r}")
+            p_i, t_i = pr[i], td[i]
+            for name, v in (("pass_rate", p_i), ("tds", t_i)):
+                if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
+                    raise ValueError(f"row {i} (problem_id={pid!r}): {name}={v!r} is not a number in [0, 1]")
+            if pid is not None and pid in slot_of_id:
+                s = slot_of_id[pid]
+                index_to_slot[i] = s
+                if p_i is not None and slot_scored[s] and not math.isclose(float(p_i), slot_p[s], abs_tol=1e-9):
+                    raise ValueError(
+                        f"row {i}: problem_id={pid!r} appears again with pass_rate={p_i} != {slot_p[s]}"
+                    )
+                if p_i is not None and not slot_scored[s]:
+                    slot_p[s] = float(p_i)
+                    slot_t[s] = float(t_i) if t_i is not None else self.config.prior_tds
+                    slot_scored[s] = True
+                continue
+            s = len(slot_ids)
+            index_to_slot[i] = s
+            slot_ids.append(pid)
+            if pid is not None:
+                slot_of_id[pid] = s
+            slot_p.append(float(p_i) if p_i is not None else self.config.prior_pass_rate)
+            slot_t.append(float(t_i) if (t_i is not None and p_i is not None) else self.config.prior_tds)
+            slot_scored.append(p_i is not None)
+        self._ids = slot_ids
+        self._slot_of_id = slot_of_id
+        self._index_to_slot = index_to_slot
+        self._p = np.asarray(slot_p, dtype=np.float64)
+        self._tds = np.asarray(slot_t, dtype=np.float64)
+        self._scored = np.asarray(slot_scored, dtype=bool)  # False = still on the prior
+        self._observed = np.zeros(len(slot_ids), dtype=np.int64)  # online samples seen
+        self._groups = np.zeros(len(slot_ids), dtype=np.int64)  # online groups seen
+        self.version = 0
+        self._cache: tuple[int, np.ndarray] | None = None
+        # logging counters
+        self._last: dict[str, float] = {}
+        self._total_groups = 0
+        self._total_zero_var = 0
+
+    # --- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def uniform_prior(cls, n: int, config: VPSConfig | None = None) -> VPSTable:
+        """``n`` prompts without ids or scores (every prompt on the prior)."""
+        return cls([None] * n, config=config)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        *,
+        config: VPSConfig | None = None,
+        scores: Any = None,
+        model: str | None = None,
+        id_column: str = "problem_id",
+    ) -> VPSTable:
+        """Table for ``dataset``'s rows (a datasets.Dataset, pyarrow Table, list of dicts or dict of lists).
+
+        Scores come from ``scores`` when given (a path to a Parquet/JSONL scores table as written by ``curate
+        score``, or a table/rows with ``problem_id``, ``pass_rate`` and optionally ``tds``, ``vps``,
+        ``model``), joined on ``id_column``; otherwise from the dataset's own ``pass_rate`` / ``tds``
+        columns.  A scores table with several models needs ``model=`` to pick one.  Rows with no score get the
+        prior.  A stored ``vps`` that differs from ``alpha * OVS + beta * TDS`` (other weights were used) is
+        recomputed and reported with one warning.
+        """
+        cfg = config or VPSConfig()
+        n = _num_rows(dataset)
+        cols = _columns(dataset, [id_column, "pass_rate", "tds", "vps"])
+        ids = cols.get(id_column, [None] * n)
+        if scores is None:
+            pr, td, stored = cols.get("pass_rate"), cols.get("tds"), cols.get("vps")
+            if pr is None and stored is not None and any(v is not None for v in stored):
+                raise ValueError(
+                    "the dataset has a 'vps' column but no 'pass_rate': the online update needs the pass rate "
+                    "(re-run `curate score` / `curate rl-set`, or pass scores=...)"
+                )
+        else:
+            if id_column not in cols:
+                raise ValueError(f"joining scores needs a {id_column!r} column on the dataset")
+            if isinstance(scores, (str, Path)):
+                from curation.io import read_table
+
+                scores = read_table(scores)
+            scols = _columns(scores, ["problem_id", "model", "pass_rate", "tds", "vps"])
+            if "problem_id" not in scols or "pass_rate" not in scols:
+                raise ValueError(f"scores table needs 'problem_id' and 'pass_rate' columns (has {sorted(scols)})")
+            keep = list(range(len(scols["problem_id"])))
+            if "model" in scols:
+                models = sorted({m for m in scols["model"] if m is not None})
+                if model is not None:
+                    if model not in models:
+                        raise ValueError(f"model {model!r} not in the scores table (has {models})")
+                    keep = [i for i in keep if scols["model"][i] == model]
+                elif len(models) > 1:
+                    raise ValueError(f"the scores table has several models {models}: pass model=... to pick one")
+            by_id: dict[str, int] = {}
+            for i in keep:
+                pid = scols["problem_id"][i]
+                if pid in by_id:
+                    raise ValueError(f"scores row {i}: problem_id {pid!r} appears twice")
+                by_id[pid] = i
+            pr, td, stored = [], [], []
+            for pid in ids:
+                j = by_id.get(pid)
+                pr.append(None if j is None else scols["pass_rate"][j])
+                td.append(None if j is None or "tds" not in scols else scols["tds"][j])
+                stored.append(None if j is None or "vps" not in scols else scols["vps"][j])
+        table = cls(ids, pass_rate=pr, tds=td, config=cfg)
+        if stored is not None:
+            table._check_stored_vps(stored)
+        return table
+
+    def _check_stored_vps(self, stored: Sequence[float | None]) -> None:
+        have = np.array([v is not None for v in stored])
+        if not have.any():
+            return
+        ours = self.vps_by_index()[have]
+        theirs = np.array([v for v in stored if v is not None], dtype=np.float64)
+        diff = np.abs(ours - theirs)
+        if (diff > 1e-6).any():
+            i = int(np.flatnonzero(have)[int(np.argmax(diff))])
+            warnings.warn(
+                f"{int((diff > 1e-6).sum())} stored vps values differ from alpha*OVS+beta*TDS with "
+                f"alpha={self.config.alpha}, beta={self.config.beta} (e.g. row {i}: stored {stored[i]:.6g}, "
+                f"recomputed {self.vps_by_index()[i]:.6g}); using the recomputed values",
+                stacklevel=3,
+            )
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of dataset rows (indices)."""
+        return len(self._index_to_slot)
+
+    @property
+    def num_problems(self) -> int:
+        return len(self._ids)
+
+    def slot(self, key: int | str) -> int:
+        """Internal state slot of a dataset index (int) or problem id (str)."""
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            k = int(key)
+            if not (0 <= k < len(self._index_to_slot)):
+                raise KeyError(f"dataset index {k} out of range [0, {len(self._index_to_slot)})")
+            return int(self._index_to_slot[k])
+        if isinstance(key, str):
+            try:
+                return self._slot_of_id[key]
+            except KeyError:
+                raise KeyError(f"problem_id {key!r} is not in the VPS table") from None
+        raise TypeError(f"key must be a dataset index (int) or problem id (str), got {type(key).__name__}")
+
+    def vps_by_index(self) -> np.ndarray:
+        """VPS of every dataset row, shape ``(len(self),)`` (cached per :attr:`version`; do not modify)."""
+        if self._cache is None or self._cache[0] != self.version:
+            slot_vps = self.config.vps(self._p, self._tds)
+            arr = slot_vps[self._index_to_slot]
+            arr.setflags(write=False)
+            self._cache = (self.version, arr)
+        return self._cache[1]
+
+    def get(self, key: int | str) -> dict[str, Any]:
+        """State of one prompt: ``problem_id, pass_rate, ovs, tds, vps, n_observed, n_groups, scored``."""
+        s = self.slot(key)
+        p, t = float(self._p[s]), float(self._tds[s])
+        return {
+            "problem_id": self._ids[s],
+            "pass_rate": p,
+            "ovs": p * (1 - p),
+            "tds": t,
+            "vps": float(self.config.vps(np.array([p]), np.array([t]))[0]),
+            "n_observed": int(self._observed[s]),
+            "n_groups": int(self._groups[s]),
+            "scored": bool(self._scored[s]),
+        }
+
+    def vps_for_ids(self, ids: Sequence[str | None], default: float | None = None) -> np.ndarray:
+        """VPS for each id (e.g. the ``problem_id`` of SFT rows); ids not in the table (or None) get ``default``
+        (the prior's VPS when ``default`` is None)."""
+        slot_vps = self.config.vps(self._p, self._tds)
+        if default is None:
+            default = float(self.config.vps(np.array([self.config.prior_pass_rate]),
+                                            np.array([self.config.prior_tds]))[0])
+        return np.array(
+            [slot_vps[self._slot_of_id[i]] if i in self._slot_of_id else default for i in ids], dtype=np.float64
+        )
+
+    # --- online update -----------------------------------------------------------------------------------
+
+    def update(
+        self,
+        keys: Sequence[int | str],
+        rewards: Sequence[Sequence[float]],
+        completions: Sequence[Sequence[str]] | None = None,
+    ) -> dict[str, float]:
+        """Fold one batch of observed groups into the table (formulas: module docstring).
+
+        ``keys[g]``: dataset index (int) or problem id (str) of group ``g``; ``rewards[g]``: the accuracy
+        rewards of *all* its rollouts (gathered from every rank); ``completions[g]``: their texts (for TDS;
+        ``None`` updates the pass rate only).  Several groups with the same key are applied in order.
+        Returns this batch's stats (also kept for :meth:`stats`).
+        """
+        if len(rewards) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(rewards)} reward groups")
+        if completions is not None and len(completions) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(completions)} completion groups")
+        cfg = self.config
+        m = cfg.momentum
+        tds_fn = _trace_diversity() if completions is not None else None
+        n_groups = n_zero_var = 0
+        p_hats: list[float] = []
+        for g, key in enumerate(keys):
+            s = self.slot(key)
+            r = np.asarray(rewards[g], dtype=np.float64).reshape(-1)
+            valid = r[~np.isnan(r)]
+            if valid.size == 0:
+                continue  # no applicable reward: nothing observed
+            if completions is not None and len(completions[g]) != r.size:
+                raise ValueError(f"group {g} (key {key!r}): {r.size} rewards but {len(completions[g])} completions")
+            p_hat = float((valid > cfg.correct_threshold).mean())
+            tds_hat = None
+            if tds_fn is not None and len(completions[g]) >= 2:
+                tds_hat = float(tds_fn(list(completions[g]), cfg.tds_metric))
+            fresh = cfg.replace_prior and not self._scored[s]
+            self._p[s] = p_hat if fresh else m * self._p[s] + (1.0 - m) * p_hat
+            if tds_hat is not None:
+                self._tds[s] = tds_hat if fresh else m * self._tds[s] + (1.0 - m) * tds_hat
+            self._scored[s] = True
+            self._observed[s] += valid.size
+            self._groups[s] += 1
+            n_groups += 1
+            n_zero_var += int(np.ptp(valid) == 0.0)
+            p_hats.append(p_hat)
+        self.version += 1
+        self._total_groups += n_groups
+        self._total_zero_var += n_zero_var
+        self._last = {
+            "groups": float(n_groups),
+            "zero_variance_frac": (n_zero_var / n_groups) if n_groups else float("nan"),
+            "pass_rate_mean": float(np.mean(p_hats)) if p_hats else float("nan"),
+        }
+        return dict(self._last)
+
+    def update_from_flat(
+        self,
+        keys: Sequence[int | str],
+        rewards: Sequence[float] | np.ndarray | Any,
+        completions: Sequence[str] | None,
+        group_size: int,
+    ) -> dict[str, float]:
+        """:meth:`update` from TRL's flat, gathered layout: ``keys``, ``rewards`` and ``completions`` hold one
+        entry per rollout of the *global* generation batch, each prompt's ``group_size`` (= num_generations)
+        rollouts consecutive.  ``rewards`` may be a 1-D torch tensor (e.g. a column of TRL's gathered
+        ``rewards_per_func``).  Raises if a group's keys disagree (misaligned gather)."""
+        if hasattr(rewards, "detach"):
+            rewards = rewards.detach().float().cpu().numpy()
+        r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+        n = len(keys)
+        if group_size < 1 or n % group_size:
+            raise ValueError(f"{n} rollouts do not split into groups of {group_size}")
+        if r.size != n or (completions is not None and len(completions) != n):
+            raise ValueError(
+                f"{n} keys, {r.size} rewards, {None if completions is None else len(completions)} completions"
+            )
+        gkeys, grew, gtxt = [], [], [] if completions is not None else None
+        for start in range(0, n, group_size):
+            k = keys[start]
+            for j in range(start + 1, start + group_size):
+                if keys[j] != k:
+                    raise ValueError(
+                        f"rollout {j} has key {keys[j]!r} but its group (rollouts {start}..{start + group_size - 1})"
+                        f" starts with {k!r}: the gathered batch is not grouped by prompt"
+                    )
+            gkeys.append(k.item() if isinstance(k, np.integer) else k)
+            grew.append(r[start : start + group_size])
+            if gtxt is not None:
+                gtxt.append(list(completions[start : start + group_size]))
+        return self.update(gkeys, grew, gtxt)
+
+    # --- logging / persistence -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, float]:
+        """For logging: VPS mean/min/max over prompts, mean pass rate, fraction of prompts observed online,
+        zero-variance fraction of the last update and over all updates."""
+        v = self.config.vps(self._p, self._tds)
+        out = {
+            "vps_mean": float(v.mean()) if v.size else float("nan"),
+            "vps_min": float(v.min()) if v.size else float("nan"),
+            "vps_max": float(v.max()) if v.size else float("nan"),
+            "pass_rate_mean": float(self._p.mean()) if v.size else float("nan"),
+            "observed_frac": float((self._groups > 0).mean()) if v.size else float("nan"),
+            "zero_variance_frac_total": (self._total_zero_var / self._total_groups) if self._total_groups
+            else float("nan"),
+        }
+        if self._last:
+            out["zero_variance_frac_last"] = self._last["zero_variance_frac"]
+        return out
+
+    def to_table(self) -> pa.Table:
+        """One row per dataset index: ``index, problem_id, pass_rate, ovs, tds, vps, n_observed, n_groups,
+        scored`` (``scored`` False = still on the prior)."""
+        s = self._index_to_slot
+        p, t = self._p[s], self._tds[s]
+        return pa.table(
+            {
+                "index": pa.array(np.arange(len(s), dtype=np.int64)),
+                "problem_id": pa.array([self._ids[k] for k in s], type=pa.string()),
+                "pass_rate": pa.array(p),
+                "ovs": pa.array(p * (1 - p)),
+                "tds": pa.array(t),
+                "vps": pa.array(self.config.vps(p, t)),
+                "n_observed": pa.array(self._observed[s]),
+                "n_groups": pa.array(self._groups[s]),
+                "scored": pa.array(self._scored[s]),
+            },
+            metadata={b"vps_config": repr(asdict(self.config)).encode()},
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_table` as Parquet, atomically (``datasets.load_dataset("parquet", ...)`` reads it)."""
+        from curation.io import write_parquet_atomic
+
+        return write_parquet_atomic(self.to_table(), path)
+
+    @classmethod
+    def load(cls, path: str | Path, config: VPSConfig | None = None) -> VPSTable:
+        """Restore a table written by :meth:`save` (counts and prior flags included)."""
+        import pyarrow.parquet as pq
+
+        tbl = pq.read_table(path)
+        return cls.from_table(tbl, config=config)
+
+    @classmethod
+    def from_table(cls, tbl: pa.Table, config: VPSConfig | None = None) -> VPSTable:
+        need = {"index", "problem_id", "pass_rate", "tds", "n_observed", "n_groups", "scored"}
+        missing = need - set(tbl.column_names)
+        if missing:
+            raise ValueError(f"not a saved VPS table: missing columns {sorted(missing)}")
+        tbl = tbl.sort_by("index")
+        idx = tbl.column("index").to_numpy()
+        if not np.array_equal(idx, np.arange(len(idx))):
+            raise ValueError("saved VPS table: 'index' must be 0..n-1 without gaps")
+        scored = tbl.column("scored").to_pylist()
+        p = tbl.column("pass_rate").to_pylist()
+        t = tbl.column("tds").to_pylist()
+        out = cls(
+            tbl.column("problem_id").to_pylist(),
+            pass_rate=[pv if sc else None for pv, sc in zip(p, scored)],
+            tds=[tv if sc else None for tv, sc in zip(t, scored)],
+            config=config,
+        )
+        # exact state (the constructor put the prior where ``scored`` is False)
+        s = out._index_to_slot
+        out._p[s] = np.asarray(p, dtype=np.float64)
+        out._tds[s] = np.asarray(t, dtype=np.float64)
+        out._observed[s] = tbl.column("n_observed").to_numpy()
+        out._groups[s] = tbl.column("n_groups").to_numpy()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Picklable state for trainer checkpoints (``load_state_dict`` restores it on a table built for the
+        same dataset)."""
+        return {"table": self.to_table(), "version": self.version,
+                "total_groups": self._total_groups, "total_zero_var": self._total_zero_var}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        other = VPSTable.from_table(state["table"], config=self.config)
+        if len(other) != len(self) or other._ids != self._ids:
+            raise ValueError("state_dict is from a VPS table over a different dataset")
+        self._p, self._tds, self._scored = other._p, other._tds, other._scored
+        self._observed, self._groups = other._observed, other._groups
+        self.version = int(state["version"])
+        self._cache = None
+        self._total_groups = int(state["total_groups"])
+        self._total_zero_var = int(state["total_zero_var"])
