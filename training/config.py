@@ -1,0 +1,476 @@
+"""Training recipes: YAML -> TRL config dataclasses + our extra sections (data, rewards, VAS, PAD, stages).
+
+A recipe's trainer sections use TRL's *own* field names, so a TRL YAML works unchanged::
+
+    model: path/or/hub-id           # the policy to start from
+    sft:                            # any trl.SFTConfig field, plus `data` (and `vas` for the SFT sampler)
+      output_dir: runs/sft
+      max_length: 2048              # required: over-long rows are dropped or rejected, never truncated
+      learning_rate: 1.0e-5
+      data: {train: path/to/sft.parquet, on_too_long: drop}     # drop | error
+    grpo:                           # any trl.GRPOConfig field, plus `data`, `rewards`, `vas`, `pad`
+      num_generations: 8
+      data: {train: path/to/rl.parquet}
+      rewards: {accuracy: 1.0, format: 0.5}                     # training.rewards.build_reward_funcs spec
+      vas: {enabled: true, lambda: 0.5, alpha: 0.8, beta: 0.2, epsilon: 1.0e-3, momentum: 0.5,
+            refresh: online, rescore_every: 0, scores: path/to/scores.parquet}
+      pad: {enabled: false, rho: 0.5, t_low: 0.0, t_high: .inf, tau_start: 1.0, tau_end: 0.3}
+    staged:                         # ReVisual-R1's three stages; each stage = its kind's section + overrides
+      output_dir: runs/staged
+      stages:
+        - {name: cold_start, kind: sft, data: {train: sft.parquet}}
+        - {name: mm_rl, kind: grpo, data: {train: rl_mm.parquet}}
+        - {name: text_rl, kind: grpo, freeze_vision: true, data: {train: rl_text.parquet}}
+
+Unknown keys anywhere raise :class:`RecipeError` naming the key and the closest valid name, so a typo is never
+silently ignored.  Values are coerced to the field's type (PyYAML reads ``1e-6`` as a string: it is turned
+into a float for float fields).  Overrides ``grpo.learning_rate=1e-6`` / ``staged.stages.1.max_steps=2`` are
+parsed with YAML typing and applied to the raw mapping before any section is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+__all__ = [
+    "RecipeError",
+    "DataSpec",
+    "VASSpec",
+    "PADSpec",
+    "SFTRecipe",
+    "GRPORecipe",
+    "StageSpec",
+    "StagedRecipe",
+    "load_raw",
+    "parse_override",
+    "apply_overrides",
+    "build_sft_recipe",
+    "build_grpo_recipe",
+    "build_staged_recipe",
+    "load_sft_recipe",
+    "load_grpo_recipe",
+    "load_staged_recipe",
+]
+
+# Keys a trainer section may carry besides the TRL config fields.
+_SFT_EXTRA = {"data", "vas"}
+_GRPO_EXTRA = {"data", "rewards", "vas", "pad"}
+_STAGE_KEYS = {"name", "kind", "model", "freeze_vision"}
+_TOP_KEYS = {"model", "sft", "grpo", "staged", "description"}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used: unknown key, wrong type, missing required value."""
+
+
+def _suggest(key: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_keys(where: str, given: dict, valid: set[str]) -> None:
+    unknown = [k for k in given if k not in valid]
+    if unknown:
+        k = unknown[0]
+        raise RecipeError(f"{where}: unknown key '{k}'{_suggest(k, valid)}")
+
+
+# --- typed extra sections -----------------------------------------------------------------------------
+
+
+@dataclass
+class DataSpec:
+    """``data:`` of a trainer section. ``on_too_long`` (SFT): ``drop`` (reported + excluded table) or ``error``."""
+
+    train: Path
+    eval: Path | None = None
+    on_too_long: str = "drop"
+    limit: int | None = None  # use only the first N rows (smoke runs)
+
+
+@dataclass
+class VASSpec:
+    """``vas:``: MMR1 Variance-Aware Sampling.
+
+    A fraction ``lambda`` of each generation batch's prompts is drawn with replacement with probability
+    proportional to ``max(VPS, epsilon)``; the rest uniformly without replacement.  ``VPS = alpha * OVS +
+    beta * TDS`` where ``OVS = p (1 - p)`` for pass rate ``p``.  ``refresh: online`` updates each seen prompt's
+    ``p`` and TDS from the trainer's own rollouts by an EMA with ``momentum`` (``new = m * old + (1 - m) *
+    observed``); ``rescore_every: T > 0`` re-scores the whole set every T steps with the scoring engine.
+    """
+
+    enabled: bool | None = None  # None: SFT -> on when the rows carry `vps`; GRPO -> off
+    lambda_: float = 0.5
+    alpha: float = 0.8
+    beta: float = 0.2
+    epsilon: float = 1e-3
+    momentum: float = 0.5
+    refresh: str = "online"  # online | none
+    rescore_every: int = 0  # re-score every prompt every T optimizer steps (0 = never)
+    scores: Path | None = None
+    tds_metric: str = "distinct_n"
+    seed: int | None = None  # default: the trainer's seed
+
+
+@dataclass
+class PADSpec:
+    """``pad:``: ReVisual-R1 Prioritized Advantage Distillation on each generation batch.
+
+    Keep only samples with ``t_low <= |A| <= t_high``, then draw ``k' = ceil(rho * N)`` of them without
+    replacement with probability ``softmax(|A| / tau)``; ``tau`` is annealed linearly from ``tau_start`` to
+    ``tau_end`` over training.
+    """
+
+    enabled: bool = False
+    rho: float = 0.5
+    t_low: float = 0.0
+    t_high: float = math.inf
+    tau_start: float = 1.0
+    tau_end: float = 0.3
+    schedule: str = "linear"  # linear | cosine | constant
+
+    def to_pad_config(self):
+        from .pad import PADConfig
+
+        return PADConfig(rho=self.rho, t_low=self.t_low, t_high=self.t_high, tau_start=self.tau_start,
+                         tau_end=self.tau_end, schedule=self.schedule)
+
+
+_RENAMES = {"lambda": "lambda_"}  # YAML key -> dataclass field (``lambda`` is a Python keyword)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Coerce a YAML value to a dataclass field type where it is unambiguous (``'1e-6'`` -> float, ints ->
+    floats, strings -> Path).  Anything else is passed through and left to the dataclass' own checks."""
+    if value is None:
+        return None
+    if isinstance(typ, str):  # postponed annotation: resolve the few we use
+        typ = {"float": float, "int": int, "bool": bool, "str": str}.get(typ, typ)
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        simple = [a for a in args if a is not type(None)]
+        if isinstance(value, str) and float in simple and str not in simple:
+            return _coerce(value, float, where)
+        if isinstance(value, str) and int in simple and str not in simple and float not in simple:
+            return _coerce(value, int, where)
+        if Path in simple and isinstance(value, str):
+            return Path(value)
+        return value
+    if typ is float:
+        if isinstance(value, bool):
+            raise RecipeError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise RecipeError(f"{where}: expected a number, got {value!r}") from None
+    if typ is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise RecipeError(f"{where}: expected an integer, got {value!r}") from None
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typ is bool and not isinstance(value, bool):
+        raise RecipeError(f"{where}: expected true/false, got {value!r}")
+    if typ is Path and isinstance(value, str):
+        return Path(value)
+    return value
+
+
+def _build_dataclass(cls: type, raw: Any, where: str, renames: dict[str, str] | None = None):
+    if raw is None:
+        raw = {}
+    if isinstance(raw, bool) and "enabled" in {f.name for f in dataclasses.fields(cls)}:
+        raw = {"enabled": raw}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    renames = renames or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    yaml_names = {n for n in fields if n not in renames.values()} | set(renames)
+    _check_keys(where, raw, yaml_names)
+    kwargs = {}
+    for k, v in raw.items():
+        name = renames.get(k, k)
+        kwargs[name] = _coerce(v, hints.get(name, fields[name].type), f"{where}.{k}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def _data_spec(raw: Any, where: str) -> DataSpec:
+    if isinstance(raw, (str, Path)):
+        raw = {"train": str(raw)}
+    if not isinstance(raw, dict) or "train" not in raw:
+        raise RecipeError(f"{where}: needs at least `train: path/to/file.parquet`")
+    spec = _build_dataclass(DataSpec, raw, where)
+    if spec.on_too_long not in {"drop", "error"}:
+        raise RecipeError(f"{where}.on_too_long: must be 'drop' or 'error', got {spec.on_too_long!r}")
+    return spec
+
+
+def _vas_spec(raw: Any, where: str) -> VASSpec:
+    spec = _build_dataclass(VASSpec, raw, where, _RENAMES)
+    if not 0.0 <= spec.lambda_ <= 1.0:
+        raise RecipeError(f"{where}.lambda: must lie in [0, 1], got {spec.lambda_}")
+    if not 0.0 <= spec.momentum < 1.0:
+        raise RecipeError(f"{where}.momentum: must lie in [0, 1), got {spec.momentum}")
+    if spec.epsilon <= 0:
+        raise RecipeError(f"{where}.epsilon: must be > 0 (floor of the sampling weight), got {spec.epsilon}")
+    if spec.refresh not in {"online", "none"}:
+        raise RecipeError(f"{where}.refresh: must be 'online' or 'none', got {spec.refresh!r}")
+    if spec.rescore_every < 0:
+        raise RecipeError(f"{where}.rescore_every: must be >= 0, got {spec.rescore_every}")
+    return spec
+
+
+def _pad_spec(raw: Any, where: str) -> PADSpec:
+    spec = _build_dataclass(PADSpec, raw, where)
+    try:
+        spec.to_pad_config()  # PADConfig validates rho, the |A| band and the temperatures
+    except ValueError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    return spec
+
+
+# --- recipes -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SFTRecipe:
+    model: str
+    args: Any  # trl.SFTConfig
+    data: DataSpec
+    vas: VASSpec = field(default_factory=VASSpec)
+
+
+@dataclass
+class GRPORecipe:
+    model: str
+    args: Any  # trl.GRPOConfig
+    data: DataSpec
+    rewards: dict = field(default_factory=lambda: {"accuracy": 1.0})
+    vas: VASSpec = field(default_factory=VASSpec)
+    pad: PADSpec = field(default_factory=PADSpec)
+
+
+@dataclass
+class StageSpec:
+    name: str
+    kind: str  # sft | grpo
+    section: dict  # the merged raw trainer section (TRL fields + extras)
+    model: str | None = None
+    freeze_vision: bool = False
+
+
+@dataclass
+class StagedRecipe:
+    model: str
+    output_dir: Path
+    stages: list[StageSpec]
+
+
+def _trl_config(cls: type, raw: dict, where: str, *, cpu_defaults: bool = True):
+    """Build ``cls`` (SFTConfig / GRPOConfig) from TRL field names, coercing types; unknown keys raise."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    _check_keys(where, raw, set(fields))
+    kwargs = {k: _coerce(v, fields[k].type, f"{where}.{k}") for k, v in raw.items()}
+    if cpu_defaults:
+        import torch
+
+        # TRL turns bf16 on by default; on a machine without an accelerator that is an error, so default it
+        # off there (an explicit recipe value always wins).
+        if "bf16" not in kwargs and not torch.cuda.is_available():
+            kwargs["bf16"] = False
+    kwargs.setdefault("report_to", "none")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def build_sft_recipe(section: dict, model: str, where: str = "sft") -> SFTRecipe:
+    from trl import SFTConfig
+
+    section = copy.deepcopy(section or {})
+    if "data" not in section:
+        raise RecipeError(f"{where}: missing `data: {{train: path/to/sft.parquet}}`")
+    data = _data_spec(section.pop("data"), f"{where}.data")
+    vas = _vas_spec(section.pop("vas", None), f"{where}.vas")
+    if section.get("max_length") is None:
+        raise RecipeError(
+            f"{where}.max_length: required (examples longer than it are dropped or rejected, never truncated)"
+        )
+    if not model:
+        raise RecipeError("model: required (a local path or hub id)")
+    section.setdefault("output_dir", "runs/sft")
+    args = _trl_config(SFTConfig, section, where)
+    return SFTRecipe(model=str(model), args=args, data=data, vas=vas)
+
+
+def build_grpo_recipe(section: dict, model: str, where: str = "grpo") -> GRPORecipe:
+    from trl import GRPOConfig
+
+    section = copy.deepcopy(section or {})
+    if "data" not in section:
+        raise RecipeError(f"{where}: missing `data: {{train: path/to/rl.parquet}}`")
+    data = _data_spec(section.pop("data"), f"{where}.data")
+    rewards = section.pop("rewards", None) or {"accuracy": 1.0}
+    if not isinstance(rewards, dict):
+        raise RecipeError(f"{where}.rewards: expected a mapping like {{accuracy: 1.0, format: 0.5}}")
+    vas = _vas_spec(section.pop("vas", None), f"{where}.vas")
+    pad = _pad_spec(section.pop("pad", None), f"{where}.pad")
+    if "reward_weights" in section:
+        raise RecipeError(f"{where}.reward_weights: give the weights in `rewards:` instead (one place only)")
+    if not model:
+        raise RecipeError("model: required (a local path or hub id)")
+    section.setdefault("output_dir", "runs/grpo")
+    args = _trl_config(GRPOConfig, section, where)
+    return GRPORecipe(model=str(model), args=args, data=data, rewards=rewards, vas=vas, pad=pad)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def build_staged_recipe(raw: dict) -> StagedRecipe:
+    """Each stage = the top-level section of its ``kind`` deep-merged with the stage's own keys."""
+    staged = raw.get("staged")
+    if not isinstance(staged, dict) or not isinstance(staged.get("stages"), list) or not staged["stages"]:
+        raise RecipeError("staged: needs `stages: [{name: ..., kind: sft|grpo, ...}, ...]`")
+    _check_keys("staged", staged, {"output_dir", "stages"})
+    out_dir = Path(staged.get("output_dir") or "runs/staged")
+    stages: list[StageSpec] = []
+    seen = set()
+    for i, st in enumerate(staged["stages"]):
+        where = f"staged.stages.{i}"
+        if not isinstance(st, dict):
+            raise RecipeError(f"{where}: expected a mapping")
+        name, kind = st.get("name"), st.get("kind")
+        if not name or not isinstance(name, str):
+            raise RecipeError(f"{where}: needs a `name`")
+        if name in seen:
+            raise RecipeError(f"{where}: duplicate stage name {name!r}")
+        seen.add(name)
+        if kind not in {"sft", "grpo"}:
+            raise RecipeError(f"{where}.kind: must be 'sft' or 'grpo', got {kind!r}")
+        own = {k: v for k, v in st.items() if k not in _STAGE_KEYS}
+        section = _deep_merge(raw.get(kind) or {}, own)
+        section["output_dir"] = str(out_dir / name)
+        freeze = _coerce(st.get("freeze_vision", False), bool, f"{where}.freeze_vision")
+        stages.append(StageSpec(name=name, kind=kind, section=section, model=st.get("model"), freeze_vision=freeze))
+        # Validate now (unknown keys, types) so a typo in stage 3 fails before stage 1 trains for hours.
+        builder = build_sft_recipe if kind == "sft" else build_grpo_recipe
+        builder(section, st.get("model") or raw.get("model") or "<previous stage>", where=where)
+    if not raw.get("model") and not stages[0].model:
+        raise RecipeError("model: required (the checkpoint stage 1 starts from)")
+    return StagedRecipe(model=str(stages[0].model or raw.get("model")), output_dir=out_dir, stages=stages)
+
+
+# --- loading + overrides -------------------------------------------------------------------------------
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _yaml_value(text: str) -> Any:
+    """Parse one override value with YAML typing; ``1e-6`` (a string to YAML 1.1) becomes a float."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``grpo.learning_rate=1e-6`` -> (['grpo', 'learning_rate'], 1e-06)."""
+    if "=" not in item:
+        raise RecipeError(f"override {item!r}: expected KEY=VALUE (e.g. grpo.learning_rate=1e-6)")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if key.startswith("--"):
+        key = key[2:]
+    if not key:
+        raise RecipeError(f"override {item!r}: empty key")
+    return key.split("."), _yaml_value(value)
+
+
+def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
+    """Set each dotted key (list items by index: ``staged.stages.0.max_steps=2``) in a copy of ``raw``."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = out
+        for j, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                try:
+                    node = node[int(part)]
+                except (ValueError, IndexError):
+                    raise RecipeError(f"override {item!r}: {'.'.join(path[: j + 1])} is not a valid list index") from None
+            else:
+                if not isinstance(node.get(part, {}), (dict, list)):
+                    raise RecipeError(f"override {item!r}: {'.'.join(path[: j + 1])} is not a mapping")
+                node = node.setdefault(part, {})
+        last = path[-1]
+        if isinstance(node, list):
+            try:
+                node[int(last)] = value
+            except (ValueError, IndexError):
+                raise RecipeError(f"override {item!r}: {last} is not a valid list index") from None
+        else:
+            node[last] = value
+    return out
+
+
+def load_raw(path: str | Path | None, overrides: Iterable[str] = ()) -> dict:
+    """Read a recipe YAML (or start empty) and apply overrides; checks the top-level keys."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise RecipeError(f"{path}: no such recipe file")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: a recipe must be a YAML mapping")
+    raw = apply_overrides(raw, overrides)
+    _check_keys("recipe", raw, _TOP_KEYS)
+    return raw
+
+
+def load_sft_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> SFTRecipe:
+    raw = load_raw(path, overrides)
+    if not isinstance(raw.get("sft"), dict):
+        raise RecipeError("recipe has no `sft:` section")
+    return build_sft_recipe(raw["sft"], raw.get("model"))
+
+
+def load_grpo_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> GRPORecipe:
+    raw = load_raw(path, overrides)
+    if not isinstance(raw.get("grpo"), dict):
+        raise RecipeError("recipe has no `grpo:` section")
+    return build_grpo_recipe(raw["grpo"], raw.get("model"))
+
+
+def load_staged_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> StagedRecipe:
+    return build_staged_recipe(load_raw(path, overrides))

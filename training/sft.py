@@ -1,0 +1,505 @@
+"""``train sft``: TRL ``SFTTrainer`` on ``sft.parquet`` (text or multimodal), no silent truncation.
+
+What this adds to TRL:
+
+- **max_length is a contract, not a truncation.**  Every row is tokenised exactly as TRL will tokenise it
+  (``trl.data_utils._tokenize`` with the chat template TRL will use; for image rows the processor's chat
+  template with the images, so image tokens count).  Rows longer than ``max_length`` are either dropped -
+  counted, printed and written to ``<output_dir>/excluded.parquet`` (schema ``excluded``, reason
+  ``too_long``) - or rejected with an error naming every such row (``data.on_too_long: error``).  TRL's
+  own truncation then never fires.
+- **Assistant-only loss where the template supports it.**  ``assistant_only_loss: true`` needs a chat
+  template with ``{% generation %}`` markers; TRL 1.16 swaps in a training template for the families it
+  knows (Qwen2.5 / Qwen2.5-VL / Qwen3 / Llama 3 / ...) and raises otherwise.  We check first
+  (:func:`assistant_mask_support`): unsupported templates get a clear warning and full-sequence loss
+  instead of a crash (``assistant_only_loss: require`` keeps TRL's error).
+- **Stage-1 VAS.**  When the rows carry ``vps`` (and ``vas.enabled`` is not false) each epoch's order comes
+  from :class:`training.sampler.VASEpochSampler` (a fraction ``lambda`` of the epoch drawn by VPS, the rest
+  uniform); otherwise TRL's uniform shuffle.  Hook: ``_get_train_sampler`` only.
+- Vision-language models get their processor from :func:`curation.models.load_processor`; the final model
+  and processor land in ``<output_dir>/final`` with a ``result.json``.
+
+Helpers shared with :mod:`training.grpo` (dataset loading, processor saving, results) live here too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import SFTRecipe
+
+__all__ = [
+    "TooLongError",
+    "TrainResult",
+    "load_parquet_dataset",
+    "sequence_lengths",
+    "split_too_long",
+    "assistant_mask_support",
+    "save_processing_class",
+    "train_sft",
+]
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+FINAL_DIR = "final"
+EXCLUDED_FILE = "excluded.parquet"
+
+
+class TooLongError(ValueError):
+    """Rows longer than ``max_length`` with ``on_too_long: error``; ``rows`` = [(index, id, n_tokens)]."""
+
+    def __init__(self, rows: list[tuple[int, str | None, int]], max_length: int, path: str):
+        self.rows = rows
+        shown = "; ".join(f"row {i}" + (f" (id={rid})" if rid else "") + f": {n} tokens" for i, rid, n in rows[:20])
+        more = f"; ... and {len(rows) - 20} more" if len(rows) > 20 else ""
+        super().__init__(
+            f"{path}: {len(rows)} row(s) longer than max_length={max_length} tokens (with the chat template): "
+            f"{shown}{more}. Raise max_length, or set data.on_too_long=drop to drop them (they are never truncated)."
+        )
+
+
+@dataclass
+class TrainResult:
+    """What a finished ``train sft`` / ``train grpo`` run reports (also ``<output_dir>/final/result.json``)."""
+
+    kind: str
+    output_dir: str
+    final_dir: str
+    steps: int
+    train_rows: int
+    final_loss: float | None = None
+    final_reward: float | None = None
+    zero_variance_frac: float | None = None  # GRPO: mean frac_reward_zero_std over the run
+    dropped: int = 0
+    excluded_path: str | None = None
+    seconds: float = 0.0
+    resumed_from: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# --- shared helpers --------------------------------------------------------------------------------------
+
+
+def load_parquet_dataset(path: str | Path, *, limit: int | None = None, required: tuple[str, ...] = ()):
+    """A 🤗 ``Dataset`` from one Parquet file (images decode to PIL via the schema's feature metadata)."""
+    from datasets import Dataset
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (data.train)")
+    ds = Dataset.from_parquet(str(path), keep_in_memory=False)
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; has {ds.column_names}")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    if len(ds) == 0:
+        raise ValueError(f"{path}: no rows")
+    return ds
+
+
+def is_vlm_processor(processing_class: Any) -> bool:
+    from transformers import ProcessorMixin
+
+    return isinstance(processing_class, ProcessorMixin)
+
+
+def tokenizer_of(processing_class: Any) -> Any:
+    return processing_class.tokenizer if is_vlm_processor(processing_class) else processing_class
+
+
+def save_processing_class(processing_class: Any, out_dir: str | Path) -> None:
+    """Save a tokenizer or processor.  A processor built without torchvision (``video_processor=None``, see
+    :func:`curation.models.load_processor`) cannot ``save_pretrained`` itself: its tokenizer, image processor
+    and chat template are saved one by one so :func:`curation.models.load_processor` reloads it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_vlm_processor(processing_class) and getattr(processing_class, "video_processor", "absent") is None:
+        processing_class.tokenizer.save_pretrained(out_dir)
+        processing_class.image_processor.save_pretrained(out_dir)
+        pp = out_dir / "preprocessor_config.json"
+        if pp.exists():  # canonical class name: the torchvision backend where installed, PIL otherwise
+            cfg = json.loads(pp.read_text())
+            t = cfg.get("image_processor_type", "")
+            if t.endswith("Pil"):
+                cfg["image_processor_type"] = t[: -len("Pil")]
+                pp.write_text(json.dumps(cfg, indent=2))
+        if processing_class.chat_template:
+            (out_dir / "chat_template.jinja").write_text(processing_class.chat_template)
+        return
+    processing_class.save_pretrained(out_dir)
+
+
+class ProcessorSaveMixin:
+    """Trainer mixin: save the processing class with :func:`save_processing_class` (checkpoints included)."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        proc = self.processing_class
+        self.processing_class = None
+        try:
+            super()._save(output_dir, state_dict=state_dict)
+        finally:
+            self.processing_class = proc
+        if proc is not None and self.args.should_save:
+            save_processing_class(proc, output_dir or self.args.output_dir)
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(output_dir))
+
+
+def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
+    """Save the final model + processor to ``<output_dir>/final`` and ``result.json`` (written last)."""
+    final = Path(result.final_dir)
+    trainer.save_model(str(final))
+    if trainer.args.should_save:
+        from curation.io import write_json_atomic
+
+        write_json_atomic(result.to_json(), final / RESULT_FILE)
+    return result
+
+
+def last_logged(log_history: list[dict], key: str) -> float | None:
+    for rec in reversed(log_history):
+        if key in rec and rec[key] is not None:
+            return float(rec[key])
+    return None
+
+
+def mean_logged(log_history: list[dict], key: str) -> float | None:
+    vals = [float(r[key]) for r in log_history if key in r and r[key] is not None and not math.isnan(float(r[key]))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None]] | None, label: str):
+    """A TrainerCallback advancing a rich progress bar (``curation.console.progress_factory``) per step."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        def __init__(self):
+            self.advance = None
+            self.done = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            if new_task is not None and state.is_world_process_zero:
+                self.advance = new_task(label, state.max_steps or None)
+                if state.global_step:
+                    self.advance(state.global_step)
+                self.done = state.global_step
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.advance is not None and state.global_step > self.done:
+                self.advance(state.global_step - self.done)
+                self.done = state.global_step
+
+    return _Progress()
+
+
+# --- lengths ---------------------------------------------------------------------------------------------
+
+
+def _first_user_text(messages: list[dict]) -> str | None:
+    for m in messages or []:
+        if m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str):
+                return c
+            if isinstance(c, list):
+                return "".join(p.get("text") or "" for p in c if isinstance(p, dict) and p.get("type") == "text")
+    return None
+
+
+def _clean_parts(messages: list[dict]) -> list[dict]:
+    """Drop the ``None`` fields Arrow structs give typed parts (``{"type": "image", "text": None}``)."""
+    out = []
+    for m in messages:
+        c = m.get("content")
+        if isinstance(c, list):
+            c = [{k: v for k, v in p.items() if v is not None} for p in c]
+        out.append({**m, "content": c})
+    return out
+
+
+def sequence_lengths(dataset: Any, processing_class: Any, *, chat_template: str | None = None,
+                     column: str = "messages") -> list[int]:
+    """Token count of each row as TRL's SFT preparation/collator will build it.
+
+    Text rows: ``trl.data_utils._tokenize(processing_class, messages, chat_template=...)`` - the function
+    TRL's ``SFTTrainer`` calls.  Rows with images: the processor's chat template applied to the messages with
+    the images inserted (``prepare_multimodal_messages``), as ``DataCollatorForVisionLanguageModeling`` does,
+    so every image's expanded ``<|image_pad|>`` tokens count."""
+    from trl.data_utils import _tokenize, prepare_multimodal_messages
+
+    vlm = is_vlm_processor(processing_class)
+    has_images = "images" in dataset.column_names
+    lengths = []
+    for i in range(len(dataset)):
+        row = dataset[i]
+        messages = _clean_parts(row[column])
+        images = row.get("images") if has_images else None
+        if vlm and images:
+            msgs = prepare_multimodal_messages(messages, images=images)
+            out = processing_class.apply_chat_template(
+                msgs, chat_template=chat_template, tokenize=True, return_dict=True,
+                processor_kwargs={"add_special_tokens": False},
+            )
+            ids = out["input_ids"]
+            ids = ids[0] if ids and isinstance(ids[0], list) else ids
+        else:
+            kwargs = {"chat_template": chat_template} if chat_template else {}
+            ids = _tokenize(processing_class, messages, **kwargs)["input_ids"]
+        lengths.append(len(ids))
+    return lengths
+
+
+def split_too_long(dataset: Any, lengths: list[int], max_length: int, *, on_too_long: str, source: str,
+                   excluded_path: str | Path | None, step: str = "sft.max_length"):
+    """Drop (recording each in ``excluded_path``) or reject the rows longer than ``max_length``.
+    Returns ``(kept_dataset, n_dropped)``."""
+    too_long = [i for i, n in enumerate(lengths) if n > max_length]
+    if not too_long:
+        return dataset, 0
+    ids = dataset["id"] if "id" in dataset.column_names else [None] * len(dataset)
+    if on_too_long == "error":
+        raise TooLongError([(i, ids[i], lengths[i]) for i in too_long], max_length, source)
+    from curation.io import ExclusionWriter
+
+    ex = ExclusionWriter()
+    has_images = "images" in dataset.column_names
+    for i in too_long:
+        row = dataset.with_format("arrow")[i].to_pylist()[0] if has_images else dataset[i]
+        ex.add(
+            {
+                "id": row.get("id"),
+                "source": row.get("source"),
+                "problem": _first_user_text(row.get("messages") or []),
+                "images": row.get("images") if has_images else None,
+            },
+            step=step,
+            reason="too_long",
+            detail=f"{lengths[i]} tokens > max_length {max_length}",
+            locator=f"{source}:{i}",
+            raw=json.dumps(row.get("messages"), ensure_ascii=False, default=str),
+        )
+    if excluded_path is not None:
+        ex.write(excluded_path)
+    keep = sorted(set(range(len(dataset))) - set(too_long))
+    return dataset.select(keep), len(too_long)
+
+
+# --- assistant-only loss ---------------------------------------------------------------------------------
+
+
+def assistant_mask_support(processing_class: Any) -> tuple[bool, str]:
+    """Whether TRL 1.16 can build an assistant-token mask for this chat template, and why.
+
+    Supported: the template has ``{% generation %}`` markers, or TRL ships a training variant of it
+    (``trl.chat_template_utils.get_training_chat_template``)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    tmpl = processing_class.chat_template
+    if not tmpl:
+        return False, "the processing class has no chat template"
+    if has_generation_markers(tmpl):
+        return True, "the chat template has {% generation %} markers"
+    try:
+        patched = get_training_chat_template(processing_class)
+    except ValueError:
+        return False, ("the chat template has no {% generation %} markers and TRL has no training variant "
+                       "of it")
+    if patched is None:
+        return True, "the chat template is training-compatible"
+    return True, "TRL swaps in its training variant of this chat template ({% generation %} markers)"
+
+
+def _resolve_assistant_only(args: Any, processing_class: Any) -> tuple[bool, str]:
+    """``assistant_only_loss``: True -> on when supported, else warn and train on the full sequence."""
+    want = args.assistant_only_loss
+    if not want:
+        return False, "off (recipe)"
+    ok, why = assistant_mask_support(processing_class)
+    if ok:
+        return True, why
+    msg = (f"assistant_only_loss requested but unsupported: {why}. Training on the full sequence (system and "
+           "user tokens included in the loss). Add {% generation %}...{% endgeneration %} around the assistant "
+           "content in the chat template to get assistant-only loss.")
+    warnings.warn(msg, stacklevel=3)
+    args.assistant_only_loss = False
+    return False, "unsupported: " + why
+
+
+def _training_chat_template(processing_class: Any) -> str | None:
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(processing_class.chat_template or ""):
+        return None
+    return get_training_chat_template(processing_class)
+
+
+# --- the trainer -----------------------------------------------------------------------------------------
+
+
+def _sft_trainer_class():
+    from trl import SFTTrainer
+
+    class VASSFTTrainer(ProcessorSaveMixin, SFTTrainer):
+        """``SFTTrainer`` whose epoch order comes from a VAS epoch sampler when one is given."""
+
+        def __init__(self, *args, vas_sampler=None, **kwargs):
+            self.vas_sampler = vas_sampler
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.vas_sampler is None:
+                return super()._get_train_sampler(train_dataset)
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            if len(ds) != self.vas_sampler.n_rows:
+                raise RuntimeError(
+                    f"TRL's prepared dataset has {len(ds)} rows but the VAS sampler was built for "
+                    f"{self.vas_sampler.n_rows}; rows were dropped during preparation"
+                )
+            return self.vas_sampler
+
+    return VASSFTTrainer
+
+
+def _vps_weights(dataset: Any) -> list[float] | None:
+    """Per-row ``vps`` (nulls filled with the median of the present values); None without a usable column."""
+    if "vps" not in dataset.column_names:
+        return None
+    v = dataset["vps"]
+    present = sorted(x for x in v if x is not None and not math.isnan(x))
+    if not present:
+        return None
+    median = present[len(present) // 2]
+    return [median if (x is None or math.isnan(x)) else float(x) for x in v]
+
+
+def train_sft(
+    recipe: SFTRecipe,
+    *,
+    resume: bool = True,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    report: Callable[[str], None] | None = None,
+    freeze_vision: bool = False,
+) -> TrainResult:
+    """Run SFT from a recipe; returns a :class:`TrainResult` (also written to ``final/result.json``).
+
+    ``resume``: continue from the last ``checkpoint-*`` in ``output_dir`` when there is one.  ``report``:
+    called with human-readable notes (dropped rows, loss mode, sampler) for the CLI to print."""
+    from curation.models import is_vision_language, load_processor
+
+    say = report or (lambda s: log.info(s))
+    t0 = time.perf_counter()
+    args = recipe.args
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = recipe.model
+    vl_model = Path(model_dir).is_dir() and is_vision_language(model_dir)
+    processing_class = load_processor(model_dir, padding_side="right") if Path(model_dir).is_dir() else None
+    if processing_class is None:
+        from transformers import AutoProcessor
+
+        processing_class = AutoProcessor.from_pretrained(model_dir)
+
+    dataset = load_parquet_dataset(recipe.data.train, limit=recipe.data.limit, required=("messages",))
+    has_images = "images" in dataset.column_names
+    if has_images and not vl_model:
+        raise ValueError(f"{recipe.data.train} has an 'images' column but {model_dir} is not a vision-language model")
+
+    use_assistant, why = _resolve_assistant_only(args, processing_class)
+    say(f"loss: {'assistant tokens only' if use_assistant else 'full sequence'} ({why})")
+    template = _training_chat_template(processing_class) if use_assistant else None
+    lengths = sequence_lengths(dataset, processing_class, chat_template=template)
+    n_rows = len(dataset)
+    excluded_path = out / EXCLUDED_FILE
+    dataset, dropped = split_too_long(dataset, lengths, args.max_length, on_too_long=recipe.data.on_too_long,
+                                      source=str(recipe.data.train), excluded_path=excluded_path)
+    if dropped:
+        say(f"dropped {dropped} of {n_rows} rows longer than max_length={args.max_length} -> {excluded_path}")
+    if len(dataset) == 0:
+        raise ValueError(f"{recipe.data.train}: every row is longer than max_length={args.max_length}")
+
+    sampler = None
+    weights = _vps_weights(dataset)
+    vas_on = recipe.vas.enabled if recipe.vas.enabled is not None else weights is not None
+    if vas_on and weights is None:
+        raise ValueError(f"sft.vas.enabled is true but {recipe.data.train} has no usable 'vps' column")
+    if vas_on:
+        from .sampler import VASEpochSampler
+
+        pids = dataset["problem_id"] if "problem_id" in dataset.column_names else None
+        sampler = VASEpochSampler(
+            len(dataset), weights, problem_ids=pids, vas_fraction=recipe.vas.lambda_,
+            seed=recipe.vas.seed if recipe.vas.seed is not None else args.seed,
+            epsilon=recipe.vas.epsilon, per_problem=pids is not None,
+        )
+        say(f"sampler: VAS epoch sampler (lambda={recipe.vas.lambda_}) over {len(dataset)} rows")
+    else:
+        say("sampler: uniform shuffle")
+
+    keep_cols = ["messages"] + (["images"] if has_images else [])
+    dataset = dataset.select_columns(keep_cols)
+
+    trainer_cls = _sft_trainer_class()
+    callbacks = [progress_callback(progress, "sft")] if progress else []
+    trainer = trainer_cls(
+        model=model_dir,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processing_class,
+        callbacks=callbacks,
+        vas_sampler=sampler,
+    )
+    if freeze_vision:
+        freeze_vision_tower(trainer.model)
+    ckpt = last_checkpoint(out) if resume else None
+    if ckpt:
+        say(f"resuming from {ckpt}")
+    train_out = trainer.train(resume_from_checkpoint=ckpt)
+    hist = trainer.state.log_history
+    result = TrainResult(
+        kind="sft",
+        output_dir=str(out),
+        final_dir=str(out / FINAL_DIR),
+        steps=int(trainer.state.global_step),
+        train_rows=len(dataset),
+        final_loss=last_logged(hist, "loss") if last_logged(hist, "loss") is not None else train_out.training_loss,
+        dropped=dropped,
+        excluded_path=str(excluded_path) if dropped else None,
+        seconds=round(time.perf_counter() - t0, 2),
+        resumed_from=ckpt,
+        extra={"assistant_only_loss": use_assistant, "loss_mode_reason": why, "vas": sampler is not None,
+               "sampler_stats": sampler.last_epoch_stats() if sampler is not None else None,
+               "train_loss": train_out.training_loss},
+    )
+    return finish_run(trainer, result)
+
+
+def freeze_vision_tower(model: Any) -> int:
+    """``requires_grad_(False)`` on the vision tower (Qwen2-VL family: ``model.model.visual``, merger
+    included); returns the number of frozen parameters."""
+    inner = getattr(model, "model", None)
+    visual = getattr(inner, "visual", None) if inner is not None else None
+    if visual is None:
+        visual = getattr(model, "visual", None)
+    if visual is None:
+        raise ValueError(f"{type(model).__name__} has no vision tower (model.model.visual) to freeze")
+    visual.requires_grad_(False)
+    return sum(p.numel() for p in visual.parameters())
