@@ -280,8 +280,8 @@ def discover(root: str | Path) -> Discovery:
         if len(top) > 1:
             paths = ", ".join(str(t.path) for t in top)
             raise PublishError(
-                f"several tables for config {config!r}: {paths}; publish one of their folders instead "
-                "(or move the others out)"
+                f"several tables for config {config!r}: {paths}; publish one of their folders instead, "
+                "move the others out, or combine them first (e.g. `curate build` over several ingest folders)"
             )
         chosen[config] = top
         for t in found:
@@ -898,8 +898,13 @@ def validate_card(content: str):
     tables: ``configs`` (``MetadataConfigs``: config names, data_files, one default), ``dataset_info``
     (``DatasetInfosDict``), ``size_categories``, ``task_categories`` and ``license``.  Returns the card."""
     from datasets.info import DatasetInfosDict
-    from datasets.utils.metadata import MetadataConfigs, known_task_ids
+    from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard
+
+    try:  # deprecated in datasets but still the library's list of Hub task ids
+        from datasets.utils.metadata import known_task_ids
+    except ImportError:  # pragma: no cover
+        known_task_ids = {"question-answering", "text-generation", "visual-question-answering", "other"}
 
     try:
         card = DatasetCard(content)

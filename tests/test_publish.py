@@ -316,8 +316,14 @@ def test_dry_run_loads_back_with_datasets(run_dir, dry):
             im = ds[i]["images"][0]
             assert isinstance(im, PILImage.Image) and im.size[0] > 0
             # original bytes kept (no re-encoding)
-            pub = pq.read_table(out / f"data/{config}/train-00000-of-00001.parquet", columns=["images"])
+            shard = out / f"data/{config}/train-00000-of-00001.parquet"
+            pub = pq.read_table(shard, columns=["images"])
             assert pub.column("images").to_pylist() == src.column("images").to_pylist()
+            # the Parquet file alone (no card) declares the Image feature in its Arrow schema metadata
+            meta = json.loads(pq.read_schema(shard).metadata[b"huggingface"])
+            assert meta["info"]["features"]["images"]["feature"]["_type"] == "Image"
+            bare = load_dataset("parquet", data_files=str(shard), split="train")
+            assert isinstance(bare[i]["images"][0], PILImage.Image)
 
 
 def test_dry_run_is_deterministic_and_refuses_foreign_folders(run_dir, dry, tmp_path):
