@@ -518,3 +518,23 @@ def test_token_never_printed_by_the_cli(run_dir, hub, tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "error:" in bad.stderr and "denied" in bad.stderr
     assert TOKEN not in bad.stdout + bad.stderr
+
+
+def test_cold_start_card_from_sft_table(run_dir, tmp_path):
+    """An SFT folder (GSM8K problems + their reference solutions as assistant turns) gets the cold_start card."""
+    from datasets import load_dataset
+
+    problems = pq.read_table(run_dir / "build" / "problems.parquet").to_pylist()
+    rows = [{"id": f"sft-{r['id']}", "problem_id": r["id"], "source": r["source"],
+             "messages": [{"role": "user", "content": r["problem"]},
+                          {"role": "assistant", "content": f"{r['solution']}\n\\boxed{{{r['answer']}}}"}]}
+            for r in problems if r["source"] == "gsm8k" and r["solution"]][:200]
+    write_parquet_atomic(S.to_table(rows, "sft_text"), tmp_path / "cot" / "sft.parquet")
+    res = publish(tmp_path / "cot", "rlcurate/cold", dry_run=tmp_path / "out")
+    assert res.kind == "cold_start" and res.configs == {"cold_start": 200}
+    card = validate_card((tmp_path / "out" / "README.md").read_text())
+    assert card.data.to_dict()["configs"][0]["config_name"] == "cold_start"
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "200 long chain-of-thought conversations" in text and "No `curate build` statistics" in text
+    ds = load_dataset(str(tmp_path / "out"), "cold_start", split="train")
+    assert ds["problem_id"] == [r["problem_id"] for r in rows] and ds[0]["messages"] == rows[0]["messages"]
