@@ -103,6 +103,10 @@ def test_bad_scores_name_the_row():
 def test_frozen_or_invalid_momentum_is_rejected(m):
     with pytest.raises(ValueError, match="freezes" if m == 1.0 else "momentum"):
         VPSConfig(momentum=m)
+    t = VPSTable.uniform_prior(2)
+    t.config.momentum = m  # changed after construction: caught at the next update
+    with pytest.raises(ValueError, match="momentum"):
+        t.update([0], [[1.0, 0.0]])
 
 
 def test_ema_update_follows_the_documented_formula(groups):
@@ -237,3 +241,15 @@ def test_ema_stays_in_range_and_matches_closed_form(m, p0, obs):
     assert got["pass_rate"] == pytest.approx(expect, abs=1e-12)
     assert 0.0 <= got["vps"] <= 0.8 * 0.25 + 0.2 + 1e-12
     assert math.isfinite(got["vps"])
+
+
+def test_from_a_shuffled_hf_dataset_follows_its_row_order():
+    import datasets
+
+    ds = datasets.Dataset.from_list(
+        [{"problem_id": f"q{i}", "pass_rate": i / 10, "tds": 0.0, "prompt": "x"} for i in range(11)]
+    ).shuffle(seed=0)
+    t = VPSTable.from_dataset(ds)
+    for i, row in enumerate(ds):
+        assert t.get(i)["problem_id"] == row["problem_id"]
+        assert t.get(i)["pass_rate"] == pytest.approx(row["pass_rate"])

@@ -24,6 +24,8 @@ disagrees is reported once as a warning.  Prompts without a score get the prior 
 
 A prompt still on its *prior* (never scored, never observed) takes ``p_hat`` / ``tds_hat`` directly on its
 first observation (``replace_prior=True``, default): a made-up prior should not dilute real evidence.
+Without texts (``completions=None``) only ``p`` moves; ``TDS`` keeps its value.  Several groups of the same
+prompt in one call are folded in one after another.
 ``m = 1`` would freeze the scores forever (MMR1's shipped default did exactly this) and is rejected.
 
 **Distributed contract.** ``update`` must be called with *already gathered* data - the whole global
@@ -115,7 +117,7 @@ def _columns(data: Any, names: Sequence[str]) -> dict[str, list]:
         return {n: tbl.column(n).to_pylist() for n in present}
     if isinstance(data, Sequence):
         rows = list(data)
-        present = [n for n in names if rows and n in rows[0]]
+        present = [n for n in names if any(n in r for r in rows)]
         return {n: [r.get(n) for r in rows] for n in present}
     raise TypeError(f"cannot read columns from {type(data).__name__}")
 
@@ -367,6 +369,8 @@ class VPSTable:
             raise ValueError(f"{len(keys)} keys but {len(completions)} completion groups")
         cfg = self.config
         m = cfg.momentum
+        if not (0.0 <= m < 1.0):  # the config may have been changed after construction
+            raise ValueError(f"momentum must be in [0, 1) (1 freezes the scores), got {m}")
         tds_fn = _trace_diversity() if completions is not None else None
         n_groups = n_zero_var = 0
         p_hats: list[float] = []
