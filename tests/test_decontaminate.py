@@ -128,8 +128,11 @@ def test_benchmark_formats_and_errors(tmp_path):
         load_benchmark(str(broken))
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_benchmark(str(tmp_path / "nope.jsonl"))
-    with pytest.raises(ValueError, match="no benchmarks"):
-        Step.from_config("decontaminate", {})
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        Step.from_config("decontaminate", {"benchmarks": [AMC, str(tmp_path / "nope.jsonl")]})
+    rows = [{"id": "c", "problem": AMC0}]
+    with pytest.warns(UserWarning, match="no benchmarks configured"):
+        assert list(Step.from_config("decontaminate", {"benchmarks": []}).run(rows)) == rows
 
 
 def test_rows_without_text_pass_through():

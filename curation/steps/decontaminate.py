@@ -37,11 +37,14 @@ The detail names the method, the benchmark file (as given in ``benchmarks``), th
 n-gram, or the Jaccard). Benchmark files are JSONL or Parquet (anything :func:`curation.io.read_records`
 reads) with a ``problem`` or ``question`` column (``column: auto`` takes the first of these that a row has).
 A benchmark that cannot be read is a configuration error and stops the step with a message naming the file
-and row; a training row without a string ``problem`` cannot be compared and passes through unchanged.
+and row (a missing file already when the step is built); with no benchmarks at all the step warns and passes
+every row (recipes list it with ``benchmarks: []`` and ``curate build --decontaminate FILE`` adds them). A
+training row without a string ``problem`` cannot be compared and passes through unchanged.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -128,8 +131,9 @@ class Decontaminate(Step):
     def __post_init__(self) -> None:
         if isinstance(self.benchmarks, str):
             self.benchmarks = [self.benchmarks]
-        if not self.benchmarks:
-            raise ValueError("decontaminate: no benchmarks given (option benchmarks: [path.jsonl, ...])")
+        for b in self.benchmarks:  # fail at recipe load, not after the steps before this one ran
+            if not Path(b).exists():
+                raise FileNotFoundError(f"decontaminate: benchmark file not found: {b}")
         if self.ngram < 1:
             raise ValueError(f"decontaminate: ngram must be >= 1, got {self.ngram}")
         if not 0.0 <= self.ngram_overlap <= 1.0:
@@ -217,6 +221,11 @@ class Decontaminate(Step):
         return result
 
     def run(self, rows: Iterable[dict]) -> Iterator[dict | Excluded]:
+        if not self.benchmarks:  # recipes may list the step with benchmarks given later on the CLI
+            warnings.warn("decontaminate: no benchmarks configured (benchmarks: [...] or curate build "
+                          "--decontaminate FILE); rows pass unchecked", stacklevel=2)
+            yield from rows
+            return
         rows = list(rows)
         usable = [k for k, r in enumerate(rows) if isinstance(r.get("problem"), str)]
         found = self.matches([rows[k]["problem"] for k in usable])

@@ -16,14 +16,16 @@ Two rows are near-duplicates when **all** of these hold:
    similarity alone decide (then they are merged once their Jaccard reaches the threshold).
 3. **Images**: a text-only row never duplicates a row with images; rows with images must have the same
    number of images and each image of one must match a distinct image of the other by content hash
-   (identical bytes) or perceptually: dHash (:func:`curation.images.dhash`) of ``image_hash_size`` squared
-   bits at Hamming distance <= ``image_hamming``. An image that cannot be decoded only matches identical
-   bytes. Default 16x16 = 256 bits, <= 24 apart (the same 9.4% as "6 of 64"), because the 64-bit dHash is
-   too coarse for math figures: over the 304 MATH-Vision testmini images, two *different* figures lie only
-   1 bit apart at 8x8 (composite "<image1>/<image2>" layouts on white), while at 16x16 the closest
+   (identical bytes) or perceptually: their dHashes (:func:`curation.images.dhash`, ``image_hash_size``
+   squared bits) differ in at most ``image_hamming`` bits *per 64*, i.e. in at most
+   ``round(image_hamming * image_hash_size^2 / 64)`` bits. An image that cannot be decoded only matches
+   identical bytes. Default 6 per 64 on a 16x16 = 256-bit dHash (<= 24 bits), because the 64-bit (8x8)
+   dHash is too coarse for math figures: over the 304 MATH-Vision testmini images two *different* figures
+   lie 1 bit apart at 8x8 (composite "<image1>/<image2>" layouts on white), while at 16x16 the closest
    different figures are 28 bits apart and a JPEG re-encode (quality 70, 80% size) of every image stays
-   within 21 bits (quality 50, half size: within 22). ``image_hash_size: 8, image_hamming: 6`` gives the
-   classic 64-bit setting.
+   within 21 bits (quality 50, half size: within 22). ``image_hash_size: 8`` gives the classic 64-bit
+   setting. A copy of a figure re-laid-out with different margins is not caught (MATH-Vision 773/1050:
+   same figure, 765x516 vs 810x515 pixels, 38 of 256 bits apart).
 
 Defaults ``ngram=3, threshold=0.6`` (not 5 / 0.8, the web-text defaults of :mod:`curation.minhash`): math
 problems are short, so a 5-gram shingle set loses 5 of ~40 shingles per changed word. Measured on 2,000
@@ -121,7 +123,7 @@ def images_match(a: _ImageInfo, b: _ImageInfo, max_bits: int) -> bool:
 @dataclass
 class NearDup(Step):
     """Options: ``threshold`` (exact shingle Jaccard), ``ngram`` (words per shingle), ``num_perm`` (MinHash
-    permutations), ``image_hamming`` (max dHash bits apart), ``image_hash_size`` (dHash side: size^2 bits),
+    permutations), ``image_hamming`` (max dHash bits apart per 64), ``image_hash_size`` (dHash side),
     ``match_numbers``, ``seed``."""
 
     name = "near_dup"
@@ -129,7 +131,7 @@ class NearDup(Step):
     threshold: float = 0.6
     ngram: int = 3
     num_perm: int = 128
-    image_hamming: int = 24
+    image_hamming: float = 6
     image_hash_size: int = 16
     match_numbers: bool = True
     seed: int = 1
@@ -141,9 +143,8 @@ class NearDup(Step):
             raise ValueError(f"near_dup: ngram must be >= 1, got {self.ngram}")
         if not 2 <= self.image_hash_size <= 64:
             raise ValueError(f"near_dup: image_hash_size must lie in [2, 64], got {self.image_hash_size}")
-        bits = self.image_hash_size**2
-        if not 0 <= self.image_hamming <= bits:
-            raise ValueError(f"near_dup: image_hamming must lie in [0, {bits}], got {self.image_hamming}")
+        if not 0 <= self.image_hamming <= 64:
+            raise ValueError(f"near_dup: image_hamming (bits per 64) must lie in [0, 64], got {self.image_hamming}")
 
     def run(self, rows: Iterable[dict]) -> Iterator[dict | Excluded]:
         rows = list(rows)
@@ -158,6 +159,7 @@ class NearDup(Step):
         )
         index.add(texts)
         pairs = index.duplicate_pairs()
+        max_bits = round(self.image_hamming * self.image_hash_size**2 / 64)  # "per 64" scaled to the hash
         ok = np.ones(len(pairs), dtype=bool)
         nums = [number_key(t) for t in texts] if self.match_numbers else None
         infos: dict[int, _ImageInfo] = {}
@@ -170,7 +172,7 @@ class NearDup(Step):
         for k, (a, b) in enumerate(zip(pairs.left.tolist(), pairs.right.tolist())):
             if nums is not None and nums[a] != nums[b]:
                 ok[k] = False
-            elif not images_match(info(a), info(b), self.image_hamming):
+            elif not images_match(info(a), info(b), max_bits):
                 ok[k] = False
         pairs = pairs.select(ok)
         reps = cluster_representatives(len(usable), pairs.left, pairs.right)
