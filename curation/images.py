@@ -73,7 +73,7 @@ def dhash(image: dict | Image.Image, size: int = 8) -> int:
     """
     im = image if isinstance(image, Image.Image) else decode(image)
     g = im.convert("L").resize((size + 1, size), Image.Resampling.LANCZOS)
-    px = list(g.getdata())
+    px = list(g.tobytes())  # mode "L": one byte per pixel, row-major
     bits = 0
     for r in range(size):
         row = px[r * (size + 1) : (r + 1) * (size + 1)]
