@@ -1,0 +1,390 @@
+"""Final-answer extraction from a model response.
+
+:func:`extract_answer` tries a list of *rules* in order and returns the first answer found together with
+the name of the rule that matched. The rules (``DEFAULT_RULES`` order):
+
+``boxed``       the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces; ``\\boxed 5`` too)
+``answer_tag``  the last ``<answer>...</answer>`` (R1-style); a ``\\boxed{}`` inside it is unwrapped
+``gsm8k``       the last ``#### x`` line (GSM8K reference format)
+``answer_is``   the last "the answer is x" / "final answer is x" / "answer: x" (rest of that line)
+``a_line``      the last line of the form ``A: x`` (GSM8K example solutions)
+``choice``      only with ``options``: the last stand-alone choice label such as ``(C)`` / ``option C``
+``bare``        a short one-line response is its own answer (``"10"``, ``"(B)"``, ``"$\\frac{1}{2}$"``)
+
+``last_number`` (the last number in the text) exists but is not in the default list: it is a weak guess
+and would turn every rambling response into some answer.
+
+With ``options`` (multiple choice, labels ``A``, ``B``, ... in order) the found answer is mapped to a
+label: ``"(C)"``, ``"C."``, ``"C)"``, ``"option C"``, ``"(C) 6\\pi"`` and the literal text of option C all
+give ``"C"``. Literal option text is tried before labels, so with options that are themselves letters
+(``["A", "B", "D", "F", "G"]``, the labels of a figure) ``"G"`` maps to ``"E"``. An answer that is neither
+is returned as found (the verifier then compares it with the gold option's text mathematically).
+
+All regular expressions here are linear-time (no nested quantifiers), so megabyte-long responses cost
+milliseconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+__all__ = [
+    "DEFAULT_RULES",
+    "RULES",
+    "Extraction",
+    "choice_labels",
+    "extract_answer",
+    "last_boxed",
+    "map_choice",
+    "normalize_answer",
+]
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The extracted answer (``None`` when no rule matched) and the name of the rule that produced it."""
+
+    answer: str | None
+    rule: str | None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# \boxed{...}
+
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+
+_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.DOTALL)
+_MAX_BOX_CHARS = 20_000  # a \boxed{} longer than this is not a final answer: treated as unbalanced
+
+
+def _balanced_group(text: str, start: int) -> tuple[str, int] | None:
+    """``text[start] == "{"``: the content up to the matching ``}`` and the index after it, or ``None``
+    when the group is unbalanced within ``_MAX_BOX_CHARS`` (bounds the work on megabyte inputs)."""
+    depth = 0
+    for m in _BRACE_TOKENS.finditer(text, start, min(len(text), start + _MAX_BOX_CHARS)):
+        c = m.group(0)
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : m.start()], m.end()
+    return None
+
+
+def _boxed_span(text: str, pos: int, cmd: str) -> tuple[str, int] | None:
+    """Content of the box command ``cmd`` found at ``pos`` and the index after it (``None`` when
+    unbalanced or not a box)."""
+    j = pos + len(cmd)
+    if j < len(text) and text[j].isalpha():  # \boxedfoo is another command
+        return None
+    while j < len(text) and text[j] in " \t":
+        j += 1
+    if j < len(text) and text[j] == "{":
+        return _balanced_group(text, j)
+    if cmd == "\\boxed" and j > pos + len(cmd):
+        # "\boxed 5" form: the argument runs to the next "$" or whitespace
+        m = re.compile(r"[^\s$]+").match(text, j)
+        return (m.group(0), m.end()) if m else None
+    return None
+
+
+def _boxed_at(text: str, pos: int, cmd: str) -> str | None:
+    got = _boxed_span(text, pos, cmd)
+    return None if got is None else got[0]
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last balanced ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, nested braces kept.
+
+    An unbalanced last box (``\\boxed{1 + {2}``) is skipped in favour of the previous balanced one; no box
+    gives ``None``. Used for model responses and for the reference solutions of MATH.
+    """
+    if not text:
+        return None
+    positions: list[tuple[int, str]] = []
+    for cmd in _BOX_COMMANDS:
+        end = len(text)
+        # walk backwards: usually the last occurrence is the answer, so this stops after one try
+        while True:
+            pos = text.rfind(cmd, 0, end)
+            if pos < 0:
+                break
+            positions.append((pos, cmd))
+            end = pos
+            if len(positions) > 64:  # pathological: thousands of boxes; the last 64 are plenty
+                break
+    for pos, cmd in sorted(positions, reverse=True):
+        got = _boxed_at(text, pos, cmd)
+        if got is not None:
+            return got
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# normalisation
+
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_NUM_WITH_COMMAS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"), ("`", "`"))
+
+
+_WRAP_STARTS = tuple(left for left, _ in _WRAPPERS) + _BOX_COMMANDS
+_SIMPLE = re.compile(r"[-+]?\d+(?:\.\d+)?|[A-Za-z]")
+
+
+def _strip_wrappers(s: str) -> str:
+    if not s.startswith(_WRAP_STARTS):
+        return s
+    for _ in range(8):  # bounded: "$$$$...$$$$" must not cost quadratic time
+        before = s
+        for left, right in _WRAPPERS:
+            if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+                s = s[len(left) : len(s) - len(right)].strip()
+        for cmd in _BOX_COMMANDS:
+            if s.startswith(cmd) and s.endswith("}"):
+                got = _boxed_span(s, 0, cmd)
+                if got is not None and got[1] == len(s):  # the box spans the whole string
+                    s = got[0].strip()
+        if s == before or not s:
+            break
+    return s
+
+
+def normalize_answer(s: str | None) -> str:
+    """Light, meaning-preserving clean-up of an answer string.
+
+    Trims whitespace; unwraps ``\\boxed{}``, ``$...$``, ``\\(...\\)``, ``\\[...\\]`` and ``**bold**``;
+    replaces ``\\text{x}`` / ``\\mathrm{x}`` (and friends) by ``x``; drops ``\\left``/``\\right``, thin
+    spaces (``\\,`` ``\\!`` ``\\;`` ``~``), a leading currency ``$`` and trailing ``.``/``,``/``;``; turns
+    ``1,000`` into ``1000`` when the whole answer is a number with thousands separators; collapses runs
+    of whitespace. ``None`` gives ``""``.
+    """
+    if not s:
+        return ""
+    s = s.strip()
+    if _SIMPLE.fullmatch(s):  # the common case: "18", "C"
+        return s
+    s = _strip_wrappers(s)
+    for _ in range(3):  # nested \text{\textbf{x}}
+        new = _TEXT_CMD.sub(r"\1", s)
+        if new == s:
+            break
+        s = new
+    s = s.replace("\\left", "").replace("\\right", "")
+    s = re.sub(r"\\[,!;:]|\\ ", " ", s)
+    s = s.replace("\\%", "%").replace("\\$", "$").replace("~", " ")
+    s = " ".join(s.split())
+    s = s.rstrip(" .,;:")
+    s = _strip_wrappers(s)
+    if s.startswith("$") and s[1:].lstrip()[:1].isdigit():  # currency: "$18" (a lone opening dollar)
+        s = s[1:].lstrip()
+    s = s.rstrip(" .,;:")
+    if _NUM_WITH_COMMAS.match(s):
+        s = s.replace(",", "")
+    return s
+
+
+# ---------------------------------------------------------------------------------------------------------
+# multiple choice
+
+
+def choice_labels(options: Sequence[str]) -> str:
+    """``A``, ``B``, ... one label per option (up to 26)."""
+    return "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(options)]
+
+
+def _option_key(s: str) -> str:
+    """Comparison key of an option text / candidate: normalised, spaces removed, lower case."""
+    s = normalize_answer(s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\\mathrm\{\s*~?\s*", "", s)
+    return re.sub(r"[\s~]+", "", s).lower()
+
+
+_LABEL_ONLY = re.compile(r"^\(?\s*([A-Za-z])\s*\)?\s*[.:)]?$")
+_LABEL_LEAD = re.compile(r"^(?:\(\s*([A-Za-z])\s*\)|([A-Z])\s*[.:)])")
+_LABEL_OPTION = re.compile(r"^(?:option|choice)\s*\(?\s*([A-Za-z])\s*\)?(?![A-Za-z])", re.IGNORECASE)
+
+
+def map_choice(answer: str, options: Sequence[str]) -> str | None:
+    """Map an extracted answer to a choice label (``"A"``...) or ``None`` when it names no option.
+
+    Order: literal option text (normalised, case- and space-insensitive); a bare label (``C``, ``(C)``,
+    ``C.``, ``C)``; lower case accepted only for a bare label); ``option C`` / ``choice C``; a leading
+    label followed by text (``(C) 6\\pi``, ``C. 6\\pi``).
+    """
+    if not options:
+        return None
+    labels = choice_labels(options)
+    key = _option_key(answer)
+    if not key:
+        return None
+    matches = [labels[i] for i, opt in enumerate(options) if _option_key(str(opt)) == key]
+    if len(matches) == 1:
+        return matches[0]
+    cand = normalize_answer(answer)
+    m = _LABEL_ONLY.match(cand)
+    if m and m.group(1).upper() in labels:
+        return m.group(1).upper()
+    m = _LABEL_OPTION.match(cand)
+    if m and m.group(1).upper() in labels:
+        return m.group(1).upper()
+    m = _LABEL_LEAD.match(cand)
+    if m:
+        letter = (m.group(1) or m.group(2)).upper()
+        if letter in labels:
+            return letter
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# rules: each takes (response, options) and returns the raw answer text or None
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_IS = re.compile(
+    r"\banswer\s*(?:(?:is|would\s+be|should\s+be|will\s+be|=)\b\s*:?|[:：])[ \t]*([^\n]*)",
+    re.IGNORECASE,
+)
+_A_LINE = re.compile(r"^[ \t]*A:[ \t]+(\S[^\n]*)$", re.MULTILINE)
+_PAREN_LABEL = re.compile(r"\(\s*([A-Z])\s*\)")
+_OPTION_WORD = re.compile(r"\b(?:option|choice)\s*\(?([A-Z])\b\)?", re.IGNORECASE)
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+_BARE_MAX_CHARS = 80
+
+
+def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    last = None
+    for last in pattern.finditer(text):  # noqa: B007 (we want the last one)
+        pass
+    return last
+
+
+def _rule_boxed(text: str, options: Sequence[str] | None) -> str | None:
+    got = last_boxed(text)
+    return got if got is not None and got.strip() else None
+
+
+def _rule_answer_tag(text: str, options: Sequence[str] | None) -> str | None:
+    if "<answer>" not in text.lower():
+        return None
+    m = _last_match(_ANSWER_TAG, text)
+    if not m:
+        return None
+    inner = m.group(1).strip()
+    boxed = last_boxed(inner)
+    if boxed is not None and boxed.strip():
+        return boxed
+    return inner or None
+
+
+def _rule_gsm8k(text: str, options: Sequence[str] | None) -> str | None:
+    if "####" not in text:
+        return None
+    m = _last_match(_GSM8K, text)
+    return m.group(1).strip() or None if m else None
+
+
+def _rule_answer_is(text: str, options: Sequence[str] | None) -> str | None:
+    if "answer" not in text.lower():
+        return None
+    # scan backwards over the occurrences: the last one that carries something wins
+    for m in reversed(list(_ANSWER_IS.finditer(text))):
+        got = m.group(1).strip()
+        got = re.sub(r"^(?:is|:)\s*", "", got).strip()
+        if got and re.search(r"[\w$\\(]", got):
+            return got
+    return None
+
+
+def _rule_a_line(text: str, options: Sequence[str] | None) -> str | None:
+    if "A:" not in text:
+        return None
+    m = _last_match(_A_LINE, text)
+    return m.group(1).strip() if m else None
+
+
+def _rule_choice(text: str, options: Sequence[str] | None) -> str | None:
+    if not options:
+        return None
+    labels = choice_labels(options)
+    found = [m.group(1) for m in _PAREN_LABEL.finditer(text) if m.group(1) in labels]
+    found += [m.group(1).upper() for m in _OPTION_WORD.finditer(text) if m.group(1).upper() in labels]
+    if not found:
+        return None
+    if len(set(found)) == 1:
+        return found[0]
+    # several labels mentioned: take the one mentioned last
+    last_pos = -1
+    best = None
+    for pat in (_PAREN_LABEL, _OPTION_WORD):
+        for m in pat.finditer(text):
+            if m.group(1).upper() in labels and m.start() > last_pos:
+                last_pos, best = m.start(), m.group(1).upper()
+    return best
+
+
+def _rule_bare(text: str, options: Sequence[str] | None) -> str | None:
+    s = text.strip()
+    if not s or len(s) > _BARE_MAX_CHARS or "\n" in s:
+        return None
+    return s
+
+
+def _rule_last_number(text: str, options: Sequence[str] | None) -> str | None:
+    m = _last_match(_NUMBER, text)
+    return m.group(0) if m else None
+
+
+_RULE_FUNCS: dict[str, Callable[[str, Sequence[str] | None], str | None]] = {
+    "boxed": _rule_boxed,
+    "answer_tag": _rule_answer_tag,
+    "gsm8k": _rule_gsm8k,
+    "answer_is": _rule_answer_is,
+    "a_line": _rule_a_line,
+    "choice": _rule_choice,
+    "bare": _rule_bare,
+    "last_number": _rule_last_number,
+}
+
+RULES: tuple[str, ...] = tuple(_RULE_FUNCS)
+DEFAULT_RULES: tuple[str, ...] = ("boxed", "answer_tag", "gsm8k", "answer_is", "a_line", "choice", "bare")
+
+
+def extract_answer(
+    response: str,
+    *,
+    options: Sequence[str] | None = None,
+    rules: Sequence[str] = DEFAULT_RULES,
+) -> Extraction:
+    """Extract the final answer of ``response`` with the first matching rule of ``rules``.
+
+    Returns ``Extraction(answer, rule)``; ``answer`` is normalised (:func:`normalize_answer`) and, with
+    ``options``, mapped to its choice label when it names one. ``Extraction(None, None)`` when no rule
+    matched (or the response is empty / not a string). Unknown rule names raise ``ValueError``.
+    """
+    bad = [r for r in rules if r not in _RULE_FUNCS]
+    if bad:
+        raise ValueError(f"unknown extraction rule(s) {bad}; known: {list(RULES)}")
+    if not isinstance(response, str) or not response.strip():
+        return Extraction(None, None)
+    opts = [str(o) for o in options] if options else None
+    for rule in rules:
+        raw = _RULE_FUNCS[rule](response, opts)
+        if raw is None:
+            continue
+        answer = normalize_answer(raw)
+        if not answer:
+            continue
+        if opts:
+            label = map_choice(raw, opts)
+            if label is not None:
+                return Extraction(label, rule)
+        return Extraction(answer, rule)
+    return Extraction(None, None)
