@@ -222,6 +222,10 @@ def _classify_cached(gold: str, options: tuple[str, ...] | None) -> tuple[Parsed
         label = map_choice(text, opts)
         if label is not None:
             return ParsedGold("choice", label, choice=label), None
+    elif re.fullmatch(r"\(?[A-Z]\)?", text):
+        # a bare label without its options: checkable as a label; ``curate build`` asks for the options
+        letter = text.strip("()")
+        return ParsedGold("choice", letter, choice=letter), None
     if not _braces_balanced(text):
         return None, "malformed"
     num = _as_number(text)

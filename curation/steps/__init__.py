@@ -3,6 +3,6 @@
 from .base import Excluded, Step  # noqa: F401
 
 # Each module registers its Step subclass(es) by ``name``.
-from . import normalize, exact_dedup, sanity, near_dup, decontaminate  # noqa: F401,E402
+from . import normalize, exact_dedup, sanity, near_dup, decontaminate, verifiable  # noqa: F401,E402
 
 __all__ = ["Excluded", "Step"]
