@@ -1,0 +1,163 @@
+"""``curate score`` (generate + verify + score, or score pre-generated rollouts), ``curate merge``
+(join shard / model outputs) and ``curate filter`` (keep a pass-rate band)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..console import console, fail, progress_factory
+
+
+def _summary(result, title: str) -> None:
+    s = result.stats
+    t = Table(title=title)
+    for col in ("groups", "rollouts", "excluded", "zero-variance frac", "mean p", "mean VPS"):
+        t.add_column(col, justify="right")
+    o = result.report.get("overall", {})
+    t.add_row(
+        str(result.scores.num_rows),
+        str(result.rollouts.num_rows),
+        str(result.excluded.num_rows),
+        f"{s['zero_variance_frac']:.3f}",
+        "-" if o.get("mean_pass_rate") is None else f"{o['mean_pass_rate']:.3f}",
+        "-" if o.get("mean_vps") is None else f"{o['mean_vps']:.4f}",
+    )
+    console.print(t)
+    for reason, n in s.get("excluded_reasons", {}).items():
+        console.print(f"  excluded [yellow]{reason}[/]: {n}")
+    for row in result.excluded.to_pylist()[:5]:
+        console.print(f"  [dim]{row['detail'] or row['locator']}[/]")
+    tm = s.get("timing", {})
+    parts = [f"{k.removesuffix('_s')} {v:.1f}s" for k, v in tm.items()
+             if k.endswith("_s") and isinstance(v, (int, float)) and k != "outside_generation_s"]
+    console.print("time: " + ", ".join(parts))
+    if tm.get("overhead_frac_of_generation") is not None:
+        console.print(f"time outside generation / generation: {tm['overhead_frac_of_generation']:.2%}")
+    console.print(f"wrote [bold]{result.out_dir}[/] (rollouts.parquet, scores.parquet, excluded.parquet, "
+                  "stats.json, report/)")
+
+
+def _parse_opts(items: list[str] | None) -> dict:
+    """``["batch_size=16", "dtype=bfloat16"]`` -> ``{"batch_size": 16, "dtype": "bfloat16"}`` (values parsed
+    as JSON when they are JSON: numbers, booleans, null; else kept as strings)."""
+    import json
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            fail(f"--engine-opt expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("score")
+    def score_cmd(
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+        model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint folder or model id to sample from.")] = None,
+        data: Annotated[Optional[Path], typer.Option("--data", help="problems.parquet (or an ingest/build folder).")] = None,
+        rollouts: Annotated[Optional[Path], typer.Option("--rollouts", help="Pre-generated long-form rollouts to score instead of generating (problem_id, answer, response[, model, options]); GSM8K example_model_solutions.jsonl is recognised.")] = None,
+        problems: Annotated[Optional[Path], typer.Option("--problems", help="With --rollouts: problems table to take missing answers/options from (joined on id).")] = None,
+        n: Annotated[int, typer.Option("--n", help="Rollouts per prompt (N).")] = 16,
+        engine: Annotated[str, typer.Option("--engine", help="auto | vllm | hf")] = "auto",
+        tds: Annotated[str, typer.Option("--tds", help="TDS metric: edit | self_bleu | distinct_n | embedding")] = "edit",
+        alpha: Annotated[float, typer.Option("--alpha", help="VPS weight of OVS.")] = 0.8,
+        beta: Annotated[float, typer.Option("--beta", help="VPS weight of TDS.")] = 0.2,
+        normalize_ovs: Annotated[bool, typer.Option("--normalize-ovs/--raw-ovs", help="Use 4*OVS (in [0,1]) in VPS; default: the paper's raw OVS.")] = False,
+        temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+        top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+        max_tokens: Annotated[int, typer.Option("--max-tokens")] = 1024,
+        seed: Annotated[int, typer.Option("--seed", help="Base seed; each prompt samples with hash(seed, problem_id).")] = 0,
+        shard: Annotated[Optional[str], typer.Option("--shard", help="I/K: score only problems with hash(problem_id) % K == I.")] = None,
+        chunk_size: Annotated[int, typer.Option("--chunk-size", help="Prompts per resumable chunk.")] = 64,
+        prompt_template: Annotated[str, typer.Option("--prompt-template", help="Template name in pipelines/prompts (default, r1, plain) or a YAML path.")] = "default",
+        model_name: Annotated[Optional[str], typer.Option("--model-name", help="Label stored in the model column (default: checkpoint folder name).")] = None,
+        verify_timeout: Annotated[float, typer.Option("--verify-timeout", help="Seconds per verification.")] = 5.0,
+        engine_opt: Annotated[Optional[list[str]], typer.Option("--engine-opt", help="KEY=VALUE passed to the engine (repeatable), e.g. batch_size=16 (hf), gpu_memory_utilization=0.4 (vllm).")] = None,
+    ) -> None:
+        """Sample N rollouts per prompt, verify them, and score pass rate, OVS, TDS and VPS (MMR1).
+
+        Resumable: re-run the same command after a crash; finished chunks are kept.
+        """
+        from ..score_job import run_score_job, score_pregenerated
+
+        try:
+            with progress_factory() as new_task:
+                if rollouts is not None:
+                    if model is not None or data is not None:
+                        fail("--rollouts scores pre-generated rollouts: do not pass --model/--data with it")
+                    if not rollouts.exists():
+                        fail(f"{rollouts}: no such file")
+                    result = score_pregenerated(rollouts, out, problems=problems, model_name=model_name, tds=tds,
+                                                alpha=alpha, beta=beta, normalize_ovs=normalize_ovs,
+                                                verify_timeout=verify_timeout, progress=new_task)
+                else:
+                    if model is None or data is None:
+                        fail("give --model and --data (or --rollouts FILE to score pre-generated rollouts)")
+                    d = data / "problems.parquet" if data.is_dir() and (data / "problems.parquet").exists() else data
+                    if not d.exists():
+                        fail(f"{d}: no such file")
+                    result = run_score_job(
+                        d, out, model=model, n=n, engine=engine, tds=tds, alpha=alpha, beta=beta,
+                        normalize_ovs=normalize_ovs, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                        seed=seed, shard=shard, chunk_size=chunk_size, prompt_template=prompt_template,
+                        model_name=model_name, verify_timeout=verify_timeout, progress=new_task,
+                        engine_options=_parse_opts(engine_opt),
+                    )
+        except (ValueError, FileNotFoundError, ImportError) as e:
+            fail(str(e))
+        _summary(result, f"curate score -> {out}")
+
+    @app.command("merge")
+    def merge_cmd(
+        dirs: Annotated[list[Path], typer.Argument(help="Output folders of `curate score` runs (shards or models).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+        tds: Annotated[Optional[str], typer.Option("--tds", help="Override the TDS metric used to re-score.")] = None,
+        alpha: Annotated[Optional[float], typer.Option("--alpha")] = None,
+        beta: Annotated[Optional[float], typer.Option("--beta")] = None,
+    ) -> None:
+        """Join shard (or per-model) outputs: checks that no (problem_id, model, sample) repeats, recomputes
+        scores and report; several models also give scores_wide.parquet (pass_rate__<model>, ...)."""
+        from ..score_job import merge_score_dirs
+
+        try:
+            result = merge_score_dirs(dirs, out, tds=tds, alpha=alpha, beta=beta)
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        _summary(result, f"curate merge -> {out}")
+
+    @app.command("filter")
+    def filter_cmd(
+        scores: Annotated[Path, typer.Option("--scores", help="scores.parquet (or a score output folder).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output Parquet file.")],
+        problems: Annotated[Optional[Path], typer.Option("--problems", help="Write these problems' rows (matching ids) instead of score rows.")] = None,
+        min_pass: Annotated[float, typer.Option("--min-pass", help="Lower end of the pass-rate band.")] = 0.0,
+        max_pass: Annotated[float, typer.Option("--max-pass", help="Upper end of the pass-rate band.")] = 1.0,
+        include_min: Annotated[bool, typer.Option("--include-min/--exclude-min", help="Whether p == min-pass is kept (default: excluded).")] = False,
+        include_max: Annotated[bool, typer.Option("--include-max/--exclude-max", help="Whether p == max-pass is kept (default: excluded).")] = False,
+        model: Annotated[Optional[str], typer.Option("--model", help="Whose pass rate decides (required when the scores hold several models).")] = None,
+    ) -> None:
+        """Keep problems whose pass rate lies in a band. Default band: 0 < p < 1 (drops the zero-variance
+        prompts that every rollout got right or every rollout got wrong)."""
+        from ..score_job import filter_scores, pass_band
+
+        s = scores / "scores.parquet" if scores.is_dir() else scores
+        if not s.exists():
+            fail(f"{s}: no such file")
+        console.print(f"band: [bold]{pass_band(min_pass, max_pass, include_min, include_max)}[/]")
+        try:
+            res = filter_scores(s, out, problems=problems, min_pass=min_pass, max_pass=max_pass,
+                                include_min=include_min, include_max=include_max, model=model)
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        what = "problems" if problems else "score rows"
+        console.print(f"kept {res.kept} of {res.total} {what} ({res.band}"
+                      f"{', model ' + res.model if res.model else ''}) -> [bold]{out}[/]")
