@@ -105,9 +105,11 @@ class VASSpec:
 
     A fraction ``lambda`` of each generation batch's prompts is drawn with replacement with probability
     proportional to ``max(VPS, epsilon)``; the rest uniformly without replacement.  ``VPS = alpha * OVS +
-    beta * TDS`` where ``OVS = p (1 - p)`` for pass rate ``p``.  ``refresh: online`` updates each seen prompt's
-    ``p`` and TDS from the trainer's own rollouts by an EMA with ``momentum`` (``new = m * old + (1 - m) *
-    observed``); ``rescore_every: T > 0`` re-scores the whole set every T steps with the scoring engine.
+    beta * TDS`` where ``OVS = p (1 - p)`` for pass rate ``p``.  Initial scores: ``scores`` (a ``curate score``
+    table joined on ``problem_id``) or the dataset's ``pass_rate`` / ``tds`` columns; ``score_at_start`` scores
+    every prompt with the starting policy instead.  ``refresh: online`` updates each seen prompt's ``p`` and
+    TDS from the trainer's own rollouts by an EMA with ``momentum`` (``new = m * old + (1 - m) * observed``);
+    ``rescore_every: T > 0`` re-scores the whole set every T steps with the current policy.
     """
 
     enabled: bool | None = None  # None: SFT -> on when the rows carry `vps`; GRPO -> off
@@ -118,8 +120,9 @@ class VASSpec:
     momentum: float = 0.5
     refresh: str = "online"  # online | none
     rescore_every: int = 0  # re-score every prompt every T optimizer steps (0 = never)
+    score_at_start: bool = False  # score every prompt with the starting policy before step 1 (no offline scores)
     scores: Path | None = None
-    tds_metric: str = "distinct_n"
+    tds_metric: str = "edit"  # curation.scoring.trace_diversity metric (the one `curate score` used)
     seed: int | None = None  # default: the trainer's seed
 
 

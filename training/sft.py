@@ -33,11 +33,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from trl import SFTTrainer
+
 from .config import SFTRecipe
 
 __all__ = [
     "TooLongError",
     "TrainResult",
+    "VASSFTTrainer",
     "load_parquet_dataset",
     "sequence_lengths",
     "split_too_long",
@@ -355,28 +358,23 @@ def _training_chat_template(processing_class: Any) -> str | None:
 # --- the trainer -----------------------------------------------------------------------------------------
 
 
-def _sft_trainer_class():
-    from trl import SFTTrainer
+class VASSFTTrainer(ProcessorSaveMixin, SFTTrainer):
+    """``SFTTrainer`` whose epoch order comes from a VAS epoch sampler when one is given."""
 
-    class VASSFTTrainer(ProcessorSaveMixin, SFTTrainer):
-        """``SFTTrainer`` whose epoch order comes from a VAS epoch sampler when one is given."""
+    def __init__(self, *args, vas_sampler=None, **kwargs):
+        self.vas_sampler = vas_sampler
+        super().__init__(*args, **kwargs)
 
-        def __init__(self, *args, vas_sampler=None, **kwargs):
-            self.vas_sampler = vas_sampler
-            super().__init__(*args, **kwargs)
-
-        def _get_train_sampler(self, train_dataset=None):
-            if self.vas_sampler is None:
-                return super()._get_train_sampler(train_dataset)
-            ds = train_dataset if train_dataset is not None else self.train_dataset
-            if len(ds) != self.vas_sampler.n_rows:
-                raise RuntimeError(
-                    f"TRL's prepared dataset has {len(ds)} rows but the VAS sampler was built for "
-                    f"{self.vas_sampler.n_rows}; rows were dropped during preparation"
-                )
-            return self.vas_sampler
-
-    return VASSFTTrainer
+    def _get_train_sampler(self, train_dataset=None):
+        if self.vas_sampler is None:
+            return super()._get_train_sampler(train_dataset)
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if len(ds) != self.vas_sampler.n_rows:
+            raise RuntimeError(
+                f"TRL's prepared dataset has {len(ds)} rows but the VAS sampler was built for "
+                f"{self.vas_sampler.n_rows}; rows were dropped during preparation"
+            )
+        return self.vas_sampler
 
 
 def _vps_weights(dataset: Any) -> list[float] | None:
@@ -457,9 +455,8 @@ def train_sft(
     keep_cols = ["messages"] + (["images"] if has_images else [])
     dataset = dataset.select_columns(keep_cols)
 
-    trainer_cls = _sft_trainer_class()
     callbacks = [progress_callback(progress, "sft")] if progress else []
-    trainer = trainer_cls(
+    trainer = VASSFTTrainer(
         model=model_dir,
         args=args,
         train_dataset=dataset,

@@ -1,0 +1,174 @@
+"""`train grpo`: VASGRPOTrainer on real tiny models and real data (GSM8K text, MATH-Vision images).
+
+What is checked against the real thing: the VAS sampler mix per generation batch, the online VPS refresh
+(the EMA values the table ends with follow from the observed accuracy rewards), PAD's empty-batch no-op and
+non-empty selection, images reaching the vision tower, re-scoring, checkpoints carrying the VPS table, and the
+`train grpo` command."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+from test_train_sft import gsm8k_rows, mathvision_rows
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_rl_text(path: Path, n: int = 8, scored: set[int] = frozenset()) -> Path:
+    """RL_TEXT rows from GSM8K; rows in ``scored`` carry an initial pass_rate 0.5 / tds 0.3 (as if from
+    `curate score`), the others none (they start on the VPS prior)."""
+    from curation.io import write_parquet_atomic
+    from curation.schema import to_table
+
+    rows = []
+    for k, r in enumerate(gsm8k_rows(n, start=100)):
+        p = 0.5 if k in scored else None
+        rows.append({
+            "problem_id": f"gsm8k-{r['i']}", "source": "gsm8k",
+            "prompt": [{"role": "user", "content": r["question"] + " Put the final answer in \\boxed{}."}],
+            "answer": r["answer"], "options": None,
+            "pass_rate": p, "ovs": None if p is None else p * (1 - p), "tds": None if p is None else 0.3,
+            "vps": None if p is None else 0.8 * p * (1 - p) + 0.2 * 0.3,
+        })
+    write_parquet_atomic(to_table(rows, "rl_text"), path)
+    return path
+
+
+def write_rl_mm(path: Path, n: int = 8) -> Path:
+    from curation.io import write_parquet_atomic
+    from curation.schema import to_table
+
+    rows = []
+    for r in mathvision_rows(n):
+        q = r["question"].replace("<image1>", "").strip()
+        if r["options"]:
+            q += "\nChoices: " + ", ".join(r["options"])
+        rows.append({
+            "problem_id": f"mathvision-{r['id']}", "source": "math_vision",
+            "prompt": [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": q}]}],
+            "images": [{"bytes": r["image_bytes"], "path": r["image_name"]}],
+            "answer": r["answer"], "options": r["options"] or None,
+            "pass_rate": None, "ovs": None, "tds": None, "vps": None,
+        })
+    write_parquet_atomic(to_table(rows, "rl_mm"), path)
+    return path
+
+
+def cpu_grpo_section(out: Path, data: Path, **over) -> dict:
+    sec = {
+        "output_dir": str(out), "num_generations": 4, "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2, "max_completion_length": 16, "max_steps": 3, "logging_steps": 1,
+        "learning_rate": 1.0e-3, "beta": 0.0, "temperature": 1.0, "bf16": False, "use_cpu": True,
+        "gradient_checkpointing": False, "save_strategy": "no", "report_to": "none", "seed": 0,
+        "disable_tqdm": True, "data": {"train": str(data)}, "rewards": {"accuracy": 1.0},
+    }
+    sec.update(over)
+    return sec
+
+
+def _tensors(path: Path) -> dict:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_online_refresh_needs_an_accuracy_reward(tmp_path, tiny_qwen2_dir):
+    from training.config import build_grpo_recipe
+    from training.grpo import train_grpo
+
+    data = write_rl_text(tmp_path / "rl.parquet", n=4)
+    r = build_grpo_recipe(cpu_grpo_section(tmp_path / "o", data, rewards={"format": 1.0},
+                                           vas={"enabled": True}), str(tiny_qwen2_dir))
+    with pytest.raises(ValueError, match="vas.refresh=online needs an accuracy reward"):
+        train_grpo(r)
+
+
+@pytest.mark.slow
+def test_train_grpo_cli_text_vas_online_refresh_and_empty_pad(tmp_path, tiny_qwen2_dir):
+    """`train grpo` on GSM8K with a tiny random Qwen2: every completion is wrong, so every group has zero
+    reward variance.  Then (a) the online VPS table must end exactly at the EMA of the observed pass rates
+    (0 each time): scored prompts p = 0.5 * 0.5**n_groups, unscored observed prompts p = 0 (first observation
+    replaces the prior); (b) PAD selects nothing in every batch and the update is a no-op (weights
+    unchanged); (c) the sampler mix is lambda = 0.5 of each 2-prompt batch."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    data = write_rl_text(tmp_path / "rl.parquet", n=8, scored={0, 1, 2, 3})
+    recipe = tmp_path / "recipe.yaml"
+    sec = cpu_grpo_section(tmp_path / "out", data)
+    import yaml
+
+    recipe.write_text(yaml.safe_dump({"model": str(tiny_qwen2_dir), "grpo": sec}))
+    res = CliRunner().invoke(app, ["grpo", "--config", str(recipe), "grpo.vas.enabled=true",
+                                   "--set", "grpo.vas.lambda=0.5", "--set", "grpo.pad.enabled=true",
+                                   "grpo.pad.rho=0.5"])
+    assert res.exit_code == 0, res.output
+    assert "VAS: 3 prompts drawn by VPS, 3 uniformly" in res.output
+    assert "PAD: kept 0/24 rollouts, 3 empty batches" in res.output
+    result = json.loads((tmp_path / "out" / "final" / "result.json").read_text())
+    assert result["steps"] == 3 and result["zero_variance_frac"] == 1.0
+    ex = result["extra"]
+    assert ex["groups"] == 6 and ex["n_vas"] == 3 and ex["n_uniform"] == 3 and ex["pad_empty"] == 3
+
+    # (a) the table against the EMA of what was observed
+    table = pq.read_table(tmp_path / "out" / "vps_final.parquet").to_pylist()
+    assert sum(r["n_groups"] for r in table) == 6
+    for r in table:
+        if r["n_groups"] == 0:
+            expect = 0.5  # scored rows keep their score, unscored rows keep the prior (0.5)
+        elif r["index"] < 4:
+            expect = 0.5 * 0.5 ** r["n_groups"]  # momentum 0.5, observed p_hat = 0
+        else:
+            expect = 0.0
+        assert r["pass_rate"] == pytest.approx(expect), r
+        assert r["vps"] == pytest.approx(0.8 * r["pass_rate"] * (1 - r["pass_rate"]) + 0.2 * r["tds"])
+    # (b) empty PAD batches leave the weights untouched
+    before, after = _tensors(tiny_qwen2_dir), _tensors(tmp_path / "out" / "final")
+    assert all((before[k] == after[k]).all() for k in before)
+    # logged metrics
+    hist = json.loads((tmp_path / "out" / "final" / "result.json").read_text())
+    assert hist["final_reward"] == 0.0
+
+
+@pytest.mark.slow
+def test_train_grpo_vl_images_pad_rescore_and_checkpoint(tmp_path, tiny_qwen2_vl_dir):
+    """Tiny Qwen2-VL on MATH-Vision images: with a length reward the groups have variance, PAD keeps at most
+    ceil(rho N) rollouts per batch, the kept rollouts move the vision tower (images are in the forward
+    pass), every prompt is re-scored at start and after step 1, and checkpoints carry the VPS table."""
+    from transformers import AutoModelForImageTextToText
+
+    from training.config import build_grpo_recipe
+    from training.grpo import VPS_CKPT_FILE, train_grpo
+
+    data = write_rl_mm(tmp_path / "rl_mm.parquet", n=8)
+    sec = cpu_grpo_section(
+        tmp_path / "o", data, max_steps=2, save_strategy="steps", save_steps=1,
+        rewards={"accuracy": 1.0, "length": {"weight": 1.0, "budget": 8}},
+        vas={"enabled": True, "lambda": 0.5, "score_at_start": True, "rescore_every": 1},
+        pad={"enabled": True, "rho": 0.5, "tau_start": 1.0, "tau_end": 0.3},
+    )
+    notes: list[str] = []
+    res = train_grpo(build_grpo_recipe(sec, str(tiny_qwen2_vl_dir)), report=notes.append)
+    assert res.steps == 2
+    assert any(n.startswith("scored 8 prompts x 4") for n in notes)
+    ex = res.extra
+    assert ex["rescores"] == 1  # after step 1 (the start scoring is not counted)
+    assert ex["vps"]["observed_frac"] == 1.0
+    k = math.ceil(0.5 * 8)
+    assert 0 < ex["pad_kept"] <= 2 * k and ex["pad_total"] == 16
+    before, after = _tensors(tiny_qwen2_vl_dir), _tensors(Path(res.final_dir))
+    vis = [n for n in before if "visual" in n]
+    assert vis and any(not (before[n] == after[n]).all() for n in vis)
+    for step in (1, 2):
+        assert (tmp_path / "o" / f"checkpoint-{step}" / VPS_CKPT_FILE).exists()
+    AutoModelForImageTextToText.from_pretrained(res.final_dir)
+    from curation.models import load_processor
+
+    assert load_processor(res.final_dir).image_processor is not None

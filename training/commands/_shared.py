@@ -1,0 +1,70 @@
+"""Helpers shared by the ``train`` sub-commands (option types, error handling, result tables)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+
+T = TypeVar("T")
+
+OVERRIDES_ARG = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Recipe overrides KEY=VALUE with dotted keys, YAML-typed (e.g. grpo.learning_rate=1e-6)."),
+]
+SET_OPT = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Same as a positional override: --set grpo.max_steps=10 (repeatable)."),
+]
+
+
+def fail(message: str) -> None:
+    from curation.console import fail as _fail
+
+    _fail(message)
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Run ``fn``; user-facing errors (bad recipe, bad data, too-long rows...) print one clear line."""
+    from curation.schema import SchemaError
+
+    from ..config import RecipeError
+    from ..sft import TooLongError
+
+    try:
+        return fn()
+    except (RecipeError, TooLongError, SchemaError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+        raise  # unreachable: fail exits
+
+
+def _fmt(x: Any, nd: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}g}"
+    return str(x)
+
+
+def print_result(result: Any, title: str) -> None:
+    from rich.table import Table
+
+    from curation.console import console
+
+    t = Table(title=title)
+    cols = ["steps", "rows", "dropped", "final loss", "final reward", "zero-var frac", "seconds"]
+    for c in cols:
+        t.add_column(c, justify="right")
+    t.add_row(str(result.steps), str(result.train_rows), str(result.dropped), _fmt(result.final_loss),
+              _fmt(result.final_reward), _fmt(result.zero_variance_frac, 3), f"{result.seconds:.1f}")
+    console.print(t)
+    ex = result.extra or {}
+    if result.kind == "grpo" and ex.get("vas"):
+        console.print(f"VAS: {ex.get('n_vas', 0)} prompts drawn by VPS, {ex.get('n_uniform', 0)} uniformly; "
+                      f"zero-variance groups {ex.get('zero_var_groups', 0)}/{ex.get('groups', 0)}")
+    if result.kind == "grpo" and ex.get("pad"):
+        console.print(f"PAD: kept {ex.get('pad_kept', 0)}/{ex.get('pad_total', 0)} rollouts, "
+                      f"{ex.get('pad_empty', 0)} empty batches")
+    if result.excluded_path:
+        console.print(f"excluded rows -> {result.excluded_path}")
+    console.print(f"final checkpoint -> [bold]{result.final_dir}[/]")

@@ -1,0 +1,31 @@
+"""``train grpo --config RECIPE [KEY=VALUE ...] [--set KEY=VALUE ...]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._shared import OVERRIDES_ARG, SET_OPT, print_result, run_guarded
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("grpo")
+    def grpo_cmd(
+        config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML with `model:` and a `grpo:` section (TRL GRPOConfig fields + data/rewards/vas/pad).")],
+        overrides: OVERRIDES_ARG = None,
+        set_: SET_OPT = None,
+        resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint-* in output_dir.")] = True,
+    ) -> None:
+        """GRPO with TRL's GRPOTrainer + MMR1 Variance-Aware Sampling (online VPS refresh) and optional PAD."""
+        from curation.console import console, progress_factory
+
+        from ..config import load_grpo_recipe
+        from ..grpo import train_grpo
+
+        recipe = run_guarded(lambda: load_grpo_recipe(config, [*(overrides or []), *(set_ or [])]))
+        console.print(f"[bold]train grpo[/] {recipe.model} on {recipe.data.train} -> {recipe.args.output_dir}")
+        with progress_factory() as new_task:
+            result = run_guarded(lambda: train_grpo(recipe, resume=resume, progress=new_task, report=console.print))
+        print_result(result, "train grpo")

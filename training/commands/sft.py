@@ -1,0 +1,33 @@
+"""``train sft --config RECIPE [KEY=VALUE ...] [--set KEY=VALUE ...]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._shared import OVERRIDES_ARG, SET_OPT, print_result, run_guarded
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sft")
+    def sft_cmd(
+        config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML with `model:` and an `sft:` section (TRL SFTConfig fields + data/vas).")],
+        overrides: OVERRIDES_ARG = None,
+        set_: SET_OPT = None,
+        resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint-* in output_dir.")] = True,
+    ) -> None:
+        """Supervised fine-tuning (cold start) with TRL's SFTTrainer: over-long rows are dropped or rejected, never truncated."""
+        from curation.console import console, progress_factory
+
+        from ..config import load_sft_recipe
+        from ..sft import train_sft
+
+        recipe = run_guarded(lambda: load_sft_recipe(config, [*(overrides or []), *(set_ or [])]))
+        console.print(f"[bold]train sft[/] {recipe.model} on {recipe.data.train} -> {recipe.args.output_dir}")
+        with progress_factory() as new_task:
+            result = run_guarded(lambda: train_sft(recipe, resume=resume, progress=new_task, report=console.print))
+        print_result(result, "train sft")
+
+
