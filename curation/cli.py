@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # Order = order in `curate --help`.
-_COMMAND_MODULES = ["ingest", "build", "verify", "score", "publish"]
+_COMMAND_MODULES = ["ingest", "build", "verify", "score", "publish", "cot", "rlset"]
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"curation.commands.{_name}").register(app)
