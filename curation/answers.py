@@ -129,6 +129,7 @@ def last_boxed(text: str) -> str | None:
 # normalisation
 
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![a-zA-Z])")
 _NUM_WITH_COMMAS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"), ("`", "`"))
 
@@ -175,7 +176,7 @@ def normalize_answer(s: str | None) -> str:
         if new == s:
             break
         s = new
-    s = s.replace("\\left", "").replace("\\right", "")
+    s = _LEFT_RIGHT.sub("", s)  # \left( -> (, but \leftarrow stays
     s = re.sub(r"\\[,!;:]|\\ ", " ", s)
     s = s.replace("\\%", "%").replace("\\$", "$").replace("~", " ")
     s = " ".join(s.split())
@@ -384,6 +385,10 @@ def extract_answer(
             continue
         if opts:
             label = map_choice(raw, opts)
+            if label is None and rule != "choice" and len(raw) <= 200:
+                # "\boxed{The answer is (E)}": a label in parentheses inside the found answer
+                inner = _rule_choice(raw, opts)
+                label = inner if inner is not None and map_choice(inner, opts) else None
             if label is not None:
                 return Extraction(label, rule)
         return Extraction(answer, rule)

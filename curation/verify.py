@@ -49,6 +49,7 @@ import re
 import signal
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -181,6 +182,28 @@ def _braces_balanced(s: str) -> bool:
                 return False
         i += 1
     return depth == 0
+
+
+_ENV = re.compile(r"\\(begin|end)\s*\{([^{}]*)\}")
+
+
+def _latex_problem(s: str) -> str | None:
+    """Cheap structural LaTeX check: balanced braces, ``\\begin``/``\\end`` pairs that match, as many
+    ``\\left`` as ``\\right``. Returns what is wrong, or ``None``."""
+    if not _braces_balanced(s):
+        return "unbalanced braces"
+    if "\\begin" in s or "\\end" in s:
+        stack: list[str] = []
+        for kind, env in _ENV.findall(s):
+            if kind == "begin":
+                stack.append(env)
+            elif not stack or stack.pop() != env:
+                return f"\\end{{{env}}} does not close the open environment"
+        if stack:
+            return f"\\begin{{{stack[-1]}}} is never closed"
+    if len(re.findall(r"\\left(?![a-zA-Z])", s)) != len(re.findall(r"\\right(?![a-zA-Z])", s)):
+        return "unmatched \\left / \\right"
+    return None
 
 
 def classify_gold(gold: Any, options: Sequence[str] | None = None) -> tuple[ParsedGold | None, str | None]:
@@ -377,7 +400,8 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
         return got
 
     def check(golds: list[str], answer: str, budget: float) -> tuple[str, str | None]:
-        signal.setitimer(signal.ITIMER_REAL, max(budget, 0.01))
+        if budget > 0:
+            signal.setitimer(signal.ITIMER_REAL, budget)
         try:
             pred = parse("\\boxed{" + answer + "}", parsing_timeout=None)
             if not pred:
@@ -454,7 +478,8 @@ class Verifier:
     ``fork`` (default) | ``forkserver`` | ``spawn``; ``grace``: seconds past ``timeout`` before the hard
     kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address-space limit of
     each worker; ``max_answer_chars``: longer extracted answers get ``error`` without being parsed;
-    ``start_timeout``: seconds a new worker may take to import math-verify.
+    ``start_timeout``: seconds a new worker may take to import math-verify; ``soft_deadline=False`` turns
+    off the in-worker timer so that only the parent's hard kill bounds an item (tests, measurements).
 
     Workers start lazily (a batch settled by the fast path starts none) and are created from one
     long-lived helper thread, so their parent-death signal (``PR_SET_PDEATHSIG`` fires when the *thread*
@@ -472,6 +497,7 @@ class Verifier:
         memory_limit_mb: int | None = 4096,
         max_answer_chars: int = 2000,
         start_timeout: float = 120.0,
+        soft_deadline: bool = True,
     ):
         self.workers = int(workers) if workers else _default_workers()
         if start_method is None:
@@ -484,12 +510,32 @@ class Verifier:
         self.memory_limit_mb = memory_limit_mb
         self.max_answer_chars = int(max_answer_chars)
         self.start_timeout = float(start_timeout)
+        self.soft_deadline = bool(soft_deadline)
         self._ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            # effective if this process has not started its fork server yet: workers then fork from a
+            # server that has imported math-verify once
+            self._ctx.set_forkserver_preload(["math_verify", "curation.verify"])
         self._lock = threading.RLock()
         self._pool: list[_Worker] = []
         self._pid = os.getpid()
         self._spawner: Any = None
         self.stats = {"fast_path": 0, "math_verify": 0, "killed": 0, "died": 0, "started": 0}
+        _INSTANCES.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a fork child (a DataLoader worker, or one of our own workers): drop the parent's workers
+        without touching them, close this process's copies of their pipes, and get a fresh lock (the
+        parent's may have been held by another thread at fork time)."""
+        for w in self._pool:
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+        self._pool = []
+        self._spawner = None
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -668,8 +714,9 @@ class Verifier:
         if len(answer) > self.max_answer_chars:
             return Verdict("error", answer[:200], ext.rule,
                            f"extracted answer is {len(answer)} chars (> {self.max_answer_chars})"), None
-        if not _braces_balanced(answer):
-            return Verdict("error", answer, ext.rule, "unbalanced braces in the extracted answer"), None
+        bad_latex = _latex_problem(answer)
+        if bad_latex:
+            return Verdict("error", answer, ext.rule, f"invalid LaTeX in the extracted answer: {bad_latex}"), None
         parsed, _reason = classify_gold(gold_s, opts)
         fast = _fast_path(parsed, normalize_answer(gold_s), answer, opts)
         if fast is not None:
@@ -693,6 +740,7 @@ class Verifier:
         queue: deque = deque(sorted(jobs, key=lambda j: j[1]))
         results: dict[int, tuple[str, str | None]] = {}
         hard = timeout + self.grace
+        budget = timeout if self.soft_deadline else 0.0  # 0: no in-worker timer
         chunk = max(1, min(self.chunk_size, math.ceil(len(jobs) / (2 * max(1, self.workers)))))
         start_failures = 0
 
@@ -701,7 +749,7 @@ class Verifier:
                 return
             items = [queue.popleft() for _ in range(min(chunk, len(queue)))]
             try:
-                w.conn.send([(i, g, a, timeout) for i, g, a in items])
+                w.conn.send([(i, g, a, budget) for i, g, a in items])
             except (OSError, ValueError):
                 queue.extendleft(reversed(items))
                 return  # the EOF shows up in the wait loop and the worker is replaced there
@@ -766,6 +814,18 @@ class Verifier:
                     self.stats["killed"] += 1
                     self._replace(w, kill=True)
         return results
+
+
+_INSTANCES: "weakref.WeakSet[Verifier]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for v in list(_INSTANCES):
+        v._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,201 @@
+"""Answer extraction: rules, rule order, multiple-choice mapping, normalisation, real GSM8K references."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from curation.answers import (
+    DEFAULT_RULES,
+    RULES,
+    Extraction,
+    extract_answer,
+    last_boxed,
+    map_choice,
+    normalize_answer,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+# -- \boxed ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so the answer is $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
+        (r"\boxed{1} then \boxed{\sqrt{2}}", r"\sqrt{2}"),
+        (r"\boxed{\left\{ 1, 2 \right\}}", r"\left\{ 1, 2 \right\}"),
+        (r"nested \boxed{a_{b_{c}} + {d}}", r"a_{b_{c}} + {d}"),
+        (r"\fbox{42}", "42"),
+        (r"$\boxed 5$", "5"),
+        (r"\boxed{7} and a broken \boxed{1 + {2}", "7"),  # unbalanced last box -> previous balanced one
+        (r"\boxed{\{1,2\}}", r"\{1,2\}"),  # escaped braces do not count
+        ("no box here", None),
+        ("", None),
+        (r"\boxedfoo{3}", None),
+    ],
+)
+def test_last_boxed(text, expected):
+    assert last_boxed(text) == expected
+
+
+def test_last_boxed_on_real_math_solution():
+    # MATH-style reference solutions of the minerva benchmark end with a boxed answer
+    rows = [json.loads(line) for line in (DATA / "benchmarks" / "minerva_math.jsonl").open()]
+    boxed = [last_boxed(r["solution"]) for r in rows]
+    assert sum(b is not None for b in boxed) / len(rows) > 0.95
+    assert all(b is None or b.count("{") == b.count("}") for b in boxed)
+
+
+# -- rules -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response, answer, rule",
+    [
+        (r"<think>2+2</think> The result is $\boxed{4}$.", "4", "boxed"),
+        ("<think>reasoning</think><answer> 12 </answer>", "12", "answer_tag"),
+        (r"<answer>\boxed{\frac{3}{4}}</answer>", r"\frac{3}{4}", "boxed"),
+        ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72", "gsm8k"),
+        ("So in total 5 + 7 = 12. The answer is 12.", "12", "answer_is"),
+        ("Therefore, the final answer is $1,000$.", "1000", "answer_is"),
+        ("Answer: 3/4", "3/4", "answer_is"),
+        ("She makes 9 * 2 = $<<9*2=18>>18 every day\nA: 18", "18", "a_line"),
+        ("  $\\frac{1}{12}$ ", r"\frac{1}{12}", "bare"),
+        ("I cannot determine this from the picture because it is blurry and the numbers are hidden.", None, None),
+        ("", None, None),
+    ],
+)
+def test_rules(response, answer, rule):
+    assert extract_answer(response) == Extraction(answer, rule)
+
+
+def test_rule_order_is_configurable():
+    text = "The answer is 7.\n#### 8"
+    assert extract_answer(text) == Extraction("8", "gsm8k")
+    assert extract_answer(text, rules=["answer_is", "gsm8k"]) == Extraction("7", "answer_is")
+    assert extract_answer(text, rules=["boxed"]) == Extraction(None, None)
+    assert extract_answer("it is 3 or maybe 41", rules=["last_number"]) == Extraction("41", "last_number")
+    assert "last_number" in RULES and "last_number" not in DEFAULT_RULES
+    with pytest.raises(ValueError, match="unknown extraction rule"):
+        extract_answer("x", rules=["boxed", "nope"])
+
+
+def test_answer_word_alone_is_not_an_answer():
+    # "answer" without "is"/":" (e.g. "To answer this") must not capture the rest of the line
+    assert extract_answer("To answer this we first count the apples.\nThey are many.").rule is None
+
+
+# -- multiple choice ---------------------------------------------------------------------------------------
+
+OPTS = ["$2 \\pi$", "$4 \\pi$", "$6 \\pi$", "$8 \\pi$", "$12 \\pi$"]
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "(C)",
+        "C.",
+        "C",
+        "c",
+        "The answer is C.",
+        "Therefore, the correct answer is (C) $6 \\pi$.",
+        "$6 \\pi$",
+        "6\\pi",
+        "\\boxed{C}",
+        "\\boxed{(C) 6\\pi}",
+        "After comparing the arcs, option C fits best.",
+        "The circumference works out, so (C) is right.\n",
+    ],
+)
+def test_choice_forms_map_to_letter(response):
+    assert extract_answer(response, options=OPTS).answer == "C"
+
+
+def test_choice_literal_option_text_beats_label():
+    # MATH-Vision: the options are the labels printed in the figure, so "G" means option E
+    opts = ["A", "B", "D", "F", "G"]
+    assert map_choice("G", opts) == "E"
+    assert map_choice("D", opts) == "C"
+    assert map_choice("(B)", ["(A)", "(B)", "(C)"]) == "B"
+    assert map_choice("H", opts) is None
+    assert map_choice("(F)", ["1", "2", "3"]) is None  # a label beyond the options
+    assert extract_answer("7", options=["5", "6", "7"]) == Extraction("C", "bare")
+    # a value that is no option's text stays as it is, for the verifier to compare mathematically
+    assert extract_answer("0.5", options=["1/4", "1/2"]).answer == "0.5"
+
+
+def test_a_single_article_is_not_a_label():
+    assert map_choice("A square", ["square", "circle"]) is None
+
+
+# -- normalisation -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, norm",
+    [
+        ("  18 ", "18"),
+        ("$18", "18"),
+        ("$\\$18$", "18"),
+        ("1,000", "1000"),
+        ("-12,345.5", "-12345.5"),
+        ("1,2", "1,2"),  # not thousands separators: a list
+        ("\\text{March}", "March"),
+        ("\\textbf{\\text{B}}", "B"),
+        ("5 \\mathrm{~cm}", "5 cm"),
+        ("\\boxed{\\dfrac{1}{2}}.", "\\dfrac{1}{2}"),
+        ("\\(x+1\\)", "x+1"),
+        ("**42**", "42"),
+        ("\\left( 1, 2 \\right)", "( 1, 2 )"),
+        ("625 \\rightarrow 626 \\leftarrow", "625 \\rightarrow 626 \\leftarrow"),
+        ("50\\%", "50%"),
+        ("$$", ""),
+        (None, ""),
+    ],
+)
+def test_normalize_answer(raw, norm):
+    assert normalize_answer(raw) == norm
+
+
+# -- real data and hostile input ---------------------------------------------------------------------------
+
+
+def test_gsm8k_references_agree_between_formats():
+    """The `#### x` answers of test.jsonl and the `A: x` lines of the example solutions' ground truth are
+    the same numbers for all 1,319 problems."""
+    test = [json.loads(line) for line in (DATA / "gsm8k" / "test.jsonl").open()]
+    sols = [json.loads(line) for line in (DATA / "gsm8k" / "example_model_solutions.jsonl").open()]
+    by_q = {r["question"]: r for r in test}
+    checked = 0
+    for s in sols:
+        ref = by_q.get(s["question"])
+        if ref is None:
+            continue
+        a = extract_answer(ref["answer"], rules=["gsm8k"])
+        b = extract_answer(s["ground_truth"], rules=["a_line"])
+        assert a.rule == "gsm8k" and b.rule == "a_line"
+        assert a.answer == b.answer, s["question"]
+        checked += 1
+    assert checked >= 1300
+
+
+def test_megabyte_responses_are_linear_time():
+    hostile = [
+        "\\boxed{" * 150_000,  # a million characters of unbalanced boxes
+        "{" * 1_000_000 + "\\boxed{1",
+        "$" * 1_000_000,
+        "the answer is " + "9" * 1_000_000,
+        ("A: " + "x " * 50 + "\n") * 10_000,
+        "(" * 500_000 + ")" * 500_000,
+    ]
+    for text in hostile:
+        t0 = time.perf_counter()
+        extract_answer(text, options=OPTS)
+        extract_answer(text)
+        assert time.perf_counter() - t0 < 3.0, text[:20]
