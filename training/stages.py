@@ -1,0 +1,144 @@
+"""``train staged``: ReVisual-R1's curriculum, each stage starting from the previous stage's final checkpoint.
+
+    stage 1  cold_start  SFT on text reasoning data          (kind: sft)
+    stage 2  mm_rl       GRPO on multimodal problems + VAS    (kind: grpo; PAD optional)
+    stage 3  text_rl     GRPO on text problems, vision tower frozen (kind: grpo, freeze_vision: true)
+
+Stages are whatever the recipe lists (any number, any order of ``sft`` / ``grpo``); each stage's section is the
+top-level ``sft:`` / ``grpo:`` section deep-merged with the stage's own keys, and its ``output_dir`` is
+``<staged.output_dir>/<stage name>``.
+
+Resumability:
+
+- a finished stage leaves ``<stage dir>/stage_done.json`` (written atomically, last): its result, the model it
+  started from and a fingerprint of its settings.  A re-run skips it and starts the next stage from its
+  ``final/`` checkpoint.  If the settings changed since, the run stops with an error instead of silently
+  reusing a stage trained differently.
+- an interrupted stage has ``checkpoint-*`` folders (TRL ``save_strategy``): the re-run resumes from the
+  last one (optimizer, scheduler, RNG and - for GRPO with VAS - the VPS table).
+
+At the end a summary of every stage (steps, final loss / reward, zero-variance fraction, checkpoint) is
+returned and written to ``<staged.output_dir>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import StagedRecipe, build_grpo_recipe, build_sft_recipe
+
+__all__ = ["StageSummary", "StageConfigChanged", "run_staged", "STAGE_MARKER", "SUMMARY_FILE"]
+
+STAGE_MARKER = "stage_done.json"
+SUMMARY_FILE = "summary.json"
+
+
+class StageConfigChanged(RuntimeError):
+    """A stage marked done was trained with other settings than the recipe now asks for."""
+
+
+@dataclass
+class StageSummary:
+    name: str
+    kind: str
+    status: str  # trained | resumed | skipped (done earlier)
+    steps: int
+    final_loss: float | None
+    final_reward: float | None
+    zero_variance_frac: float | None
+    checkpoint: str
+    started_from: str
+    seconds: float
+    frozen_vision: bool = False
+    dropped_rows: int = 0
+
+
+def _fingerprint(section: dict, model: str, freeze: bool) -> str:
+    blob = json.dumps({"section": section, "model": model, "freeze_vision": freeze}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_staged(
+    recipe: StagedRecipe,
+    *,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    report: Callable[[str], None] | None = None,
+    on_stage_start: Callable[[int, str, str], None] | None = None,
+) -> list[StageSummary]:
+    """Run (or skip / resume) every stage in order; returns the per-stage summaries (also ``summary.json``)."""
+    from curation.io import write_json_atomic
+
+    from .grpo import train_grpo
+    from .sft import train_sft
+
+    say = report or (lambda s: None)
+    recipe.output_dir.mkdir(parents=True, exist_ok=True)
+    model = recipe.model
+    summaries: list[StageSummary] = []
+    for i, stage in enumerate(recipe.stages):
+        start_model = stage.model or model
+        out = Path(stage.section["output_dir"])
+        marker = out / STAGE_MARKER
+        fp = _fingerprint(stage.section, str(start_model), stage.freeze_vision)
+        if marker.exists():
+            done = json.loads(marker.read_text())
+            if done.get("fingerprint") != fp:
+                raise StageConfigChanged(
+                    f"stage {stage.name!r} in {out} was finished with other settings or another starting model "
+                    f"(started from {done.get('started_from')}); delete {out} to retrain it, or use a new "
+                    "staged.output_dir"
+                )
+            s = StageSummary(**{**done["summary"], "status": "skipped (done earlier)"})
+            say(f"stage {i + 1} {stage.name}: already done -> {s.checkpoint}")
+            summaries.append(s)
+            model = s.checkpoint
+            continue
+        if on_stage_start:
+            on_stage_start(i, stage.name, stage.kind)
+        say(f"stage {i + 1} {stage.name} ({stage.kind}) from {start_model}")
+        t0 = time.perf_counter()
+        if stage.kind == "sft":
+            r = build_sft_recipe(stage.section, str(start_model), where=f"staged.stages.{i}")
+            res = train_sft(r, resume=True, progress=progress, report=say, freeze_vision=stage.freeze_vision)
+        else:
+            r = build_grpo_recipe(stage.section, str(start_model), where=f"staged.stages.{i}")
+            res = train_grpo(r, resume=True, progress=progress, report=say, freeze_vision=stage.freeze_vision)
+        s = StageSummary(
+            name=stage.name,
+            kind=stage.kind,
+            status="resumed" if res.resumed_from else "trained",
+            steps=res.steps,
+            final_loss=res.final_loss,
+            final_reward=res.final_reward,
+            zero_variance_frac=res.zero_variance_frac,
+            checkpoint=res.final_dir,
+            started_from=str(start_model),
+            seconds=round(time.perf_counter() - t0, 2),
+            frozen_vision=stage.freeze_vision,
+            dropped_rows=res.dropped,
+        )
+        write_json_atomic({"fingerprint": fp, "started_from": str(start_model), "summary": asdict(s),
+                           "result": res.to_json()}, marker)
+        summaries.append(s)
+        model = res.final_dir
+    write_json_atomic({"stages": [asdict(s) for s in summaries], "final_checkpoint": str(model)},
+                      recipe.output_dir / SUMMARY_FILE)
+    return summaries
+
+
+def summary_rows(summaries: list[StageSummary]) -> list[dict[str, Any]]:
+    """Rows for the CLI table."""
+
+    def f(x: float | None, nd: int = 4) -> str:
+        return "-" if x is None else f"{x:.{nd}g}"
+
+    return [
+        {"stage": s.name, "kind": s.kind, "status": s.status, "steps": str(s.steps), "final loss": f(s.final_loss),
+         "final reward": f(s.final_reward), "zero-var frac": f(s.zero_variance_frac, 3), "checkpoint": s.checkpoint}
+        for s in summaries
+    ]
