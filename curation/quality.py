@@ -31,7 +31,7 @@ reason                      rule (thresholds in :class:`QualityConfig`)
                             problem statement uses, e.g. CJK in an English solution: their share of all
                             letters > ``max_foreign_share`` and at least ``min_foreign_chars`` of them
 ``answer_leak``             the answer without reasoning: the think section has fewer than
-                            ``min_think_words`` words, or the final answer appears among its first
+                            ``min_think_words`` tokens (words, numbers, symbols), or the final answer appears among its first
                             ``lead_words`` words and fewer than ``min_words_after_answer`` words follow it
 ==========================  ================================================================================
 
@@ -409,6 +409,9 @@ def check_language_mixing(
 # --------------------------------------------------------------------------------------------- answer leak
 
 _WORD_STRIP = "$.,;:!?()[]{}\"'`*"
+# Reasoning length unit of the answer-leak check: words, numbers and single symbols, so compact working
+# such as "36/3=12" counts as 5 tokens rather than one whitespace word.
+_REASONING_TOKEN = re.compile(r"[^\W\d_]+|\d+(?:[.,]\d+)*|[^\w\s]")
 
 
 def _word_key(w: str) -> str:
@@ -425,14 +428,16 @@ def check_answer_leak(
 ) -> Issue | None:
     """``answer_leak``: the final answer given without reasoning.
 
-    (a) the think section has fewer than ``min_think_words`` words; or (b) the final ``answer`` (the
+    (a) the think section has fewer than ``min_think_words`` tokens (words, numbers and single symbols:
+    ``36/3=12`` is 5 tokens); or (b) the final ``answer`` (the
     boxed content, compared word-wise after normalisation) occurs among the first ``lead_words`` words of
     the think section and fewer than ``min_words_after_answer`` words follow its first occurrence - the
     answer was stated up front and not worked out.
     """
+    n_tokens = len(_REASONING_TOKEN.findall(think))
+    if n_tokens < min_think_words:
+        return Issue("answer_leak", f"think section has {n_tokens} word/number/symbol tokens (min {min_think_words})")
     words = think.split()
-    if len(words) < min_think_words:
-        return Issue("answer_leak", f"think section has {len(words)} words (min {min_think_words})")
     if answer:
         target = [_word_key(w) for w in answer.split()]
         target = [t for t in target if t]
