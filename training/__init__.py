@@ -1,0 +1,1 @@
+"""rlcurate.training: rewards, the VAS sampler, PAD and the TRL trainers."""
