@@ -110,7 +110,7 @@ def start_methods(workers):
             v.verify_batch(golds, responses, options=options)
             t_batch = time.perf_counter() - t0
         with Verifier(workers=1, start_method=method, soft_deadline=False, grace=0.2) as v:
-            v.verify_batch(["x"], ["\\boxed{x}"])
+            v.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])  # worker up before the clock starts
             t0 = time.perf_counter()
             # 10^(10^8) is stuck in C: the 0.5 s item deadline + 0.2 s grace, then kill, restart, next item
             out = v.verify_batch(["1", "y+1"], ["\\boxed{10^{10^{8}}}", "\\boxed{1+y}"], timeout=0.5)

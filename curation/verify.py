@@ -359,6 +359,18 @@ def _set_pdeathsig() -> None:
         pass
 
 
+def _mapped_bytes() -> int:
+    """Virtual memory this process maps now (``VmSize``; 0 where ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
     """Worker loop: receive a chunk ``[(idx, golds, answer, budget), ...]``, send ``(idx, status,
     detail)`` per item. ``None`` or EOF ends the loop."""
@@ -368,7 +380,9 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
         try:
             import resource
 
-            limit = int(memory_limit_mb) * 1024 * 1024
+            # relative to what the worker already maps: a worker forked from a CUDA process inherits tens
+            # of GB of reserved address space, and an absolute limit below that would starve it
+            limit = _mapped_bytes() + int(memory_limit_mb) * 1024 * 1024
             _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
             if hard == resource.RLIM_INFINITY or hard > limit:
                 resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
@@ -476,10 +490,11 @@ class Verifier:
 
     ``workers``: pool size (default: the CPUs this process may use, at most 16); ``start_method``:
     ``fork`` (default) | ``forkserver`` | ``spawn``; ``grace``: seconds past ``timeout`` before the hard
-    kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address-space limit of
-    each worker; ``max_answer_chars``: longer extracted answers get ``error`` without being parsed;
-    ``start_timeout``: seconds a new worker may take to import math-verify; ``soft_deadline=False`` turns
-    off the in-worker timer so that only the parent's hard kill bounds an item (tests, measurements).
+    kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address space each
+    worker may add to what it maps at start (``None``: no limit); ``max_answer_chars``: longer extracted
+    answers get ``error`` without being parsed; ``start_timeout``: seconds a new worker may take to
+    import math-verify; ``soft_deadline=False`` turns off the in-worker timer so that only the parent's
+    hard kill bounds an item (tests, measurements).
 
     Workers start lazily (a batch settled by the fast path starts none) and are created from one
     long-lived helper thread, so their parent-death signal (``PR_SET_PDEATHSIG`` fires when the *thread*

@@ -258,8 +258,9 @@ def test_hard_kill_replaces_a_stuck_worker():
     """With the in-worker timer off, only the parent's hard deadline can stop 10^(10^8): the worker is
     killed, the item gets ``timeout``, the rest of its chunk is re-queued, the batch goes on."""
     with Verifier(workers=1, soft_deadline=False, grace=0.3, chunk_size=8) as v:
-        v.verify_batch(["x"], ["\\boxed{x}"])  # start the worker
+        assert v.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])[0].correct  # start the worker
         first = v.pids
+        assert len(first) == 1
         t0 = time.perf_counter()
         golds = ["1", "x^2", "2", "y+1"]
         out = v.verify_batch(golds, ["\\boxed{x^2}", "\\boxed{10^{10^{8}}}", "\\boxed{1+1}", "\\boxed{1+y}"],
@@ -272,7 +273,8 @@ def test_hard_kill_replaces_a_stuck_worker():
 
 
 def test_worker_killed_from_outside_costs_one_item(verifier):
-    verifier.verify_batch(["x"], ["\\boxed{x}"])
+    assert verifier.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])[0].correct  # workers are up
+    assert len(verifier.pids) == 2
     victim = verifier.pids[0]
 
     def kill_soon():
@@ -413,3 +415,17 @@ def test_curate_verify_command(tmp_path):
                                    "--response-col", "text", "--options-col", "choices"])
     assert res.exit_code == 0, res.output
     assert len(jsonl_out.read_text().splitlines()) == len(rows) + 2
+
+
+def test_worker_address_space_limit():
+    with Verifier(workers=1, memory_limit_mb=512) as v:
+        assert v.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])[0].correct
+        (pid,) = v.pids
+        line = next(x for x in Path(f"/proc/{pid}/limits").read_text().splitlines()
+                    if x.startswith("Max address space"))
+        soft = line.split()[3]
+        status = Path(f"/proc/{pid}/status").read_text()
+        vm = int(next(x for x in status.splitlines() if x.startswith("VmSize:")).split()[1]) * 1024
+        assert soft != "unlimited"
+        # the limit is what the worker mapped at start plus 512 MiB (it has grown a little since)
+        assert vm < int(soft) <= vm + 512 * 1024 * 1024
