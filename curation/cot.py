@@ -53,7 +53,6 @@ redone), and refuses to mix parts made with different generation settings.  Qual
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
@@ -67,10 +66,10 @@ import pyarrow as pa
 
 from . import schema as S
 from .io import ChunkStore, ExclusionWriter, read_records, write_json_atomic, write_parquet_atomic
-from .prompts import PromptError, build_prompt, load_template
+from .prompts import build_prompt, load_template
 from .quality import QualityConfig, check_solution, to_think_format
 from .rlset import image_order, to_mm_messages
-from .score_job import load_problems, parse_shard, prompt_seed
+from .score_job import load_problems, parse_shard
 from .scoring import levenshtein, tokenize
 
 __all__ = [
@@ -97,7 +96,6 @@ VERDICT_REASONS = {
     "timeout": "verify_timeout",
     "error": "verify_error",
 }
-MAX_FAILED_PROMPTS_IN_A_ROW = 8
 ProgressFactory = Callable[[str, "int | None"], Callable[[int], None]]
 
 
@@ -219,11 +217,6 @@ def _fingerprint(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def _generate(engine: Any, reqs: list, seeds: list[int], params: Any) -> list[list[Any]]:
-    """One ``generate`` call for the chunk, each request with its own per-problem seed."""
-    return engine.generate([dataclasses.replace(r, seed=s) for r, s in zip(reqs, seeds)], params)
-
-
 def _teacher_is_vision(teacher: str) -> bool | None:
     """Whether a local teacher checkpoint is vision-language (None when it is not a local folder)."""
     from .models import is_vision_language
@@ -341,6 +334,11 @@ def run_cot(
     engine_options: dict | None = None,
     engine_obj: Any = None,
     progress: ProgressFactory | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    num_workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    executor_options: dict | None = None,
 ) -> CotResult:
     """Generate ``k`` solutions per problem of ``data`` with ``teacher``, filter, select; resumable.
 
@@ -348,6 +346,8 @@ def run_cot(
     verified, filtered and selected the same way (the template then only shapes the SFT prompt).
     ``engine_obj``: an already built engine to use (then ``engine`` is only recorded).
     ``progress(description, total) -> advance(n)`` receives problem-level progress.
+    ``executor``: ``"local"`` or ``"ray"`` (``ray_address``, ``num_workers``, ``gpus_per_worker``,
+    ``executor_options``): where the generation chunks run (:mod:`curation.executors`); same outputs.
     """
     t_start = time.perf_counter()
     if (teacher is None) == (responses is None):
@@ -375,7 +375,9 @@ def run_cot(
         samples_by_pid, extra_excl, gen_settings, timing, n_chunks, n_resumed, eng_name = _generate_all(
             rows, out, teacher=teacher, k=k, engine=engine, max_tokens=max_tokens, temperature=temperature,
             top_p=top_p, seed=seed, text_only=text_only, tpl=tpl, shard_t=shard_t, chunk_size=chunk_size,
-            verify_timeout=verify_timeout, engine_options=engine_options, engine_obj=engine_obj, progress=progress)
+            verify_timeout=verify_timeout, engine_options=engine_options, engine_obj=engine_obj, progress=progress,
+            executor=executor, ray_address=ray_address, num_workers=num_workers, gpus_per_worker=gpus_per_worker,
+            executor_options=executor_options)
     else:
         t0 = time.perf_counter()
         excluded_ids = {r["id"] for r in excl.rows if r.get("id")}
@@ -459,6 +461,11 @@ def _generate_all(
     engine_options: dict | None,
     engine_obj: Any,
     progress: ProgressFactory | None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    num_workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    executor_options: dict | None = None,
 ) -> tuple[dict[str, list[dict]], list[pa.Table], dict, dict, int, int, str | None]:
     """The resumable generation + verification loop (same design as ``curate score``)."""
     chunks = [rows[i : i + chunk_size] for i in range(0, len(rows), chunk_size)]
@@ -486,79 +493,30 @@ def _generate_all(
     if advance and done_before:
         advance(sum(len(chunks[c]) for c in done_before))
 
-    eng = engine_obj
-    t_load = t_gen = t_ver = 0.0
-    fail_streak = 0
-    model_label = Path(str(teacher)).name or str(teacher)
-    for cid, chunk in enumerate(chunks):
-        if cid in done_before:
-            continue
-        from .engines.base import GenRequest, SamplingConfig
+    t_gen = t_ver = 0.0
 
-        if eng is None:
-            from .engines import make_engine
-
-            t0 = time.perf_counter()
-            eng = make_engine(engine, teacher, **(engine_options or {}))
-            t_load += time.perf_counter() - t0
-        params = SamplingConfig(n=k, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        cx = ExclusionWriter()
-        reqs, kept = [], []
-        for row in chunk:
-            try:
-                bp = build_prompt(row, tpl)
-            except PromptError as e:
-                cx.add(row, step=STEP, reason=e.reason, detail=f"{row['_locator']}: {e}", locator=row["_locator"])
-                continue
-            reqs.append(GenRequest(prompt_messages=bp.messages, images=bp.images or None))
-            kept.append(row)
-        seeds = [prompt_seed(seed, r["id"]) for r in kept]
-
-        t0 = time.perf_counter()
-        try:
-            outs = _generate(eng, reqs, seeds, params) if reqs else []
-            fail_streak = 0
-        except Exception:  # noqa: BLE001 - isolate the failing prompt(s) one by one
-            outs, ok_rows, errors = [], [], []
-            for row, req, s in zip(kept, reqs, seeds):
-                try:
-                    outs.extend(_generate(eng, [req], [s], params))
-                    ok_rows.append(row)
-                except Exception as e:  # noqa: BLE001
-                    errors.append((row, e))
-            fail_streak = 0 if ok_rows else fail_streak + len(errors)
-            if errors and not ok_rows and (len(errors) >= 2 or fail_streak >= MAX_FAILED_PROMPTS_IN_A_ROW):
-                raise RuntimeError(
-                    f"generation failed for {fail_streak} prompt(s) in a row (chunk {cid}); the engine looks "
-                    f"broken: {errors[0][1]!r}"
-                ) from errors[0][1]
-            for row, e in errors:
-                cx.add(row, step=STEP, reason="generation_error", detail=f"{row['_locator']} (id={row['id']}): {e!r}",
-                       locator=row["_locator"])
-            kept = ok_rows
-        t_gen += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        verdicts = _verify_samples([(row, c.text) for row, comps in zip(kept, outs) for c in comps], verify_timeout)
-        t_ver += time.perf_counter() - t0
-        recs, i = [], 0
-        for row, comps in zip(kept, outs):
-            for j, c in enumerate(comps):
-                v = verdicts[i]
-                i += 1
-                recs.append({
-                    "problem_id": row["id"], "model": model_label, "sample": j, "text": c.text,
-                    "extracted": v.extracted, "verdict": v.status, "correct": bool(v.correct),
-                    "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
-                })
-        xstore.put(cid, cx.table())  # before the samples part, which marks the chunk done
-        store.put(cid, pa.Table.from_pylist(recs, schema=S.ROLLOUTS))
+    def write_chunk(cid: int, res: Any) -> None:
+        nonlocal t_gen, t_ver
+        t_gen += res.generation_s
+        t_ver += res.verification_s
+        xstore.put(cid, res.excluded)  # before the samples part, which marks the chunk done
+        store.put(cid, res.rollouts)
         if advance:
-            advance(len(chunk))
+            advance(len(chunks[cid]))
 
-    eng_name = getattr(eng, "name", None)
-    if eng is not None and engine_obj is None and hasattr(eng, "close"):
-        eng.close()
+    # the chunk body (prompts -> generate -> verify) runs here or on a Ray cluster: curation.executors
+    from .executors import GenJobSpec, make_executor
+
+    spec = GenJobSpec(step=STEP, model=str(teacher), model_label=Path(str(teacher)).name or str(teacher),
+                      engine=engine, template=tpl, n=k, temperature=temperature, top_p=top_p,
+                      max_tokens=max_tokens, seed=seed, verify_timeout=verify_timeout,
+                      engine_options=dict(engine_options or {}))
+    ex = make_executor(executor, ray_address=ray_address, num_workers=num_workers,
+                       gpus_per_worker=gpus_per_worker, **(executor_options or {}))
+    pending = {cid: chunk for cid, chunk in enumerate(chunks) if cid not in done_before}
+    run_info = ex.run(spec, pending, write_chunk, engine_obj=engine_obj)
+    t_load = run_info.engine_load_s
+    eng_name = run_info.engine_name
 
     samples_by_pid: dict[str, list[dict]] = {}
     extra: list[pa.Table] = []

@@ -29,6 +29,10 @@ so adding rows to the input does not move the others between shards; rows withou
 sharded by their row number so exactly one shard reports them).  :func:`merge_score_dirs` joins the
 shards' outputs and recomputes scores and report.
 
+Executors.  The chunk body (prompts -> generation -> verification) runs in this process (``executor="local"``)
+or as a Ray Data pipeline with one engine per worker/GPU (``executor="ray"``); both write the same parts to
+the same store, so outputs, resume and exclusions do not depend on the executor (:mod:`curation.executors`).
+
 Pre-generated rollouts (:func:`score_pregenerated`) skip generation: a long-form table with ``problem_id``
 (or ``id``), ``answer``, ``response`` (or ``text``), optional ``model``, ``options``, ``sample`` is verified
 and scored; the GSM8K ``example_model_solutions.jsonl`` layout is recognised and reshaped
@@ -37,7 +41,6 @@ and scored; the GSM8K ``example_model_solutions.jsonl`` layout is recognised and
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shutil
@@ -54,7 +57,7 @@ import xxhash
 
 from . import schema as S
 from .io import ChunkStore, ExclusionWriter, read_records, read_table, write_json_atomic, write_parquet_atomic
-from .prompts import PromptError, build_prompt, load_template
+from .prompts import load_template
 from .report import write_score_report
 from .scoring import LEVENSHTEIN_BACKEND, check_weights, pivot_scores, score_rollouts
 
@@ -73,9 +76,6 @@ __all__ = [
 ]
 
 STEP = "score"
-# Generation errors: a prompt failing on its own is excluded as a bad row (``generation_error``); a whole
-# chunk of >= 2 prompts failing, or this many prompts failing in a row, stops the job (the engine is broken).
-MAX_FAILED_PROMPTS_IN_A_ROW = 8
 ProgressFactory = Callable[[str, "int | None"], Callable[[int], None]]
 
 
@@ -180,24 +180,6 @@ def load_problems(
 # --- the engine side ----------------------------------------------------------------------------------------
 
 
-def _generate(engine: Any, prompts: Sequence[Any], seeds: Sequence[int], params: Any) -> list[list[Any]]:
-    """Completions for each prompt, each with its own seed.
-
-    If the engine's ``GenRequest`` has a ``seed`` field the whole chunk goes in one ``generate`` call (the
-    engine seeds each request); otherwise one call per prompt with ``SamplingConfig.seed`` set to that
-    prompt's seed.
-    """
-    from .engines.base import GenRequest
-
-    if "seed" in {f.name for f in dataclasses.fields(GenRequest)}:
-        reqs = [dataclasses.replace(p, seed=s) for p, s in zip(prompts, seeds)]
-        return engine.generate(reqs, params)
-    out = []
-    for p, s in zip(prompts, seeds):
-        out.extend(engine.generate([p], dataclasses.replace(params, seed=s)))
-    return out
-
-
 def _chunks(rows: list[dict], size: int) -> list[list[dict]]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
@@ -255,10 +237,19 @@ def run_score_job(
     engine_options: dict | None = None,
     engine_obj: Any = None,
     progress: ProgressFactory | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    num_workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    executor_options: dict | None = None,
 ) -> ScoreResult:
     """Generate ``n`` rollouts per problem of ``data`` with ``model``, verify, score; resumable.
 
     ``engine_obj`` may be an already built engine (reused across calls; then ``engine`` is only recorded).
+    ``executor``: ``"local"`` (this process) or ``"ray"`` (a Ray Data pipeline with ``num_workers`` engine
+    actors, ``gpus_per_worker`` GPUs each, on the cluster at ``ray_address``; ``executor_options`` go to
+    :class:`curation.executors.RayExecutor`).  Both write the same chunk parts, so outputs and resume are
+    the same (:mod:`curation.executors`).
     ``progress(description, total) -> advance(k)`` receives prompt-level progress.
     """
     t_start = time.perf_counter()
@@ -296,97 +287,32 @@ def run_score_job(
     xstore = ChunkStore(work, "excluded")
     done_before = {c for c in store.done() if c < len(chunks)}
 
-    eng = engine_obj
-    t_load = 0.0
-    fail_streak = 0
-    params = None
     advance = progress("generate", len(rows)) if progress else None
     if advance and done_before:
         advance(sum(len(chunks[c]) for c in done_before))
 
-    for cid, chunk in enumerate(chunks):
-        if cid in done_before:
-            continue
-        from .engines.base import GenRequest, SamplingConfig
-        from .verify import verify_batch
-
-        if eng is None:
-            from .engines import make_engine
-
-            t0 = time.perf_counter()
-            eng = make_engine(engine, model, **(engine_options or {}))
-            t_load += time.perf_counter() - t0
-        if params is None:
-            params = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-        cx = ExclusionWriter()
-        reqs, kept = [], []
-        for row in chunk:
-            try:
-                bp = build_prompt(row, template)
-            except PromptError as e:
-                cx.add(row, step=STEP, reason=e.reason, detail=f"{row['_locator']}: {e}", locator=row["_locator"])
-                continue
-            reqs.append(GenRequest(prompt_messages=bp.messages, images=bp.images or None))
-            kept.append(row)
-        seeds = [prompt_seed(seed, r["id"]) for r in kept]
-
+    def write_chunk(cid: int, res: Any) -> None:
         t0 = time.perf_counter()
-        try:
-            outs = _generate(eng, reqs, seeds, params) if reqs else []
-        except Exception:  # noqa: BLE001 - retry one by one to isolate the bad prompt(s)
-            outs, ok_rows = [], []
-            errors = []
-            for row, req, s in zip(kept, reqs, seeds):
-                try:
-                    outs.extend(_generate(eng, [req], [s], params))
-                    ok_rows.append(row)
-                except Exception as e:  # noqa: BLE001
-                    errors.append((row, e))
-            # a prompt that fails alone is a bad row (excluded); many failing in a row is a broken engine
-            fail_streak = 0 if ok_rows else fail_streak + len(errors)
-            if errors and not ok_rows and (len(errors) >= 2 or fail_streak >= MAX_FAILED_PROMPTS_IN_A_ROW):
-                raise RuntimeError(
-                    f"generation failed for {fail_streak} prompt(s) in a row (chunk {cid}), the engine looks "
-                    f"broken: {errors[0][1]!r}"
-                ) from errors[0][1]
-            for row, e in errors:
-                cx.add(row, step=STEP, reason="generation_error", detail=f"{row['_locator']} (id={row['id']}): {e!r}",
-                       locator=row["_locator"])
-            kept = ok_rows
-        else:
-            fail_streak = 0
-        t_gen = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        golds, texts, options = [], [], []
-        for row, comps in zip(kept, outs):
-            for c in comps:
-                golds.append(row["answer"])
-                texts.append(c.text)
-                options.append(row.get("options") or None)
-        verdicts = verify_batch(golds, texts, options=options, timeout=verify_timeout) if texts else []
-        t_ver = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        recs, k = [], 0
-        for row, comps in zip(kept, outs):
-            for j, c in enumerate(comps):
-                v = verdicts[k]
-                k += 1
-                recs.append({
-                    "problem_id": row["id"], "model": name, "sample": j, "text": c.text,
-                    "extracted": v.extracted, "verdict": v.status, "correct": bool(v.correct),
-                    "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
-                })
-        xstore.put(cid, cx.table())  # before the rollouts part, which marks the chunk done
-        store.put(cid, pa.Table.from_pylist(recs, schema=S.ROLLOUTS))
-        write_json_atomic({"generation_s": t_gen, "verification_s": t_ver, "chunk_write_s": time.perf_counter() - t0,
-                           "prompts": len(kept), "rollouts": len(recs)}, work / "parts" / f"timing-{cid:06d}.json")
+        xstore.put(cid, res.excluded)  # before the rollouts part, which marks the chunk done
+        store.put(cid, res.rollouts)
+        write_json_atomic({"generation_s": res.generation_s, "verification_s": res.verification_s,
+                           "chunk_write_s": time.perf_counter() - t0, "prompts": res.prompts,
+                           "rollouts": res.rollouts.num_rows, "worker": res.worker},
+                          work / "parts" / f"timing-{cid:06d}.json")
         if advance:
-            advance(len(chunk))
+            advance(len(chunks[cid]))
 
-    if eng is not None and engine_obj is None and hasattr(eng, "close"):
-        eng.close()
+    # the chunk body (prompts -> generate -> verify) runs here or on a Ray cluster: curation.executors
+    from .executors import GenJobSpec, make_executor
+
+    spec = GenJobSpec(step=STEP, model=str(model), model_label=name, engine=engine, template=template, n=n,
+                      temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                      verify_timeout=verify_timeout, engine_options=dict(engine_options or {}))
+    ex = make_executor(executor, ray_address=ray_address, num_workers=num_workers,
+                       gpus_per_worker=gpus_per_worker, **(executor_options or {}))
+    pending = {cid: chunk for cid, chunk in enumerate(chunks) if cid not in done_before}
+    run_info = ex.run(spec, pending, write_chunk, engine_obj=engine_obj)
+    t_load = run_info.engine_load_s
 
     # ---- finalize: rollouts -> scores, excluded, stats, report
     t0 = time.perf_counter()
@@ -414,7 +340,8 @@ def run_score_job(
         "model": str(model),
         "model_name": name,
         "engine": engine,
-        "engine_name": getattr(eng, "name", None),
+        "engine_name": run_info.engine_name,
+        "executor": run_info.details,
         "n": n,
         "temperature": temperature,
         "top_p": top_p,
@@ -438,6 +365,7 @@ def run_score_job(
         "rollouts": rollouts.num_rows,
         "chunks": len(chunks),
         "chunks_resumed": len(done_before),
+        "chunks_computed": run_info.chunks_done,
     }
     timing = {
         "engine_load_s": t_load,

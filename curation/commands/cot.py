@@ -77,6 +77,10 @@ def register(app: typer.Typer) -> None:
         max_foreign_share: Annotated[float, typer.Option("--max-foreign-share", help="language_mixing: max share of letters from unexpected scripts.")] = 0.01,
         verify_timeout: Annotated[float, typer.Option("--verify-timeout", help="Seconds per verification.")] = 5.0,
         engine_opt: Annotated[Optional[list[str]], typer.Option("--engine-opt", help="KEY=VALUE passed to the engine (repeatable).")] = None,
+        executor: Annotated[str, typer.Option("--executor", help="local (this process) | ray (Ray Data pipeline, one engine per worker).")] = "local",
+        ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://host:10001); default: the running one or a new local one.")] = None,
+        num_workers: Annotated[int, typer.Option("--num-workers", help="Ray executor: engine actors (one per GPU with --gpus-per-worker 1).")] = 1,
+        gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray executor: GPUs per engine actor (0 on CPU clusters).")] = 0.0,
     ) -> None:
         """Generate K long chain-of-thought solutions per problem, keep verified and clean ones (SFT cold start).
 
@@ -93,6 +97,8 @@ def register(app: typer.Typer) -> None:
             fail("give --teacher CKPT (generate) or --responses FILE (pre-generated solutions), not both")
         if responses is not None and not responses.exists():
             fail(f"{responses}: no such file")
+        if executor not in ("local", "ray"):
+            fail(f"--executor must be local or ray, got {executor!r}")
         try:
             quality = QualityConfig(
                 structure=structure, min_think_words=min_think_words, min_tokens=min_tokens,
@@ -105,6 +111,8 @@ def register(app: typer.Typer) -> None:
                     temperature=temperature, top_p=top_p, seed=seed, keep=keep, text_only=text_only,
                     template=template, shard=shard, chunk_size=chunk_size, quality=quality,
                     verify_timeout=verify_timeout, engine_options=_parse_opts(engine_opt), progress=new_task,
+                    executor=executor, ray_address=ray_address, num_workers=num_workers,
+                    gpus_per_worker=gpus_per_worker,
                 )
         except (ValueError, FileNotFoundError, ImportError) as e:
             fail(str(e))

@@ -82,6 +82,10 @@ def register(app: typer.Typer) -> None:
         model_name: Annotated[Optional[str], typer.Option("--model-name", help="Label stored in the model column (default: checkpoint folder name).")] = None,
         verify_timeout: Annotated[float, typer.Option("--verify-timeout", help="Seconds per verification.")] = 5.0,
         engine_opt: Annotated[Optional[list[str]], typer.Option("--engine-opt", help="KEY=VALUE passed to the engine (repeatable), e.g. batch_size=16 (hf), gpu_memory_utilization=0.4 (vllm).")] = None,
+        executor: Annotated[str, typer.Option("--executor", help="local (this process) | ray (Ray Data pipeline, one engine per worker).")] = "local",
+        ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://host:10001); default: the running one or a new local one.")] = None,
+        num_workers: Annotated[int, typer.Option("--num-workers", help="Ray executor: engine actors (one per GPU with --gpus-per-worker 1).")] = 1,
+        gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray executor: GPUs per engine actor (0 on CPU clusters).")] = 0.0,
     ) -> None:
         """Sample N rollouts per prompt, verify them, and score pass rate, OVS, TDS and VPS (MMR1).
 
@@ -102,6 +106,8 @@ def register(app: typer.Typer) -> None:
                 else:
                     if model is None or data is None:
                         fail("give --model and --data (or --rollouts FILE to score pre-generated rollouts)")
+                    if executor not in ("local", "ray"):
+                        fail(f"--executor must be local or ray, got {executor!r}")
                     d = data / "problems.parquet" if data.is_dir() and (data / "problems.parquet").exists() else data
                     if not d.exists():
                         fail(f"{d}: no such file")
@@ -110,7 +116,8 @@ def register(app: typer.Typer) -> None:
                         normalize_ovs=normalize_ovs, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         seed=seed, shard=shard, chunk_size=chunk_size, prompt_template=prompt_template,
                         model_name=model_name, verify_timeout=verify_timeout, progress=new_task,
-                        engine_options=_parse_opts(engine_opt),
+                        engine_options=_parse_opts(engine_opt), executor=executor, ray_address=ray_address,
+                        num_workers=num_workers, gpus_per_worker=gpus_per_worker,
                     )
         except (ValueError, FileNotFoundError, ImportError) as e:
             fail(str(e))
