@@ -429,3 +429,11 @@ def test_worker_address_space_limit():
         assert soft != "unlimited"
         # the limit is what the worker mapped at start plus 512 MiB (it has grown a little since)
         assert vm < int(soft) <= vm + 512 * 1024 * 1024
+
+
+def test_workers_argument_resizes_the_pool():
+    with Verifier(workers=2) as v:
+        assert v.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])[0].correct
+        assert len(v.pids) == 2
+        assert v.verify_batch(["x^3"], ["\\boxed{x \\cdot x^2}"], workers=1)[0].correct
+        assert len(v.pids) == 1 and v.workers == 1
