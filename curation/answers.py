@@ -331,9 +331,18 @@ def _rule_choice(text: str, options: Sequence[str] | None) -> str | None:
     return best
 
 
+_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
+_PROSE = re.compile(r"[A-Za-z]{2,}[\s,]+[A-Za-z]{2,}")
+
+
 def _rule_bare(text: str, options: Sequence[str] | None) -> str | None:
+    """A short one-line reply that *is* an answer. Prose is not: once LaTeX commands are removed, two
+    consecutive words of 2+ letters ("6 + 6 is actually ...") mean a sentence, whose numbers must not be
+    graded as an answer. Units and single words ("45 cm^2", "9 litres", "\\text{March}") still pass."""
     s = text.strip()
     if not s or len(s) > _BARE_MAX_CHARS or "\n" in s:
+        return None
+    if _PROSE.search(_LATEX_CMD.sub(" ", s)):
         return None
     return s
 

@@ -199,3 +199,13 @@ def test_megabyte_responses_are_linear_time():
         extract_answer(text, options=OPTS)
         extract_answer(text)
         assert time.perf_counter() - t0 < 3.0, text[:20]
+
+
+def test_bare_rule_refuses_prose_replies():
+    """A small model's chatter must not be graded as an answer (seen with SmolLM2 during scoring)."""
+    from curation.answers import extract_answer
+
+    assert extract_answer("Dude, that's a math trick. 6 + 6 is actually \\boxed{}").answer is None
+    assert extract_answer("that equals seven").answer is None
+    for ok in ("10", "(B)", "45 cm^2", "9 litres", "\\text{March}"):
+        assert extract_answer(ok).rule == "bare", ok
