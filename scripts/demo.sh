@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# The embedded demo: curate a small sample shipped in pipelines/demo_data (GSM8K, MATH-Vision with images,
-# generated arithmetic) with planted duplicates and a planted benchmark item, and show what was dropped.
+# The embedded demo (make demo): the whole flow of pipelines/demo.yaml on this machine's CPU.
+# Re-running skips finished steps; DEMO_OUT=/some/dir changes the output folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${DEMO_OUT:-demo_out}
-DATA=pipelines/demo_data
-mkdir -p "$OUT"
-curate ingest "$DATA/gsm8k/train_sample.jsonl" --format gsm8k --out "$OUT/ingest/gsm8k"
-curate ingest "$DATA/math_vision/testmini_sample.jsonl" --format math_vision --out "$OUT/ingest/math_vision"
-curate ingest "$DATA/arithmetic.jsonl" --format jsonl --map problem=question,answer=answer --source arithmetic --out "$OUT/ingest/arithmetic"
-curate build "$OUT/ingest/gsm8k" "$OUT/ingest/math_vision" "$OUT/ingest/arithmetic" --recipe pipelines/demo.yaml --out "$OUT/build"
-echo
-echo "Demo finished. Outputs:"
-echo "  $OUT/build/problems.parquet   kept problems (load with datasets.load_dataset('parquet', data_files=...))"
-echo "  $OUT/build/excluded.parquet   every dropped row with step + reason"
-echo "  $OUT/build/stats.json         rows in/out per step and per reason"
+start=$(date +%s)
+curate run pipelines/demo.yaml --set out="$OUT" "$@"
+end=$(date +%s)
+cat <<MSG
+
+Demo finished in $(( (end - start) / 60 )) min $(( (end - start) % 60 )) s. Everything is under $OUT/:
+  $OUT/report/report.md        the report: rows per step, pass-rate/VPS histograms, reward curves, VAS vs uniform
+  $OUT/build/                  curated problems (problems.parquet), excluded.parquet (every dropped row + reason), stats.json
+  $OUT/score/                  rollouts.parquet, scores.parquet (pass_rate, ovs, tds, vps), report/
+  $OUT/rl/                     GRPO sets: rl_text.parquet, rl_multimodal.parquet (TRL format, VPS columns)
+  $OUT/cot/                    cold-start SFT set: sft.parquet (TRL messages), excluded.parquet
+  $OUT/staged/                 the three training stages' checkpoints and summary.json
+  $OUT/publish/                exactly what \`curate publish\` would upload (README.md card + data/)
+Load any table with: datasets.load_dataset("parquet", data_files="$OUT/rl/rl_text.parquet")
+
+Next, on a GPU machine (pip install -e ".[vllm]"):
+  curate score --model Qwen/Qwen2.5-VL-7B-Instruct --data your/problems.parquet --n 16 --engine vllm --out runs/score
+  train grpo   --config pipelines/mmr1_7b_grpo.yaml
+  train staged --config pipelines/revisual_r1_7b_staged.yaml
+MSG
