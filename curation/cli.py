@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 # Order = order in `curate --help`.
-_COMMAND_MODULES = ["ingest", "build", "verify", "score", "publish", "cot", "rlset"]
+_COMMAND_MODULES = ["ingest", "build", "verify", "score", "cot", "rlset", "publish", "run", "report"]
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"curation.commands.{_name}").register(app)
