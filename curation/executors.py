@@ -165,11 +165,19 @@ def process_chunk(engine: Any, spec: GenJobSpec, rows: Sequence[dict], fail_stre
     params = spec.sampling()
     cx = ExclusionWriter()
     reqs, kept = [], []
+    text_only = getattr(engine, "vision", True) is False
     for row in rows:
         try:
             bp = build_prompt(row, spec.template)
         except PromptError as e:
             cx.add(row, step=spec.step, reason=e.reason, detail=f"{row['_locator']}: {e}", locator=row["_locator"])
+            continue
+        if text_only and row.get("images"):
+            # A text-only model cannot see the figure: such a problem is not scored by it (and would make
+            # the engine raise); it is excluded with its own reason, never silently dropped.
+            cx.add(row, step=spec.step, reason="needs_vision",
+                   detail=f"{row['_locator']}: {len(row['images'])} image(s), model {spec.model} is text-only",
+                   locator=row["_locator"])
             continue
         reqs.append(GenRequest(prompt_messages=bp.messages, images=bp.images or None))
         kept.append(row)
@@ -424,6 +432,11 @@ class RayExecutor:
         if not pending:
             return info
         started = self._connect()
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        bars = ctx.enable_progress_bars
+        ctx.enable_progress_bars = False  # the job shows its own per-chunk progress
         try:
             if self._use_llm(spec, pending):
                 info.details["ray_data_llm"] = True
@@ -432,6 +445,7 @@ class RayExecutor:
                 info.details["ray_data_llm"] = False
                 self._run_actors(spec, pending, on_chunk, info)
         finally:
+            ctx.enable_progress_bars = bars
             if started:
                 import ray
 

@@ -9,7 +9,8 @@ Outputs in ``DIR``:
   were scored (merged dirs; columns ``<score>__<model>``, see :func:`curation.scoring.pivot_scores`).
 - ``excluded.parquet`` (schema ``excluded``): every input row not scored, with ``reason`` (``malformed_row``,
   ``missing_id``, ``duplicate_id``, ``missing_problem``, ``missing_answer``, ``bad_image``,
-  ``generation_error``) and ``detail`` naming the row.
+  ``needs_vision`` (a problem with images and a text-only model), ``generation_error``) and ``detail``
+  naming the row.
 - ``stats.json``: settings, counts, zero-variance fraction, verdict counts and the time split (engine load,
   generation, verification, TDS/scoring, writing).
 - ``report/``: ``pass_rate_hist.png``, ``vps_hist.png``, ``report.md`` (:mod:`curation.report`).

@@ -222,7 +222,7 @@ def tiny(tmp_path_factory, tiny_qwen2_dir):
         dict(rows[0], id="noans", answer=""),  # missing answer
         dict(rows[1], id="add-1"),  # duplicate id
         dict(rows[2], id="badimg", images=bad_img),  # undecodable image
-        dict(rows[3], id="img-on-text-model", images=good_img),  # engine refuses: generation_error
+        dict(rows[3], id="img-on-text-model", images=good_img),  # text-only model: needs_vision
     ]
     data = root / "problems.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=S.PROBLEMS), data)
@@ -240,9 +240,9 @@ def test_full_run_outputs_and_exclusions(tiny):
     assert full.rollouts.schema.equals(S.ROLLOUTS, check_metadata=False)
     assert not S.validate_rows(full.scores.to_pylist(), "scores")
     reasons = sorted(full.excluded.column("reason").to_pylist())
-    assert reasons == ["bad_image", "duplicate_id", "generation_error", "missing_answer"]
+    assert reasons == ["bad_image", "duplicate_id", "missing_answer", "needs_vision"]
     ex = {r["reason"]: r for r in full.excluded.to_pylist()}
-    assert "badimg" in ex["bad_image"]["detail"] and "text-only" in ex["generation_error"]["detail"]
+    assert "badimg" in ex["bad_image"]["detail"] and "text-only" in ex["needs_vision"]["detail"]
     st = json.loads((full.out_dir / "stats.json").read_text())
     for k in ("generation_s", "verification_s", "tds_scoring_s", "writing_s"):
         assert st["timing"][k] >= 0
