@@ -30,7 +30,7 @@ def _summary(result, out: Path) -> None:
         console.print(f"resumed: {c['chunks_resumed']} of {c['chunks']} chunks were already done")
     tm = s.get("timing", {})
     console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in tm.items()))
-    console.print(f"wrote [bold]{out}[/] (sft.parquet [{s['settings']['sft_schema']}], excluded.parquet, stats.json)")
+    console.print(f"wrote [bold]{out}[/] (sft.parquet: {s['settings']['sft_schema']}, excluded.parquet, stats.json)")
 
 
 def _parse_opts(items: list[str] | None) -> dict:
