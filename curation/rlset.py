@@ -28,7 +28,9 @@ Filters, in order (the first failing one is the row's exclusion reason):
                            (:func:`curation.verify.classify_gold`: proof, open-ended prose, malformed,
                            choice label not among the options); ``detail`` names the sub-reason
 ``answer_too_long``        normalised gold answer longer than ``max_answer_chars`` (not a short answer)
-``no_score``               a pass-rate band is set but the problem has no score row
+``no_score``               a pass-rate band is set but the problem has no score row (with
+                           ``unscored="keep"`` such rows are kept instead, with null VPS columns - e.g. image
+                           problems a text-only model could not score, excluded there as ``needs_vision``)
 ``pass_rate_out_of_band``  pass rate outside the band (``detail`` gives p and the band)
 ``bad_image``              an image that cannot be decoded (from :func:`curation.prompts.build_prompt`)
 ``balance``                over its group's cap when balancing
@@ -255,11 +257,14 @@ def build_rl_set(
     max_answer_chars: int = 64,
     seed: int = 0,
     template: str = "r1",
+    unscored: str = "exclude",
     progress: ProgressFactory | None = None,
 ) -> RlSetResult:
     """Build ``DIR/rl*.parquet`` from a problems table (see the module docstring)."""
     from .verify import classify_gold
 
+    if unscored not in ("exclude", "keep"):
+        raise ValueError(f"--unscored must be 'exclude' or 'keep', got {unscored!r}")
     if modality not in MODALITIES:
         raise ValueError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     if balance is not None and balance not in BALANCE:
@@ -336,11 +341,11 @@ def build_rl_set(
             continue
         sc = score_map.get(pid)
         if band:
-            if sc is None:
+            if sc is None and unscored == "exclude":
                 excl.add(row, step=STEP, reason="no_score", detail=f"{who}: not in {scores}", locator=loc)
                 continue
-            p = float(sc["pass_rate"])
-            if (lo and not lo.admits(p, "min")) or (hi and not hi.admits(p, "max")):
+            p = float(sc["pass_rate"]) if sc is not None else None
+            if p is not None and (lo and not lo.admits(p, "min")) or (hi and not hi.admits(p, "max")):
                 excl.add(row, step=STEP, reason="pass_rate_out_of_band",
                          detail=f"{who}: pass rate {p:g} outside {band_text(lo, hi)}", locator=loc)
                 continue

@@ -245,3 +245,23 @@ def test_grpo_trainer_multimodal(inputs, tmp_path, tiny_qwen2_vl_dir):
     assert isinstance(first, Image.Image) and first.size == Image.open(DATA / "math_vision" / "images" / "4.jpg").size
     out, seen = _grpo_one_step(tiny_qwen2_vl_dir, tmp_path / "rl" / "rl_multimodal.parquet", tmp_path / "grpo")
     assert out.global_step == 1 and seen
+
+
+def test_unscored_rows_kept_or_excluded_explicitly(inputs, tmp_path):
+    """Image problems a text-only model could not score: excluded as no_score by default, or kept with
+    null VPS columns (the sampler's prior) when asked."""
+    gsm_ids = {r["id"] for r in inputs["gsm"]}
+    text_scores = inputs["score_table"].filter(
+        pa.array([pid in gsm_ids for pid in inputs["score_table"].column("problem_id").to_pylist()]))
+    pq.write_table(text_scores, tmp_path / "text_scores.parquet")
+    kw = {"scores": tmp_path / "text_scores.parquet", "min_pass": ">0", "max_pass": "<1"}
+    default = build_rl_set(inputs["problems"], tmp_path / "default", **kw)
+    assert default.rl_multimodal.num_rows == 0
+    no_score = {r["id"] for r in default.excluded.to_pylist() if r["reason"] == "no_score"}
+    assert {r["id"] for r in inputs["mv"]} <= no_score and not (no_score & gsm_ids)
+    keep = build_rl_set(inputs["problems"], tmp_path / "keep", unscored="keep", **kw)
+    assert keep.rl_multimodal.num_rows == 40
+    assert all(r["vps"] is None and r["pass_rate"] is None for r in keep.rl_multimodal.to_pylist())
+    assert keep.rl_text.num_rows == default.rl_text.num_rows  # scored rows still obey the band
+    with pytest.raises(ValueError, match="--unscored"):
+        build_rl_set(inputs["problems"], tmp_path / "x", unscored="maybe", **kw)
