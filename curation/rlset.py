@@ -345,7 +345,7 @@ def build_rl_set(
                 excl.add(row, step=STEP, reason="no_score", detail=f"{who}: not in {scores}", locator=loc)
                 continue
             p = float(sc["pass_rate"]) if sc is not None else None
-            if p is not None and (lo and not lo.admits(p, "min")) or (hi and not hi.admits(p, "max")):
+            if p is not None and ((lo and not lo.admits(p, "min")) or (hi and not hi.admits(p, "max"))):
                 excl.add(row, step=STEP, reason="pass_rate_out_of_band",
                          detail=f"{who}: pass rate {p:g} outside {band_text(lo, hi)}", locator=loc)
                 continue
