@@ -58,7 +58,7 @@ def setup(tmp_path_factory):
     rows += [
         dict(rows[0], id="noans", answer=""),  # excluded at loading (missing_answer)
         dict(rows[1], id="gsm8k-test-1"),  # duplicate id
-        dict(rows[2], id="img-on-text-model", images=good_img),  # the engine refuses: generation_error
+        dict(rows[2], id="img-on-text-model", images=good_img),  # text-only model: needs_vision (on the worker)
     ]
     data = root / "problems.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=S.PROBLEMS), data)
@@ -87,8 +87,7 @@ def test_ray_outputs_equal_local(setup, cluster):
     _same(res.rollouts, loc.rollouts)
     _same(res.scores, loc.scores)
     _same(res.excluded, loc.excluded)
-    assert sorted(res.excluded.column("reason").to_pylist()) == ["duplicate_id", "generation_error",
-                                                                "missing_answer"]
+    assert sorted(res.excluded.column("reason").to_pylist()) == ["duplicate_id", "missing_answer", "needs_vision"]
     ex = res.stats["settings"]["executor"]
     assert ex["executor"] == "ray" and ex["num_workers"] == 2 and ex["ray_data_llm"] is False
     assert res.stats["settings"]["engine_name"] == "hf"
