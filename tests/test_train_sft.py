@@ -269,7 +269,7 @@ def test_assistant_mask_support_detection(tiny_qwen2_dir):
 @pytest.mark.slow
 def test_sft_assistant_only_labels_and_fallback(tmp_path, tiny_qwen2_dir):
     """With Qwen2.5's template, labels are -100 on system/user tokens and real ids on the assistant reply;
-    with a template TRL cannot mask, a warning and full-sequence loss (no crash)."""
+    with a template TRL cannot mask, a warning and completion-only loss on the assistant turn (no crash)."""
     import shutil
 
     from trl.chat_template_utils import qwen2_5_chat_template
@@ -310,14 +310,18 @@ def test_sft_assistant_only_labels_and_fallback(tmp_path, tiny_qwen2_dir):
         assert "The answer is" in text and text.rstrip().endswith("<|im_end|>")
         assert ex["labels"][0] == -100
 
-        # the tiny template has no markers and is unknown to TRL: warn + full sequence
+        # the tiny template has no markers and is unknown to TRL: warning + completion-only loss on the
+        # assistant turn (rows split into prompt/completion) - the same tokens are trained, no crash
         r2 = build_sft_recipe(cpu_sft_section(tmp_path / "o2", data, assistant_only_loss=True, max_steps=1),
                               str(tiny_qwen2_dir))
         with pytest.warns(UserWarning, match="assistant_only_loss requested but unsupported"):
             res2 = train_sft(r2)
-        assert res2.extra["assistant_only_loss"] is False
+        assert res2.extra["loss_mode"] == "completion"
         ex2 = captured["ds"][0]
-        assert all(lab != -100 for lab in ex2["labels"])
+        tok2 = captured["tok"]
+        text2 = tok2.decode([t for t, lab in zip(ex2["input_ids"], ex2["labels"]) if lab != -100])
+        assert question[:30] not in text2 and "The answer is" in text2
+        assert ex2["labels"][0] == -100 and ex2["labels"][-1] != -100
     finally:
         SFTTrainer._prepare_dataset = orig
 

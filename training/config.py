@@ -94,7 +94,6 @@ class DataSpec:
     """``data:`` of a trainer section. ``on_too_long`` (SFT): ``drop`` (reported + excluded table) or ``error``."""
 
     train: Path
-    eval: Path | None = None
     on_too_long: str = "drop"
     limit: int | None = None  # use only the first N rows (smoke runs)
 

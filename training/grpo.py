@@ -31,7 +31,8 @@
 
 Saving: the processor is saved part by part (no torchvision needed), the VPS table goes into every
 checkpoint (``vps_table.parquet``) and is restored on resume, and ``<output_dir>/vps_final.parquet`` holds the
-final table.
+final table.  After a resume the sampler draws from the restored table, so the prompt stream is not
+bit-identical to an uninterrupted run (the table it draws from is the one saved with the checkpoint).
 """
 
 from __future__ import annotations
@@ -373,9 +374,8 @@ def train_grpo(
     """Run GRPO (+VAS, +PAD) from a recipe; returns a :class:`~training.sft.TrainResult`.
 
     ``freeze_vision``: ``requires_grad_(False)`` on the vision tower before training (ReVisual-R1 stage 3)."""
-    from curation.models import is_vision_language, load_processor
-
     from .rewards import build_reward_funcs
+    from .sft import model_and_processor
 
     say = report or (lambda s: log.info(s))
     t0 = time.perf_counter()
@@ -383,9 +383,7 @@ def train_grpo(
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = recipe.model
-    local = Path(model_dir).is_dir()
-    vl_model = local and is_vision_language(model_dir)
-    processing_class = load_processor(model_dir, padding_side="left") if local else None
+    processing_class, vl_model = model_and_processor(model_dir, "left")
 
     dataset = _load_rl_dataset(recipe)
     has_images = "images" in dataset.column_names and any(dataset["images"][: min(len(dataset), 64)])

@@ -11,8 +11,9 @@ What this adds to TRL:
 - **Assistant-only loss where the template supports it.**  ``assistant_only_loss: true`` needs a chat
   template with ``{% generation %}`` markers; TRL 1.16 swaps in a training template for the families it
   knows (Qwen2.5 / Qwen2.5-VL / Qwen3 / Llama 3 / ...) and raises otherwise.  We check first
-  (:func:`assistant_mask_support`): unsupported templates get a clear warning and full-sequence loss
-  instead of a crash (``assistant_only_loss: require`` keeps TRL's error).
+  (:func:`assistant_mask_support`): with an unsupported template the rows are split into prompt /
+  completion (everything before the last assistant message / that message) and TRL's completion-only loss
+  trains on the last assistant turn, with a clear warning, instead of a crash.
 - **Stage-1 VAS.**  When the rows carry ``vps`` (and ``vas.enabled`` is not false) each epoch's order comes
   from :class:`training.sampler.VASEpochSampler` (a fraction ``lambda`` of the epoch drawn by VPS, the rest
   uniform); otherwise TRL's uniform shuffle.  Hook: ``_get_train_sampler`` only.
@@ -156,6 +157,24 @@ class ProcessorSaveMixin:
             self.processing_class = proc
         if proc is not None and self.args.should_save:
             save_processing_class(proc, output_dir or self.args.output_dir)
+
+
+def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
+    """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id.  Local folders use
+    :func:`curation.models.load_processor` (works without torchvision); hub ids ``AutoProcessor`` (GPU
+    machines, where torchvision is installed)."""
+    if Path(model).is_dir():
+        from curation.models import is_vision_language, load_processor
+
+        return load_processor(model, padding_side=padding_side), is_vision_language(model)
+    from transformers import AutoConfig, AutoProcessor
+
+    cfg = AutoConfig.from_pretrained(model)
+    vl = hasattr(cfg, "vision_config") and cfg.vision_config is not None
+    proc = AutoProcessor.from_pretrained(model, padding_side=padding_side)
+    if vl and hasattr(proc, "tokenizer"):
+        proc.tokenizer.padding_side = padding_side
+    return proc, vl
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -331,20 +350,38 @@ def assistant_mask_support(processing_class: Any) -> tuple[bool, str]:
     return True, "TRL swaps in its training variant of this chat template ({% generation %} markers)"
 
 
-def _resolve_assistant_only(args: Any, processing_class: Any) -> tuple[bool, str]:
-    """``assistant_only_loss``: True -> on when supported, else warn and train on the full sequence."""
-    want = args.assistant_only_loss
-    if not want:
-        return False, "off (recipe)"
+def _resolve_assistant_only(args: Any, processing_class: Any) -> tuple[str, str]:
+    """Loss mode for ``assistant_only_loss: true``: ``assistant`` when the template supports the mask, else
+    ``completion`` (warned): the rows become prompt/completion pairs - everything before the last assistant
+    message is the prompt - and TRL's ``completion_only_loss`` trains on the last assistant turn only (the
+    same tokens for single-turn rows; earlier assistant turns of multi-turn rows are not trained).  ``full``
+    when the recipe turns it off."""
+    if not args.assistant_only_loss:
+        return "full", "assistant_only_loss off in the recipe"
     ok, why = assistant_mask_support(processing_class)
     if ok:
-        return True, why
-    msg = (f"assistant_only_loss requested but unsupported: {why}. Training on the full sequence (system and "
-           "user tokens included in the loss). Add {% generation %}...{% endgeneration %} around the assistant "
-           "content in the chat template to get assistant-only loss.")
+        return "assistant", why
+    msg = (f"assistant_only_loss requested but unsupported: {why}. Falling back to completion-only loss on the "
+           "last assistant turn (rows split into prompt/completion). Add {% generation %}...{% endgeneration %} "
+           "around the assistant content in the chat template to mask every assistant turn.")
     warnings.warn(msg, stacklevel=3)
     args.assistant_only_loss = False
-    return False, "unsupported: " + why
+    args.completion_only_loss = True
+    return "completion", "unsupported template (" + why + "): completion-only loss on the last assistant turn"
+
+
+def to_prompt_completion(dataset: Any, source: str) -> Any:
+    """``messages`` -> ``prompt`` (all messages before the last assistant one) + ``completion`` (that message);
+    a row whose last message is not the assistant's is an error naming it."""
+    bad = [i for i, m in enumerate(dataset["messages"]) if not m or m[-1].get("role") != "assistant"]
+    if bad:
+        raise ValueError(f"{source}: rows {bad[:20]} do not end with an assistant message (nothing to train on)")
+
+    def split(row):
+        msgs = _clean_parts(row["messages"])
+        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+    return dataset.map(split, remove_columns=["messages"])
 
 
 def _training_chat_template(processing_class: Any) -> str | None:
@@ -401,29 +438,22 @@ def train_sft(
 
     ``resume``: continue from the last ``checkpoint-*`` in ``output_dir`` when there is one.  ``report``:
     called with human-readable notes (dropped rows, loss mode, sampler) for the CLI to print."""
-    from curation.models import is_vision_language, load_processor
-
     say = report or (lambda s: log.info(s))
     t0 = time.perf_counter()
     args = recipe.args
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = recipe.model
-    vl_model = Path(model_dir).is_dir() and is_vision_language(model_dir)
-    processing_class = load_processor(model_dir, padding_side="right") if Path(model_dir).is_dir() else None
-    if processing_class is None:
-        from transformers import AutoProcessor
-
-        processing_class = AutoProcessor.from_pretrained(model_dir)
+    processing_class, vl_model = model_and_processor(model_dir, "right")
 
     dataset = load_parquet_dataset(recipe.data.train, limit=recipe.data.limit, required=("messages",))
     has_images = "images" in dataset.column_names
     if has_images and not vl_model:
         raise ValueError(f"{recipe.data.train} has an 'images' column but {model_dir} is not a vision-language model")
 
-    use_assistant, why = _resolve_assistant_only(args, processing_class)
-    say(f"loss: {'assistant tokens only' if use_assistant else 'full sequence'} ({why})")
-    template = _training_chat_template(processing_class) if use_assistant else None
+    loss_mode, why = _resolve_assistant_only(args, processing_class)
+    say(f"loss: {loss_mode} ({why})")
+    template = _training_chat_template(processing_class) if loss_mode == "assistant" else None
     lengths = sequence_lengths(dataset, processing_class, chat_template=template)
     n_rows = len(dataset)
     excluded_path = out / EXCLUDED_FILE
@@ -454,6 +484,8 @@ def train_sft(
 
     keep_cols = ["messages"] + (["images"] if has_images else [])
     dataset = dataset.select_columns(keep_cols)
+    if loss_mode == "completion":
+        dataset = to_prompt_completion(dataset, str(recipe.data.train))
 
     callbacks = [progress_callback(progress, "sft")] if progress else []
     trainer = VASSFTTrainer(
@@ -482,7 +514,7 @@ def train_sft(
         excluded_path=str(excluded_path) if dropped else None,
         seconds=round(time.perf_counter() - t0, 2),
         resumed_from=ckpt,
-        extra={"assistant_only_loss": use_assistant, "loss_mode_reason": why, "vas": sampler is not None,
+        extra={"assistant_only_loss": loss_mode == "assistant", "loss_mode": loss_mode, "loss_mode_reason": why, "vas": sampler is not None,
                "sampler_stats": sampler.last_epoch_stats() if sampler is not None else None,
                "train_loss": train_out.training_loss},
     )
