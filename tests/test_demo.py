@@ -1,0 +1,80 @@
+"""A reduced version of the demo recipe (pipelines/demo.yaml) end to end: fewer rows, rollouts, tokens and
+training steps, same commands. Real SmolLM2 scores and writes CoT; a tiny Qwen2-VL trains the three stages;
+the report's numbers are checked against the tables the run produced."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_DATA = ROOT / "pipelines" / "demo_data"
+
+
+def _reduced_data(dst: Path) -> Path:
+    (dst / "gsm8k").mkdir(parents=True)
+    (dst / "math_vision" / "images").mkdir(parents=True)
+    lines = (DEMO_DATA / "gsm8k/train_sample.jsonl").read_text().splitlines()
+    # 12 real problems + the planted duplicates / contamination at the end of the sample
+    (dst / "gsm8k/train_sample.jsonl").write_text("\n".join(lines[:12] + lines[300:]) + "\n")
+    mv = (DEMO_DATA / "math_vision/testmini_sample.jsonl").read_text().splitlines()[:6]
+    (dst / "math_vision/testmini_sample.jsonl").write_text("\n".join(mv) + "\n")
+    for line in mv:
+        img = json.loads(line)["image"]
+        shutil.copy(DEMO_DATA / "math_vision" / img, dst / "math_vision" / img)
+    ar = (DEMO_DATA / "arithmetic.jsonl").read_text().splitlines()[:24]
+    (dst / "arithmetic.jsonl").write_text("\n".join(ar) + "\n")
+    return dst
+
+
+@pytest.mark.slow
+def test_reduced_demo_recipe_end_to_end(tmp_path):
+    data = _reduced_data(tmp_path / "data")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "curation.cli", "run", "pipelines/demo.yaml", "--set", f"out={out}",
+           "--set", f"data={data}", "--set", "n=2", "--set", "score_tokens=16", "--set", "train_steps=1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+    build = json.loads((out / "build/stats.json").read_text())
+    kept = pq.read_table(out / "build/problems.parquet")
+    assert build["input_rows"] == 12 + 7 + 6 + 24
+    reasons = build["excluded_by_reason"]
+    assert reasons.get("exact_duplicate", 0) >= 3 and reasons.get("near_duplicate", 0) >= 1
+    assert reasons.get("benchmark_contamination") == 1
+
+    scores = pq.read_table(out / "score/scores.parquet")
+    score_ex = pq.read_table(out / "score/excluded.parquet").to_pylist()
+    n_images = sum(1 for r in kept.to_pylist() if r["images"])
+    assert scores.num_rows + len(score_ex) == kept.num_rows
+    assert sum(r["reason"] == "needs_vision" for r in score_ex) == n_images == 6
+    assert set(scores.column("n").to_pylist()) == {2}
+
+    rl_mm = pq.read_table(out / "rl/rl_multimodal.parquet")
+    assert rl_mm.num_rows == 6 and all(r["images"] for r in rl_mm.to_pylist())
+
+    summary = json.loads((out / "staged/summary.json").read_text())
+    stages = summary["stages"] if isinstance(summary, dict) else summary
+    assert [s["name"] for s in stages] == ["cold_start", "mm_rl", "text_rl"]
+    assert (out / "publish/README.md").exists()
+
+    # the report's numbers are read from the tables
+    report = (out / "report/report.md").read_text()
+    assert f"{build['input_rows']} rows in = {build['output_rows']} kept + {build['excluded_rows']} excluded" in report
+    assert f"prompts scored: {scores.num_rows};" in report
+    for png in ("pass_rate_hist.png", "vps_hist.png"):
+        assert (out / "report" / png).stat().st_size > 1000
+    vu = json.loads((out / "report/vas_vs_uniform.json").read_text())
+    assert vu["prompts"] == scores.num_rows and 0.0 <= vu["vas_mix"] <= 1.0
+    assert re.search(r"uniform \| 0\.\d{3}", report)
+
+    # re-running the flow skips every finished step
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "0 step(s) ran" in again.stdout
