@@ -91,6 +91,23 @@ def _on_cpu() -> bool:
         return True
 
 
+def enable_vl_shims_without_torchvision() -> None:
+    """In-process vLLM + VL model + no torchvision: load ``scripts/vllm_sitecustomize`` here and put it on
+    ``PYTHONPATH`` so vLLM's helper processes load it too (worker subprocesses get it at start-up)."""
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(SITECUSTOMIZE_DIR) not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(SITECUSTOMIZE_DIR), *parts])
+    name = "rlcurate_vllm_sitecustomize"
+    if name in sys.modules or hasattr(sys.modules.get("sitecustomize"), "NoVideoProcessor"):
+        return
+    spec = importlib.util.spec_from_file_location(name, SITECUSTOMIZE_DIR / "sitecustomize.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
 def _config_max_len(model: str) -> int | None:
     cfg_path = Path(model) / "config.json"
     if not cfg_path.is_file():
@@ -128,6 +145,8 @@ class _LocalVLLM:
         self.vision = is_vision_language(self.model) if local else False
         self.chat_template = read_chat_template(self.model) if local else None
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        if self.vision:
+            enable_vl_shims_without_torchvision()
         cpu = _on_cpu()
         kwargs: dict[str, Any] = dict(
             model=self.model,

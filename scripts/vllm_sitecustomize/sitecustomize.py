@@ -111,5 +111,19 @@ class _Finder(importlib.abc.MetaPathFinder):
         return None
 
 
-if importlib.util.find_spec("torchvision") is None and not any(isinstance(f, _Finder) for f in sys.meta_path):
-    sys.meta_path.insert(0, _Finder())
+def install() -> bool:
+    """Install the patches (idempotent); modules imported before this call are patched directly.
+    Returns False (and does nothing) when torchvision is installed."""
+    if importlib.util.find_spec("torchvision") is not None:
+        return False
+    if not any(type(f).__name__ == "_Finder" and getattr(f, "rlcurate", False) for f in sys.meta_path):
+        finder = _Finder()
+        finder.rlcurate = True
+        sys.meta_path.insert(0, finder)
+        for name, patch in _POST_PATCH.items():
+            if name in sys.modules:
+                globals()[patch](sys.modules[name])
+    return True
+
+
+install()
