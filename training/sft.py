@@ -461,6 +461,8 @@ def train_sft(
                                       source=str(recipe.data.train), excluded_path=excluded_path)
     if dropped:
         say(f"dropped {dropped} of {n_rows} rows longer than max_length={args.max_length} -> {excluded_path}")
+    else:
+        excluded_path.unlink(missing_ok=True)  # a stale table from an earlier run with other data
     if len(dataset) == 0:
         raise ValueError(f"{recipe.data.train}: every row is longer than max_length={args.max_length}")
 
@@ -514,9 +516,14 @@ def train_sft(
         excluded_path=str(excluded_path) if dropped else None,
         seconds=round(time.perf_counter() - t0, 2),
         resumed_from=ckpt,
-        extra={"assistant_only_loss": loss_mode == "assistant", "loss_mode": loss_mode, "loss_mode_reason": why, "vas": sampler is not None,
-               "sampler_stats": sampler.last_epoch_stats() if sampler is not None else None,
-               "train_loss": train_out.training_loss},
+        extra={
+            "assistant_only_loss": loss_mode == "assistant",
+            "loss_mode": loss_mode,
+            "loss_mode_reason": why,
+            "vas": sampler is not None,
+            "sampler_stats": sampler.last_epoch_stats() if sampler is not None else None,
+            "train_loss": train_out.training_loss,
+        },
     )
     return finish_run(trainer, result)
 
