@@ -78,6 +78,28 @@ def _tensors(path: Path) -> dict:
     return load_file(str(path / "model.safetensors"))
 
 
+def test_initial_vps_from_a_scores_table(tmp_path):
+    """vas.scores (a `curate score` table) sets the starting pass rate / TDS of the prompts it names,
+    joined on problem_id; the others start on the prior."""
+    from curation.io import write_parquet_atomic
+    from curation.schema import to_table
+    from training.config import build_grpo_recipe
+    from training.grpo import _load_rl_dataset, build_vps_table
+
+    data = write_rl_text(tmp_path / "rl.parquet", n=4)
+    pids = [f"gsm8k-{r['i']}" for r in gsm8k_rows(4, start=100)]
+    scores = [{"problem_id": pids[1], "model": "m", "n": 8, "n_correct": 2, "pass_rate": 0.25, "ovs": 0.1875,
+               "tds": 0.4, "vps": 0.8 * 0.1875 + 0.2 * 0.4}]
+    write_parquet_atomic(to_table(scores, "scores"), tmp_path / "scores.parquet")
+    sec = cpu_grpo_section(tmp_path / "o", data, vas={"enabled": True, "scores": str(tmp_path / "scores.parquet")})
+    recipe = build_grpo_recipe(sec, "unused")
+    table = build_vps_table(_load_rl_dataset(recipe), recipe)
+    got = table.get(pids[1])
+    assert got["pass_rate"] == 0.25 and got["tds"] == 0.4 and got["scored"]
+    assert got["vps"] == pytest.approx(0.8 * 0.1875 + 0.2 * 0.4)
+    assert not table.get(pids[0])["scored"] and table.get(pids[0])["pass_rate"] == 0.5
+
+
 def test_online_refresh_needs_an_accuracy_reward(tmp_path, tiny_qwen2_dir):
     from training.config import build_grpo_recipe
     from training.grpo import train_grpo
@@ -132,9 +154,13 @@ def test_train_grpo_cli_text_vas_online_refresh_and_empty_pad(tmp_path, tiny_qwe
     # (b) empty PAD batches leave the weights untouched
     before, after = _tensors(tiny_qwen2_dir), _tensors(tmp_path / "out" / "final")
     assert all((before[k] == after[k]).all() for k in before)
-    # logged metrics
-    hist = json.loads((tmp_path / "out" / "final" / "result.json").read_text())
-    assert hist["final_reward"] == 0.0
+    # logged per step: reward components, zero-variance fraction, VPS stats, sampler mix, PAD
+    logged = set(ex["logged_metrics"])
+    for key in ("rewards/accuracy_reward/mean", "vas/zero_variance_frac", "vas/zero_variance_frac_accuracy",
+                "vps/mean", "vps/min", "vps/max", "vps/pass_rate_mean", "vas/batch_n_vas", "vas/batch_n_uniform",
+                "pad/kept_frac", "pad/empty", "frac_reward_zero_std"):
+        assert key in logged, key
+    assert result["final_reward"] == 0.0
 
 
 @pytest.mark.slow

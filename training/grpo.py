@@ -478,6 +478,7 @@ def train_grpo(
             "frozen_vision_params": frozen,
             "vps": table.stats() if table is not None else None,
             "rewards": dict(zip(names, weights)),
+            "logged_metrics": sorted({k for rec in hist for k in rec}),
         },
     )
     return finish_run(trainer, result)
