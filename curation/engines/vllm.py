@@ -272,6 +272,7 @@ class _WorkerVLLM:
         if Path(init_kwargs["model"]).is_dir():
             env.setdefault("HF_HUB_OFFLINE", "1")
         env.update(env_overrides or {})
+        self._own_log = log_path is None  # a temp log is removed after a clean shutdown
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="rlcurate-vllm-worker-", suffix=".log")
             os.close(fd)
@@ -351,6 +352,8 @@ class _WorkerVLLM:
             except OSError:
                 pass
         self._log.close()
+        if self._own_log and self.proc.returncode == 0:
+            Path(self.log_path).unlink(missing_ok=True)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
