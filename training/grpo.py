@@ -37,8 +37,10 @@ bit-identical to an uninterrupted run (the table it draws from is the one saved 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from collections import deque
 from pathlib import Path
@@ -68,6 +70,20 @@ log = logging.getLogger(__name__)
 
 VPS_CKPT_FILE = "vps_table.parquet"
 VPS_FINAL_FILE = "vps_final.parquet"
+# Multi-process debugging/tests: when set, every rank appends JSON lines to <dir>/rank<R>.jsonl - the chunks
+# its VAS sampler draws, the dataset indices of its local batch slice, the gathered (keys, accuracy rewards,
+# texts) fed to the online VPS update (main process), its final VPS values and the files it saves.
+DEBUG_ENV = "RLCURATE_TRAIN_DEBUG_DIR"
+
+
+def debug_event(rank: int, event: str, **data: Any) -> None:
+    """Append ``{"event": event, **data}`` to ``$RLCURATE_TRAIN_DEBUG_DIR/rank<rank>.jsonl`` (no-op when unset)."""
+    d = os.environ.get(DEBUG_ENV)
+    if not d:
+        return
+    Path(d).mkdir(parents=True, exist_ok=True)
+    with open(Path(d) / f"rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({"event": event, **data}, default=float) + "\n")
 
 
 def completion_texts(completions: list) -> list[str]:
@@ -96,10 +112,13 @@ class TrackingVASSampler(VASSampler):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.drawn: deque = deque(maxlen=256)
+        self.on_chunk: Callable[[int, list, list], None] | None = None  # debug hook (epoch, indices, is_vas)
 
     def _chunks(self, epoch):
         for idx, is_vas in super()._chunks(epoch):
             self.drawn.append((list(idx), list(is_vas)))
+            if self.on_chunk is not None:
+                self.on_chunk(epoch, idx, is_vas)
             yield idx, is_vas
 
     def pop_matching(self, keys: set) -> tuple[int, int] | None:
@@ -128,6 +147,10 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
                           "rescores": 0}
         super().__init__(*args, **kwargs)
         self._pad_gen = torch.Generator().manual_seed(int(self.args.seed) + 1)
+        self._debug("start", world_size=self.accelerator.num_processes)
+
+    def _debug(self, event: str, **data: Any) -> None:
+        debug_event(self.accelerator.process_index, event, **data)
 
     # -- sampler ------------------------------------------------------------------------------------
 
@@ -146,6 +169,9 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
             epsilon=spec.epsilon,
             refresh_every=1 if dynamic else None,
         )
+        if os.environ.get(DEBUG_ENV):
+            self.vas_sampler.on_chunk = lambda e, idx, v: self._debug(
+                "sampler_chunk", epoch=int(e), indices=[int(i) for i in idx], is_vas=[bool(x) for x in v])
         return self.vas_sampler
 
     # -- rewards: online VPS refresh + logging ---------------------------------------------------------
@@ -176,6 +202,8 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
         self._metrics[mode]["vas/zero_variance_frac"].append(float(zero.float().mean()))
 
         keys = gather_object([int(x[INDEX_COLUMN]) for x in inputs]) if INDEX_COLUMN in inputs[0] else None
+        if keys is not None:
+            self._debug("batch", local_keys=[int(x[INDEX_COLUMN]) for x in inputs])
         if keys is not None and self.vas_sampler is not None:
             mix = self.vas_sampler.pop_matching(set(keys))
             if mix is not None:
@@ -186,6 +214,9 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
         if self.vps_table is not None and keys is not None and acc_col is not None:
             if self.vas_spec is None or self.vas_spec.refresh == "online":
                 texts = gather_object(completion_texts(completions))
+                if self.accelerator.is_main_process:
+                    self._debug("update", keys=keys, rewards=rewards_per_func[:, acc_col].tolist(), texts=texts,
+                                group_size=G)
                 self.vps_table.update_from_flat(keys, rewards_per_func[:, acc_col], texts, group_size=G)
             st = self.vps_table.stats()
             for k in ("vps_mean", "vps_min", "vps_max", "pass_rate_mean", "observed_frac"):
@@ -298,8 +329,9 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
         rest = [i for i in range(n) if i not in set(kept)]
         fillers = rest[: target - len(kept)]
         order = kept + fillers
-        if len(order) == n and not fillers:
-            return out
+        # No early return when this rank keeps everything: num_items_in_batch is a sum over *all* ranks, so
+        # every rank must join the gather below (a rank skipping it would deadlock the others, or leave a
+        # stale global token count).
         batch = split_pixel_values_by_grid(out)
         index = torch.tensor(order, dtype=torch.long, device=adv.device)
         new: dict[str, Any] = {}
@@ -331,6 +363,7 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
             ckpt = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             if ckpt.is_dir():
                 self.vps_table.save(ckpt / VPS_CKPT_FILE)
+                self._debug("save", path=str(ckpt / VPS_CKPT_FILE))
 
 
 def torch_nan_ptp(x):
@@ -456,6 +489,9 @@ def train_grpo(
     train_out = trainer.train(resume_from_checkpoint=ckpt)
     if table is not None and trainer.args.should_save:
         table.save(out / VPS_FINAL_FILE)
+        trainer._debug("save", path=str(out / VPS_FINAL_FILE))
+    if table is not None:
+        trainer._debug("final_vps", vps=table.vps_by_index().tolist())
     hist = trainer.state.log_history
     rs = trainer.run_stats
     zv = rs["zero_var_groups"] / rs["groups"] if rs["groups"] else None

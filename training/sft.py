@@ -187,13 +187,18 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 
 def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
-    """Save the final model + processor to ``<output_dir>/final`` and ``result.json`` (written last)."""
+    """Save the final model + processor to ``<output_dir>/final`` and ``result.json`` (written last).
+
+    Every rank calls ``save_model`` (ZeRO-3 / FSDP gather the weights collectively); only the main process
+    writes.  All ranks then wait for it, so no rank returns - and, in ``train staged``, loads ``final/`` as
+    the next stage's model - before the checkpoint is complete."""
     final = Path(result.final_dir)
     trainer.save_model(str(final))
     if trainer.args.should_save:
         from curation.io import write_json_atomic
 
         write_json_atomic(result.to_json(), final / RESULT_FILE)
+    trainer.accelerator.wait_for_everyone()
     return result
 
 
@@ -457,11 +462,12 @@ def train_sft(
     lengths = sequence_lengths(dataset, processing_class, chat_template=template)
     n_rows = len(dataset)
     excluded_path = out / EXCLUDED_FILE
+    writer = args.should_save  # multi-process: only the main process writes the exclusion table
     dataset, dropped = split_too_long(dataset, lengths, args.max_length, on_too_long=recipe.data.on_too_long,
-                                      source=str(recipe.data.train), excluded_path=excluded_path)
+                                      source=str(recipe.data.train), excluded_path=excluded_path if writer else None)
     if dropped:
         say(f"dropped {dropped} of {n_rows} rows longer than max_length={args.max_length} -> {excluded_path}")
-    else:
+    elif writer:
         excluded_path.unlink(missing_ok=True)  # a stale table from an earlier run with other data
     if len(dataset) == 0:
         raise ValueError(f"{recipe.data.train}: every row is longer than max_length={args.max_length}")

@@ -122,13 +122,22 @@ def run_staged(
             frozen_vision=stage.freeze_vision,
             dropped_rows=res.dropped,
         )
-        write_json_atomic({"fingerprint": fp, "started_from": str(start_model), "summary": asdict(s),
-                           "result": res.to_json()}, marker)
+        if _is_main_process():  # under accelerate launch, one writer (finish_run already synchronised ranks)
+            write_json_atomic({"fingerprint": fp, "started_from": str(start_model), "summary": asdict(s),
+                               "result": res.to_json()}, marker)
         summaries.append(s)
         model = res.final_dir
-    write_json_atomic({"stages": [asdict(s) for s in summaries], "final_checkpoint": str(model)},
-                      recipe.output_dir / SUMMARY_FILE)
+    if _is_main_process():
+        write_json_atomic({"stages": [asdict(s) for s in summaries], "final_checkpoint": str(model)},
+                          recipe.output_dir / SUMMARY_FILE)
     return summaries
+
+
+def _is_main_process() -> bool:
+    """True in a single process, and on the main process of an ``accelerate launch`` run."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def summary_rows(summaries: list[StageSummary]) -> list[dict[str, Any]]:

@@ -18,6 +18,17 @@ SET_OPT = Annotated[
 ]
 
 
+def console_on_main_only() -> None:
+    """Under ``accelerate launch`` (``RANK`` set by torchrun), only the main process prints notes and result
+    tables; the other ranks stay quiet on stdout (errors still go to stderr from every rank)."""
+    import os
+
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        from curation.console import console
+
+        console.quiet = True
+
+
 def fail(message: str) -> None:
     from curation.console import fail as _fail
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._shared import OVERRIDES_ARG, SET_OPT, print_result, run_guarded
+from ._shared import OVERRIDES_ARG, SET_OPT, console_on_main_only, print_result, run_guarded
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
         from ..config import load_grpo_recipe
         from ..grpo import train_grpo
 
+        console_on_main_only()
         recipe = run_guarded(lambda: load_grpo_recipe(config, [*(overrides or []), *(set_ or [])]))
         console.print(f"[bold]train grpo[/] {recipe.model} on {recipe.data.train} -> {recipe.args.output_dir}")
         with progress_factory() as new_task:

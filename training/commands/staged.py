@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._shared import OVERRIDES_ARG, SET_OPT, run_guarded
+from ._shared import OVERRIDES_ARG, SET_OPT, console_on_main_only, run_guarded
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         from ..config import load_staged_recipe
         from ..stages import SUMMARY_FILE, StageConfigChanged, run_staged, summary_rows
 
+        console_on_main_only()
         recipe = run_guarded(lambda: load_staged_recipe(config, [*(overrides or []), *(set_ or [])]))
         console.print(f"[bold]train staged[/] {len(recipe.stages)} stages from {recipe.model} -> {recipe.output_dir}")
 

@@ -1,0 +1,136 @@
+"""`train grpo` under `accelerate launch` with two real CPU processes (gloo; pipelines/accelerate/ddp_cpu.yaml).
+
+With ``RLCURATE_TRAIN_DEBUG_DIR`` set, every rank appends to ``rank<R>.jsonl``: the chunks its VAS sampler
+drew, the dataset indices of its local slice of each generation batch, the gathered (keys, accuracy rewards,
+texts) that the main process fed into the online VPS update, its own final VPS values, and every file it
+saved.  Checked: identical sampler streams on both ranks; a prompt group split across the two ranks still
+reaches the update whole; the VPS table written at the end equals a fresh single-process table replayed from
+the gathered rollouts; both ranks end with the same table; only rank 0 writes (one checkpoint dir per save
+step, one VPS table each, one vps_final.parquet)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+G = 4  # num_generations
+PER_DEVICE = 3  # rows per rank per step: a generation batch of 2 ranks x 3 x 2 steps = 12 rows = 3 prompts x 4
+
+
+def write_rl_text(path: Path, n: int = 8) -> Path:
+    """RL_TEXT rows from GSM8K train; the first half carries a `curate score` pass rate, the rest starts on
+    the VPS prior."""
+    from curation.io import write_parquet_atomic
+    from curation.schema import to_table
+
+    rows = []
+    with open(DATA / "gsm8k" / "train.jsonl") as f:
+        for i, line in enumerate(f):
+            if i >= n:
+                break
+            d = json.loads(line)
+            p = 0.25 if i < n // 2 else None
+            rows.append({
+                "problem_id": f"gsm8k-train-{i}", "source": "gsm8k",
+                "prompt": [{"role": "user", "content": d["question"] + " Put the final answer in \\boxed{}."}],
+                "answer": d["answer"].split("####")[-1].strip().replace(",", ""), "options": None,
+                "pass_rate": p, "ovs": None if p is None else p * (1 - p), "tds": None if p is None else 0.4,
+                "vps": None if p is None else 0.8 * p * (1 - p) + 0.2 * 0.4,
+            })
+    write_parquet_atomic(to_table(rows, "rl_text"), path)
+    return path
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_two_process_grpo_sampler_vps_and_single_writer(tmp_path):
+    from curation.models import build_tiny_qwen2
+    from training.vps import VPSConfig, VPSTable
+
+    model = build_tiny_qwen2(tmp_path / "tiny")
+    data = write_rl_text(tmp_path / "rl.parquet")
+    out = tmp_path / "out"
+    vas = {"enabled": True, "lambda": 0.5, "refresh": "online", "alpha": 0.8, "beta": 0.2, "momentum": 0.5}
+    grpo = {
+        "output_dir": str(out), "num_generations": G, "per_device_train_batch_size": PER_DEVICE,
+        "gradient_accumulation_steps": 2, "max_completion_length": 12, "max_steps": 2, "logging_steps": 1,
+        "learning_rate": 1.0e-3, "beta": 0.0, "temperature": 1.0, "bf16": False, "use_cpu": True,
+        "gradient_checkpointing": False, "save_strategy": "steps", "save_steps": 1, "report_to": "none",
+        "seed": 0, "disable_tqdm": True, "data": {"train": str(data)}, "rewards": {"accuracy": 1.0}, "vas": vas,
+    }
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": str(model), "grpo": grpo}))
+    dbg = tmp_path / "debug"
+    env = {**os.environ, "RLCURATE_TRAIN_DEBUG_DIR": str(dbg), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "pipelines" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2",
+           "-m", "training.cli", "grpo", "--config", str(recipe)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    r0, r1 = _events(dbg / "rank0.jsonl"), _events(dbg / "rank1.jsonl")
+    assert r0[0]["world_size"] == 2 and r1[0]["world_size"] == 2  # really two processes
+
+    # 1. both ranks drew the same VAS index stream
+    s0 = [(e["epoch"], e["indices"]) for e in r0 if e["event"] == "sampler_chunk"]
+    s1 = [(e["epoch"], e["indices"]) for e in r1 if e["event"] == "sampler_chunk"]
+    assert len(s0) >= 2 and s0 == s1
+    assert all(len(set(idx)) == len(idx) == 12 // G for _, idx in s0)  # 3 unique prompts per generation batch
+
+    # 2. each rank scored its own slice; the update saw both slices, in rank order, and a group split across
+    #    the ranks arrived whole (all G rewards)
+    b0 = [e["local_keys"] for e in r0 if e["event"] == "batch"]
+    b1 = [e["local_keys"] for e in r1 if e["event"] == "batch"]
+    updates = [e for e in r0 if e["event"] == "update"]
+    assert not [e for e in r1 if e["event"] == "update"]  # logged by the main process only
+    assert len(b0) == len(b1) == len(updates) == 2  # one generation batch per optimizer step (2 micro-steps)
+    split = 0
+    for k0, k1, u in zip(b0, b1, updates):
+        assert len(k0) == len(k1) == PER_DEVICE * 2
+        assert u["keys"] == k0 + k1 and len(u["rewards"]) == len(u["texts"]) == 12 and u["group_size"] == G
+        split += len(set(k0) & set(k1))
+    assert split >= 1, "the test setup should split at least one prompt group across the ranks"
+    # gathered in rank order = the sampler's order: each drawn prompt with its G rollouts consecutive
+    assert [u["keys"][::G] for u in updates] == [idx for _, idx in s0[: len(updates)]]
+
+    # 3. the written table == a fresh single-process table replayed from the gathered rollouts
+    fresh = VPSTable.from_dataset(pq.read_table(data),
+                                  config=VPSConfig(alpha=0.8, beta=0.2, momentum=0.5, tds_metric="edit"))
+    for u in updates:
+        fresh.update_from_flat(u["keys"], u["rewards"], u["texts"], group_size=u["group_size"])
+    written = pq.read_table(out / "vps_final.parquet")
+    cols = ["index", "problem_id", "pass_rate", "tds", "vps", "n_observed", "n_groups", "scored"]
+    assert written.select(cols).equals(fresh.to_table().select(cols))
+    obs = [r for r in written.to_pylist() if r["n_groups"]]
+    assert obs and all(r["n_observed"] == G * r["n_groups"] for r in obs)  # whole groups, never a rank's half
+    assert sum(r["n_groups"] for r in obs) == 2 * 3
+    # both ranks hold the same table at the end
+    f0 = [e["vps"] for e in r0 if e["event"] == "final_vps"]
+    f1 = [e["vps"] for e in r1 if e["event"] == "final_vps"]
+    assert f0 and f0 == f1 == [written.column("vps").to_pylist()]
+
+    # 4. one writer: rank 0 saved everything, rank 1 nothing; one checkpoint per save step, one table each
+    assert [e for e in r0 if e["event"] == "save"] and not [e for e in r1 if e["event"] == "save"]
+    ckpts = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-1", "checkpoint-2"]
+    for c in ckpts:
+        assert [p.name for p in (out / c).glob("vps_table*.parquet")] == ["vps_table.parquet"]
+    assert [p.name for p in out.glob("vps_final*.parquet")] == ["vps_final.parquet"]
+    assert (out / "final" / "result.json").exists() and (out / "final" / "model.safetensors").exists()
+    assert not list(out.rglob(".*.tmp"))
