@@ -134,3 +134,53 @@ def test_two_process_grpo_sampler_vps_and_single_writer(tmp_path):
     assert [p.name for p in out.glob("vps_final*.parquet")] == ["vps_final.parquet"]
     assert (out / "final" / "result.json").exists() and (out / "final" / "model.safetensors").exists()
     assert not list(out.rglob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_two_process_staged_sft_pad_grpo_frozen_vision(tmp_path, tiny_qwen2_vl_dir):
+    """The shipped CPU staged recipe (SFT -> multimodal GRPO with PAD -> text GRPO, vision frozen) under two
+    processes.  PAD keeps a different number of rollouts on each rank; every rank must still end with the same
+    row count (TRL gathers per-row tensors) and join the token-count gather - before the fix this aborted in
+    gloo with a collective size mismatch.  Each stage's final checkpoint must be complete before the next
+    stage loads it on every rank, and only rank 0 writes the stage markers and checkpoints' VPS tables."""
+    from safetensors.torch import load_file
+    from test_train_grpo import write_rl_mm
+    from test_train_grpo import write_rl_text as write_rl_text_small
+    from test_train_sft import write_sft_text
+
+    sft = write_sft_text(tmp_path / "sft.parquet", n=6)
+    rl_mm = write_rl_mm(tmp_path / "rl_mm.parquet", n=4)
+    rl_text = write_rl_text_small(tmp_path / "rl_text.parquet", n=4)
+    staged = tmp_path / "staged"
+    dbg = tmp_path / "debug"
+    overrides = [
+        f"model={tiny_qwen2_vl_dir}", f"staged.output_dir={staged}", f"staged.stages.0.data.train={sft}",
+        f"staged.stages.1.data.train={rl_mm}", f"staged.stages.2.data.train={rl_text}",
+        "sft.max_steps=2", "sft.save_steps=1", "grpo.max_steps=2", "grpo.save_steps=1",
+        "grpo.max_completion_length=12", "grpo.rewards.length.budget=8", "sft.disable_tqdm=true",
+        "grpo.disable_tqdm=true",
+    ]
+    env = {**os.environ, "RLCURATE_TRAIN_DEBUG_DIR": str(dbg), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "pipelines" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2",
+           "-m", "training.cli", "staged", "--config", str(REPO / "pipelines" / "staged_cpu.yaml"), *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("train staged") == 2  # header + table, printed by rank 0 only
+
+    summary = json.loads((staged / "summary.json").read_text())
+    assert [s["status"] for s in summary["stages"]] == ["trained"] * 3
+    mm = json.loads((staged / "mm_rl" / "final" / "result.json").read_text())["extra"]
+    # PAD counts are summed over both ranks: 2 steps x 2 ranks x (4 per device x 2 steps per generation)
+    assert mm["pad"] and mm["pad_total"] == 2 * 2 * 8 and 0 <= mm["pad_kept"] <= mm["pad_total"]
+    # stage 3 froze the vision tower: bit-identical to stage 2's, under DDP too
+    before = load_file(str(staged / "mm_rl" / "final" / "model.safetensors"))
+    after = load_file(str(staged / "text_rl" / "final" / "model.safetensors"))
+    vis = [k for k in before if "visual" in k]
+    assert vis and all((before[k] == after[k]).all() for k in vis)
+    r0, r1 = _events(dbg / "rank0.jsonl"), _events(dbg / "rank1.jsonl")
+    assert [e for e in r0 if e["event"] == "save"] and not [e for e in r1 if e["event"] == "save"]
+    f0 = [e["vps"] for e in r0 if e["event"] == "final_vps"]
+    assert len(f0) == 2 and f0 == [e["vps"] for e in r1 if e["event"] == "final_vps"]  # both GRPO stages

@@ -27,7 +27,9 @@
     generation batch into ``steps_per_generation`` equal slices, so the kept rows are topped up to a
     multiple of ``steps_per_generation`` with *loss-masked* filler rows (``completion_mask = 0``, so they add
     no gradient and no tokens to ``num_items_in_batch``); an empty selection keeps ``steps_per_generation``
-    fully masked rows (a no-op update that keeps every rank's collectives in step).
+    fully masked rows (a no-op update that keeps every rank's collectives in step).  With several processes
+    every rank tops up to the largest row count of all ranks (TRL gathers per-row tensors, which needs equal
+    shapes) and every rank joins the ``num_items_in_batch`` gather.
 
 Saving: the processor is saved part by part (no torchvision needed), the VPS table goes into every
 checkpoint (``vps_table.parquet``) and is restored on resume, and ``<output_dir>/vps_final.parquet`` holds the
@@ -321,11 +323,20 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
         self._metrics[mode]["pad/eligible_frac"].append(sel.n_eligible / n if n else 0.0)
         self._metrics[mode]["pad/tau"].append(sel.tau)
         self._metrics[mode]["pad/empty"].append(float(sel.empty))
-        self.run_stats["pad_kept"] += len(kept)
-        self.run_stats["pad_total"] += n
-        self.run_stats["pad_empty"] += int(sel.empty)
         # top up to a multiple of steps_per_generation (TRL splits the batch into that many equal slices)
         target = max(spg, -(-len(kept) // spg) * spg)
+        counts = [len(kept), n, int(sel.empty)]
+        if self.accelerator.num_processes > 1:
+            # every rank must keep the same number of rows: TRL gathers per-row tensors in compute_loss
+            # (all_gather needs equal shapes), so each rank tops up to the largest target of all ranks
+            # (<= n: n is per_device_train_batch_size * steps_per_generation on every rank); the run's PAD
+            # counts are summed over ranks
+            g = self.accelerator.gather(torch.tensor([[target, *counts]], device=adv.device)).view(-1, 4)
+            target = int(g[:, 0].max())
+            counts = [int(x) for x in g[:, 1:].sum(dim=0)]
+        self.run_stats["pad_kept"] += counts[0]
+        self.run_stats["pad_total"] += counts[1]
+        self.run_stats["pad_empty"] += counts[2]
         rest = [i for i in range(n) if i not in set(kept)]
         fillers = rest[: target - len(kept)]
         order = kept + fillers
