@@ -7,39 +7,19 @@ real SmolLM2-135M-Instruct (text) and a tiny random Qwen2-VL with head size 64 (
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from curation.engines import GenRequest, SamplingConfig, make_engine
-from curation.engines.base import Completion
 from curation.engines.vllm import VLLMEngine
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def last_number(text: str) -> float | None:
-    nums = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
-    return float(nums[-1]) if nums else None
-
-
-def check_schema(out: list[list[Completion]], n_requests: int, n: int, max_tokens: int) -> None:
-    assert len(out) == n_requests
-    for row in out:
-        assert len(row) == n
-        for c in row:
-            assert isinstance(c, Completion) and isinstance(c.text, str)
-            assert c.finish_reason in ("stop", "length")
-            assert 1 <= c.num_tokens <= max_tokens and c.num_tokens == len(c.token_ids)
-            assert c.finish_reason == "stop" or c.num_tokens == max_tokens
-            for special in ("<|im_end|>", "<|endoftext|>", "<|im_start|>", "<|image_pad|>"):
-                assert special not in c.text
+# Shared with the hf engine tests: the same output contract for every engine.
+from test_engines import check_schema, last_number, user  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
