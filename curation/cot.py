@@ -65,7 +65,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import schema as S
-from .io import ChunkStore, ExclusionWriter, read_records, write_json_atomic, write_parquet_atomic
+from .io import ExclusionWriter, open_chunk_job, read_records, write_json_atomic, write_parquet_atomic
 from .prompts import build_prompt, load_template
 from .quality import QualityConfig, check_solution, to_think_format
 from .rlset import image_order, to_mm_messages
@@ -485,13 +485,8 @@ def _generate_all(
         "shard": f"{shard_t[0]}/{shard_t[1]}",
         "input_fingerprint": _fingerprint(rows),
     }
-    work = out / "_work"
-    store = ChunkStore(work, "samples", config=gen_settings)
-    xstore = ChunkStore(work, "excluded")
-    done_before = {c for c in store.done() if c < len(chunks)}
-    advance = progress("cot", len(rows)) if progress else None
-    if advance and done_before:
-        advance(sum(len(chunks[c]) for c in done_before))
+    job = open_chunk_job(out, "samples", gen_settings, chunks, progress, "cot", len(rows))
+    store, xstore, done_before, advance = job.store, job.xstore, job.done_before, job.advance
 
     t_gen = t_ver = 0.0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -268,3 +267,30 @@ class ChunkStore:
             table = table.select(schema.names).cast(schema)
         write_parquet_atomic(table, out_path)
         return table
+
+
+@dataclass
+class ChunkJob:
+    """The resumable state of a chunked generation job (``curate score``, ``curate cot``).
+
+    ``store`` holds each finished chunk's main part (its presence marks the chunk done), ``xstore`` the
+    chunk's exclusions (written first), ``done_before`` the chunks finished by an earlier run, and
+    ``advance(k)`` the progress callback, already advanced past those chunks."""
+
+    store: ChunkStore
+    xstore: ChunkStore
+    done_before: set[int]
+    advance: Any
+
+
+def open_chunk_job(out: Path, name: str, settings: dict, chunks: list, progress: Any, label: str,
+                   total: int) -> ChunkJob:
+    """Open ``out/_work`` for a chunked job whose parts are called ``name`` (settings guard a resume)."""
+    work = Path(out) / "_work"
+    store = ChunkStore(work, name, config=settings)
+    xstore = ChunkStore(work, "excluded")
+    done_before = {c for c in store.done() if c < len(chunks)}
+    advance = progress(label, total) if progress else None
+    if advance and done_before:
+        advance(sum(len(chunks[c]) for c in done_before))
+    return ChunkJob(store, xstore, done_before, advance)

@@ -57,7 +57,14 @@ import pyarrow.parquet as pq
 import xxhash
 
 from . import schema as S
-from .io import ChunkStore, ExclusionWriter, read_records, read_table, write_json_atomic, write_parquet_atomic
+from .io import (
+    ExclusionWriter,
+    open_chunk_job,
+    read_records,
+    read_table,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from .prompts import load_template
 from .report import write_score_report
 from .scoring import LEVENSHTEIN_BACKEND, check_weights, pivot_scores, score_rollouts
@@ -284,13 +291,8 @@ def run_score_job(
         "input_fingerprint": _fingerprint(rows),
     }
     work = out / "_work"
-    store = ChunkStore(work, "rollouts", config=gen_settings)
-    xstore = ChunkStore(work, "excluded")
-    done_before = {c for c in store.done() if c < len(chunks)}
-
-    advance = progress("generate", len(rows)) if progress else None
-    if advance and done_before:
-        advance(sum(len(chunks[c]) for c in done_before))
+    job = open_chunk_job(out, "rollouts", gen_settings, chunks, progress, "generate", len(rows))
+    store, xstore, done_before, advance = job.store, job.xstore, job.done_before, job.advance
 
     def write_chunk(cid: int, res: Any) -> None:
         t0 = time.perf_counter()
