@@ -1,4 +1,4 @@
-"""Near-duplicate detection: ``curation.minhash`` vs ``datasketch`` (MinHash.update_batch + MinHashLSH).
+"""Near-duplicate detection: ``curation.build.minhash`` vs ``datasketch`` (MinHash.update_batch + MinHashLSH).
 
 Both run on the SAME generated corpus in one process, with the same text normalisation, the same word
 n-gram shingles, ``num_perm`` and LSH ``threshold`` (so the same bands x rows: datasketch's
@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation.minhash import NearDupIndex, cluster_representatives, normalize_text  # noqa: E402
+from curation.build.minhash import NearDupIndex, cluster_representatives, normalize_text  # noqa: E402
 
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 _SENT = re.compile(r"(?<=[.?!])\s+")

@@ -1,7 +1,7 @@
 """Rollout-engine throughput: vLLM vs the transformers ``generate`` engine on the same model and prompts.
 
 Both engines run in one process (vLLM through its worker subprocess when it lives in ``.venv-vllm``) on the
-SAME model (real SmolLM2-135M-Instruct, converted by ``curation.models.ensure_smollm2``), the SAME prompts
+SAME model (real SmolLM2-135M-Instruct, converted by ``curation.core.models.ensure_smollm2``), the SAME prompts
 (the first ``--prompts`` GSM8K test questions from ../shared/data, chat template applied by each engine),
 and the SAME ``SamplingConfig`` (``--n`` samples, temperature 0.7, top_p 0.95, ``--max-tokens``, seed 0).
 
@@ -69,10 +69,10 @@ def main() -> None:
 
     import torch
 
+    from curation.core.models import ensure_smollm2
     from curation.engines import GenRequest, SamplingConfig
     from curation.engines.hf import HFEngine
     from curation.engines.vllm import VLLMEngine, find_vllm_python, vllm_importable
-    from curation.models import ensure_smollm2
 
     model = Path(args.model) if args.model else ensure_smollm2()
     prompts = load_prompts(args.prompts)

@@ -63,9 +63,9 @@ def main() -> None:
 
     import ray
 
-    from curation import schema as S
-    from curation.models import build_tiny_qwen2
-    from curation.score_job import run_score_job
+    from curation.core import schema as S
+    from curation.core.models import build_tiny_qwen2
+    from curation.score.job import run_score_job
 
     tmp = Path(tempfile.mkdtemp(prefix="ray_scaling_"))
     model = build_tiny_qwen2(tmp / "model", hidden=args.hidden, heads=max(1, args.hidden // 64),

@@ -12,7 +12,7 @@ VAS work for the same round, on a dataset of ``--dataset`` prompts (15,000 by de
   ``refresh_every=1``, i.e. re-reading P from the table every round - the most expensive setting) including
   the O(N) re-normalisation of the weights after each table update;
 - ``update``: ``VPSTable.update_from_flat`` of the round's gathered rewards and completion texts - pass rates
-  and the TDS (edit distance on words, curation.scoring) of every group - with real texts: GSM8K model
+  and the TDS (edit distance on words, curation.score.scores) of every group - with real texts: GSM8K model
   solutions from ../shared/data/gsm8k/example_model_solutions.jsonl, repeated to ``--completion-len`` words.
 - ``epoch_start``: the once-per-epoch work (RepeatSampler's permutation + first snapshot), amortised over the
   epoch's rounds.

@@ -45,12 +45,12 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curation import schema as S
-    from curation.score_job import run_score_job
-    from curation.scoring import METRICS, score_rollouts
+    from curation.core import schema as S
+    from curation.score.job import run_score_job
+    from curation.score.scores import METRICS, score_rollouts
 
     if args.model is None:
-        from curation.models import ensure_smollm2
+        from curation.core.models import ensure_smollm2
 
         args.model = str(ensure_smollm2())
     raw = [json.loads(x) for x in (ROOT / "pipelines" / "demo_data" / "arithmetic.jsonl").read_text().splitlines() if x]

@@ -104,8 +104,8 @@ def run_experiment(out_dir: str | Path, *, steps: int = 12, lam: float = 1.0, se
     """Both runs; returns the zero-variance fractions and run details."""
     import pyarrow as pa
 
-    from curation.io import write_parquet_atomic
-    from curation.models import ensure_smollm2
+    from curation.core.io import write_parquet_atomic
+    from curation.core.models import ensure_smollm2
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

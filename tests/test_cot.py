@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import schema as S
-from curation.cot import (
+from curation.core import schema as S
+from curation.cot.generate import (
     edit_distance_matrix,
     farthest_point_selection,
     judge_sample,
@@ -38,8 +38,8 @@ from curation.cot import (
     run_cot,
     select_solutions,
 )
-from curation.quality import REASONS, QualityConfig
-from curation.scoring import trace_diversity
+from curation.cot.quality import REASONS, QualityConfig
+from curation.score.scores import trace_diversity
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -116,7 +116,7 @@ def test_judge_sample_reason_priority():
 
 @pytest.fixture(scope="module")
 def mathvision(tmp_path_factory):
-    from curation.sources import ingest
+    from curation.ingest.sources import ingest
 
     root = tmp_path_factory.mktemp("cot_mv")
     rows = ingest(DATA / "math_vision" / "testmini.jsonl", "math_vision").rows[:60]
@@ -177,7 +177,7 @@ def test_multimodal_sft_trains_with_stock_sft_trainer(mathvision, tmp_path, tiny
     from PIL import Image
     from trl import SFTConfig, SFTTrainer
 
-    from curation.models import load_processor
+    from curation.core.models import load_processor
 
     run_cot(mathvision["problems"], tmp_path / "cot", responses=mathvision["responses"], keep="shortest",
             quality=QualityConfig(structure="lenient"))
@@ -196,8 +196,8 @@ def test_multimodal_sft_trains_with_stock_sft_trainer(mathvision, tmp_path, tiny
 
 @pytest.fixture(scope="module")
 def smollm2_cot(tmp_path_factory):
-    from curation.models import ensure_smollm2
-    from curation.sources import ingest
+    from curation.core.models import ensure_smollm2
+    from curation.ingest.sources import ingest
 
     root = tmp_path_factory.mktemp("cot_smol")
     rows, seen = [], set()
@@ -241,7 +241,7 @@ def test_smollm2_teacher_lenient_keeps_verified_solutions(smollm2_cot):
     keys += [tuple(r["id"].split("#")) for r in res.sft.to_pylist()]
     assert len(keys) == len(set(keys)) == 30
     gold = {r["id"]: r["answer"] for r in smollm2_cot["rows"]}
-    from curation.verify import verify_batch
+    from curation.verify.pool import verify_batch
 
     for row in res.sft.to_pylist():
         msgs = row["messages"]
@@ -270,7 +270,7 @@ def test_smollm2_sft_trains_with_stock_sft_trainer(smollm2_cot, tmp_path, tiny_q
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
 
-    from curation.models import load_processor
+    from curation.core.models import load_processor
 
     ds = load_dataset("parquet", data_files=str(smollm2_cot["sft"]), split="train")
     args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=1, max_steps=1, report_to="none",

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.steps.base import Excluded, Step
-from curation.steps.decontaminate import Decontaminate, load_benchmark
+from curation.build.steps.base import Excluded, Step
+from curation.build.steps.decontaminate import Decontaminate, load_benchmark
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 AMC = str(DATA / "benchmarks" / "amc23.jsonl")

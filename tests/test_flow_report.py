@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.flow import FlowError, command_argv, load_flow, run_flow
-from curation.run_report import expected_zero_variance, vas_vs_uniform, write_run_report
+from curation.report.run import expected_zero_variance, vas_vs_uniform, write_run_report
 
 
 def _recipe(tmp_path: Path, flow: str) -> Path:
@@ -65,7 +65,7 @@ def test_expected_zero_variance_formula():
 
 def test_vas_lowers_expected_zero_variance_on_real_gsm8k_scores(tmp_path):
     """On the real GSM8K example solutions' scores, VPS-weighted sampling draws fewer zero-variance groups."""
-    from curation.score_job import score_pregenerated
+    from curation.score.job import score_pregenerated
 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "example_model_solutions.jsonl"
     res = score_pregenerated(data, tmp_path / "score")

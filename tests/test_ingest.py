@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curation.sources import MappingError, ingest, write_ingest
+from curation.ingest.sources import MappingError, ingest, write_ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

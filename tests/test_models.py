@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curation import models
+from curation.core import models
 
 
 def test_tiny_tokenizer_roundtrips_ids_through_autotokenizer(tiny_tokenizer_dir: Path):

@@ -31,8 +31,8 @@ PER_DEVICE = 3  # rows per rank per step: a generation batch of 2 ranks x 3 x 2 
 def write_rl_text(path: Path, n: int = 8) -> Path:
     """RL_TEXT rows from GSM8K train; the first half carries a `curate score` pass rate, the rest starts on
     the VPS prior."""
-    from curation.io import write_parquet_atomic
-    from curation.schema import to_table
+    from curation.core.io import write_parquet_atomic
+    from curation.core.schema import to_table
 
     rows = []
     with open(DATA / "gsm8k" / "train.jsonl") as f:
@@ -58,7 +58,7 @@ def _events(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_process_grpo_sampler_vps_and_single_writer(tmp_path):
-    from curation.models import build_tiny_qwen2
+    from curation.core.models import build_tiny_qwen2
     from training.vps import VPSConfig, VPSTable
 
     model = build_tiny_qwen2(tmp_path / "tiny")

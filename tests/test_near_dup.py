@@ -1,4 +1,4 @@
-"""MinHash-LSH (curation.minhash) and the ``near_dup`` step, on real GSM8K and MATH-Vision data."""
+"""MinHash-LSH (curation.build.minhash) and the ``near_dup`` step, on real GSM8K and MATH-Vision data."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from curation.images import load_image
-from curation.minhash import (
+from curation.build.minhash import (
     MinHasher,
     NearDupIndex,
     cluster_representatives,
@@ -28,8 +27,9 @@ from curation.minhash import (
     pair_jaccard,
     word_hashes,
 )
-from curation.steps.base import Excluded, Step
-from curation.steps.near_dup import NearDup
+from curation.build.steps.base import Excluded, Step
+from curation.build.steps.near_dup import NearDup
+from curation.core.images import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -79,7 +79,7 @@ def _change_one_number(text: str, rng: random.Random) -> str | None:
     return text[: m.start()] + new + text[m.end() :]
 
 
-# --- curation.minhash ----------------------------------------------------------------------------------
+# --- curation.build.minhash ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.6, 0.8, 0.9])
@@ -148,7 +148,7 @@ def test_signature_agreement_estimates_jaccard(gsm8k):
 
 def test_signatures_are_deterministic_across_processes():
     code = (
-        "from curation.minhash import MinHasher; import hashlib;"
+        "from curation.build.minhash import MinHasher; import hashlib;"
         "print(hashlib.sha1(MinHasher(seed=3).signatures_of(['Héllo wörld, 42 apples!', 'a b c d e f']).tobytes()).hexdigest())"
     )
     outs = set()

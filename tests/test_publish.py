@@ -22,12 +22,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import huggingface_hub.constants as hf_constants  # noqa: E402
 
-from curation import schema as S  # noqa: E402
+from curation.build.pipeline import build  # noqa: E402
 from curation.cli import app  # noqa: E402
-from curation.io import write_parquet_atomic  # noqa: E402
-from curation.pipeline import build  # noqa: E402
-from curation.prompts import build_prompt  # noqa: E402
-from curation.publish import (  # noqa: E402
+from curation.core import schema as S  # noqa: E402
+from curation.core.io import write_parquet_atomic  # noqa: E402
+from curation.core.prompts import build_prompt  # noqa: E402
+from curation.ingest.sources import ingest, write_ingest  # noqa: E402
+from curation.publish.stage import (  # noqa: E402
     NoTokenError,
     PublishError,
     discover,
@@ -35,8 +36,7 @@ from curation.publish import (  # noqa: E402
     publish,
     validate_card,
 )
-from curation.score_job import score_pregenerated  # noqa: E402
-from curation.sources import ingest, write_ingest  # noqa: E402
+from curation.score.job import score_pregenerated  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_server import HubServer  # noqa: E402
@@ -58,7 +58,7 @@ def _register_all_steps() -> None:
     import importlib
 
     for mod in ("near_dup", "decontaminate"):
-        importlib.import_module(f"curation.steps.{mod}")
+        importlib.import_module(f"curation.build.steps.{mod}")
 
 
 @pytest.fixture(scope="module")

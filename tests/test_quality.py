@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.quality import (
+from curation.cot.quality import (
     REASONS,
     QualityConfig,
     check_answer_leak,

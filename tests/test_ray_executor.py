@@ -15,16 +15,16 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from curation import schema as S  # noqa: E402
-from curation.executors import (  # noqa: E402
+from curation.core import schema as S  # noqa: E402
+from curation.core.io import ExclusionWriter  # noqa: E402
+from curation.core.prompts import load_template  # noqa: E402
+from curation.generation.executors import (  # noqa: E402
     GenJobSpec,
     assemble_llm_chunk,
     llm_request_rows,
     make_executor,
 )
-from curation.io import ExclusionWriter  # noqa: E402
-from curation.prompts import load_template  # noqa: E402
-from curation.score_job import prompt_seed, run_score_job  # noqa: E402
+from curation.score.job import prompt_seed, run_score_job  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
@@ -49,7 +49,7 @@ def _gsm8k(n: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from curation.models import build_tiny_qwen2
+    from curation.core.models import build_tiny_qwen2
 
     root = tmp_path_factory.mktemp("ray_exec")
     model = build_tiny_qwen2(root / "tiny")
@@ -179,7 +179,7 @@ def test_ray_llm_rows_and_reassembly():
 def test_cot_on_ray_equals_local(setup, cluster):
     """`curate cot` through the same executors: every generated solution (kept or excluded with its text in
     ``raw``) is the same on Ray as locally."""
-    from curation.cot import run_cot
+    from curation.cot.generate import run_cot
 
     kw = {"teacher": str(setup["model"]), "k": 2, "engine": "hf", "max_tokens": 8, "temperature": 1.0, "seed": 2,
           "chunk_size": 3, "engine_options": {"batch_size": 6}}

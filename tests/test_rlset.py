@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import schema as S
-from curation.rlset import Bound, balance_groups, build_rl_set, difficulty_bin, parse_bound
+from curation.core import schema as S
+from curation.rlset.build import Bound, balance_groups, build_rl_set, difficulty_bin, parse_bound
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -21,8 +21,8 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """problems.parquet (40 MATH-Vision + 40 GSM8K rows + 6 bad rows) and scores.parquet from real outputs."""
-    from curation.score_job import score_pregenerated
-    from curation.sources import ingest
+    from curation.ingest.sources import ingest
+    from curation.score.job import score_pregenerated
 
     root = tmp_path_factory.mktemp("rlset")
     mv = ingest(DATA / "math_vision" / "testmini.jsonl", "math_vision").rows[:40]
@@ -205,8 +205,8 @@ def _grpo_one_step(model_dir: Path, parquet: Path, out: Path) -> tuple[object, l
     from datasets import load_dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from curation.models import load_processor
-    from curation.verify import verify_batch
+    from curation.core.models import load_processor
+    from curation.verify.pool import verify_batch
 
     seen: list[dict] = []
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 from trl.trainer.utils import RepeatSampler
 
-from curation.scoring import score_group
+from curation.score.scores import score_group
 from training.sampler import VASEpochSampler, VASSampler, vas_probabilities
 from training.vps import VPSTable
 

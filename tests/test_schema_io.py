@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curation import schema as S
-from curation.io import ChunkStore, ExclusionWriter, read_records, write_parquet_atomic
+from curation.core import schema as S
+from curation.core.io import ChunkStore, ExclusionWriter, read_records, write_parquet_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from curation import schema as S  # noqa: E402
 from curation.cli import app  # noqa: E402
-from curation.io import ExclusionWriter  # noqa: E402
-from curation.score_job import (  # noqa: E402
+from curation.core import schema as S  # noqa: E402
+from curation.core.io import ExclusionWriter  # noqa: E402
+from curation.score.job import (  # noqa: E402
     filter_scores,
     load_problems,
     merge_score_dirs,

@@ -12,10 +12,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from curation import schema as S  # noqa: E402
-from curation import scoring as sc  # noqa: E402
-from curation.prompts import PromptError, build_prompt, list_templates, load_template  # noqa: E402
-from curation.report import write_score_report  # noqa: E402
+from curation.core import schema as S  # noqa: E402
+from curation.core.prompts import PromptError, build_prompt, list_templates, load_template  # noqa: E402
+from curation.score import scores as sc  # noqa: E402
+from curation.score.report import write_score_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from curation.pipeline import run_pipeline
-from curation.steps.base import Excluded, Step
-from curation.steps.exact_dedup import ExactDedup
-from curation.steps.normalize import Normalize, normalize_answer_text, normalize_text
-from curation.steps.sanity import Sanity
+from curation.build.pipeline import run_pipeline
+from curation.build.steps.base import Excluded, Step
+from curation.build.steps.exact_dedup import ExactDedup
+from curation.build.steps.normalize import Normalize, normalize_answer_text, normalize_text
+from curation.build.steps.sanity import Sanity
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -106,7 +106,7 @@ def test_unknown_step_and_option_are_clear_errors():
 
 
 def test_real_math_vision_images_pass_sanity():
-    from curation.sources import ingest
+    from curation.ingest.sources import ingest
 
     rows = ingest(DATA / "math_vision/testmini.jsonl", "math_vision").rows[:40]
     out = list(Sanity().run(rows))

@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 def write_rl_text(path: Path, n: int = 8, scored: set[int] = frozenset()) -> Path:
     """RL_TEXT rows from GSM8K; rows in ``scored`` carry an initial pass_rate 0.5 / tds 0.3 (as if from
     `curate score`), the others none (they start on the VPS prior)."""
-    from curation.io import write_parquet_atomic
-    from curation.schema import to_table
+    from curation.core.io import write_parquet_atomic
+    from curation.core.schema import to_table
 
     rows = []
     for k, r in enumerate(gsm8k_rows(n, start=100)):
@@ -43,8 +43,8 @@ def write_rl_text(path: Path, n: int = 8, scored: set[int] = frozenset()) -> Pat
 
 
 def write_rl_mm(path: Path, n: int = 8) -> Path:
-    from curation.io import write_parquet_atomic
-    from curation.schema import to_table
+    from curation.core.io import write_parquet_atomic
+    from curation.core.schema import to_table
 
     rows = []
     for r in mathvision_rows(n):
@@ -81,8 +81,8 @@ def _tensors(path: Path) -> dict:
 def test_initial_vps_from_a_scores_table(tmp_path):
     """vas.scores (a `curate score` table) sets the starting pass rate / TDS of the prompts it names,
     joined on problem_id; the others start on the prior."""
-    from curation.io import write_parquet_atomic
-    from curation.schema import to_table
+    from curation.core.io import write_parquet_atomic
+    from curation.core.schema import to_table
     from training.config import build_grpo_recipe
     from training.grpo import _load_rl_dataset, build_vps_table
 
@@ -195,7 +195,7 @@ def test_train_grpo_vl_images_pad_rescore_and_checkpoint(tmp_path, tiny_qwen2_vl
     for step in (1, 2):
         assert (tmp_path / "o" / f"checkpoint-{step}" / VPS_CKPT_FILE).exists()
     AutoModelForImageTextToText.from_pretrained(res.final_dir)
-    from curation.models import load_processor
+    from curation.core.models import load_processor
 
     assert load_processor(res.final_dir).image_processor is not None
 

@@ -1,7 +1,7 @@
 """`train sft`: recipe parsing, max_length drop/reject, assistant-only loss mask, VAS epoch sampler, real runs.
 
 Data: GSM8K (text) and MATH-Vision testmini (images) from ../shared/data, written with the project's schemas.
-Models: tiny random Qwen2 / Qwen2-VL built by curation.models (seconds)."""
+Models: tiny random Qwen2 / Qwen2-VL built by curation.core.models (seconds)."""
 
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def write_sft_text(path: Path, n: int = 8, start: int = 0, vps: list[float] | No
                    long_rows: dict[int, int] | None = None) -> Path:
     """SFT_TEXT rows from GSM8K: user question -> assistant worked solution.  ``long_rows`` {row: repeats}
     makes chosen rows long by repeating the solution (real text, just longer)."""
-    from curation.io import write_parquet_atomic
-    from curation.schema import to_table
+    from curation.core.io import write_parquet_atomic
+    from curation.core.schema import to_table
 
     rows = []
     for k, r in enumerate(gsm8k_rows(n, start)):
@@ -72,8 +72,8 @@ def mathvision_rows(n: int, start: int = 0) -> list[dict]:
 
 
 def write_sft_mm(path: Path, n: int = 4) -> Path:
-    from curation.io import write_parquet_atomic
-    from curation.schema import to_table
+    from curation.core.io import write_parquet_atomic
+    from curation.core.schema import to_table
 
     rows = []
     for r in mathvision_rows(n):
@@ -187,7 +187,7 @@ def test_gpu_recipes_parse(name):
 
 
 def test_max_length_drop_counts_and_excluded_table(tmp_path, tiny_qwen2_dir):
-    from curation.models import load_processor
+    from curation.core.models import load_processor
     from training.sft import load_parquet_dataset, sequence_lengths, split_too_long
 
     data = write_sft_text(tmp_path / "sft.parquet", n=6, long_rows={1: 6, 4: 8})
@@ -211,7 +211,7 @@ def test_max_length_drop_counts_and_excluded_table(tmp_path, tiny_qwen2_dir):
 
 
 def test_max_length_reject_names_rows(tmp_path, tiny_qwen2_dir):
-    from curation.models import load_processor
+    from curation.core.models import load_processor
     from training.sft import TooLongError, load_parquet_dataset, sequence_lengths, split_too_long
 
     data = write_sft_text(tmp_path / "sft.parquet", n=4, long_rows={2: 8})
@@ -229,7 +229,7 @@ def test_max_length_reject_names_rows(tmp_path, tiny_qwen2_dir):
 
 def test_image_rows_count_image_tokens(tmp_path, tiny_qwen2_vl_dir):
     """Multimodal lengths include each image's expanded <|image_pad|> tokens."""
-    from curation.models import load_processor
+    from curation.core.models import load_processor
     from training.sft import load_parquet_dataset, sequence_lengths
 
     data = write_sft_mm(tmp_path / "mm.parquet", n=2)
@@ -255,7 +255,7 @@ def test_image_rows_count_image_tokens(tmp_path, tiny_qwen2_vl_dir):
 def test_assistant_mask_support_detection(tiny_qwen2_dir):
     from trl.chat_template_utils import qwen2_5_chat_template
 
-    from curation.models import load_processor
+    from curation.core.models import load_processor
     from training.sft import assistant_mask_support
 
     tok = load_processor(tiny_qwen2_dir)
@@ -330,7 +330,7 @@ def test_sft_assistant_only_labels_and_fallback(tmp_path, tiny_qwen2_dir):
 
 
 def test_train_sft_text_drops_and_saves(tmp_path, tiny_qwen2_dir):
-    from curation.models import load_processor
+    from curation.core.models import load_processor
     from training.config import build_sft_recipe
     from training.sft import load_parquet_dataset, sequence_lengths, train_sft
 
@@ -384,7 +384,7 @@ def test_train_sft_multimodal_on_vl_model(tmp_path, tiny_qwen2_vl_dir):
     r = build_sft_recipe(cpu_sft_section(tmp_path / "o", data, max_length=4096), str(tiny_qwen2_vl_dir))
     res = train_sft(r)
     assert res.steps == 2 and res.dropped == 0 and res.final_loss > 0
-    from curation.models import load_processor
+    from curation.core.models import load_processor
 
     proc = load_processor(res.final_dir)  # the saved processor reloads (no torchvision)
     assert proc.image_processor is not None and proc.chat_template

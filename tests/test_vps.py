@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curation.scoring import score_group, trace_diversity
+from curation.score.scores import score_group, trace_diversity
 from training.vps import VPSConfig, VPSTable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,7 +63,7 @@ def test_initial_scores_from_dataset_columns_and_prior():
 
 
 def test_scores_joined_from_curate_score_output(groups, tmp_path):
-    """A scores table as `curate score` writes it (curation.scoring.score_group on the real rollouts), joined on
+    """A scores table as `curate score` writes it (curation.score.scores.score_group on the real rollouts), joined on
     problem_id; vps recomputed equal to the stored one; unscored dataset rows get the prior."""
     scored = groups[:80]
     srows = [{"problem_id": g["problem_id"], "model": "gsm8k-mix",
@@ -111,7 +111,7 @@ def test_frozen_or_invalid_momentum_is_rejected(m):
 
 def test_ema_update_follows_the_documented_formula(groups):
     """p <- m p + (1-m) p_hat, TDS <- m TDS + (1-m) tds_hat, with p_hat the fraction of rewards > threshold and
-    tds_hat = curation.scoring.trace_diversity of the group's texts."""
+    tds_hat = curation.score.scores.trace_diversity of the group's texts."""
     m = 0.3
     rows = [{"problem_id": g["problem_id"], "pass_rate": 0.5, "tds": 0.2} for g in groups]
     t = VPSTable.from_dataset(rows, config=VPSConfig(momentum=m))

@@ -121,7 +121,7 @@ class VASSpec:
     rescore_every: int = 0  # re-score every prompt every T optimizer steps (0 = never)
     score_at_start: bool = False  # score every prompt with the starting policy before step 1 (no offline scores)
     scores: Path | None = None
-    tds_metric: str = "edit"  # curation.scoring.trace_diversity metric (the one `curate score` used)
+    tds_metric: str = "edit"  # curation.score.scores.trace_diversity metric (the one `curate score` used)
     seed: int | None = None  # default: the trainer's seed
 
 

@@ -17,7 +17,7 @@ What this adds to TRL:
 - **Stage-1 VAS.**  When the rows carry ``vps`` (and ``vas.enabled`` is not false) each epoch's order comes
   from :class:`training.sampler.VASEpochSampler` (a fraction ``lambda`` of the epoch drawn by VPS, the rest
   uniform); otherwise TRL's uniform shuffle.  Hook: ``_get_train_sampler`` only.
-- Vision-language models get their processor from :func:`curation.models.load_processor`; the final model
+- Vision-language models get their processor from :func:`curation.core.models.load_processor`; the final model
   and processor land in ``<output_dir>/final`` with a ``result.json``.
 
 Helpers shared with :mod:`training.grpo` (dataset loading, processor saving, results) live here too.
@@ -125,8 +125,8 @@ def tokenizer_of(processing_class: Any) -> Any:
 
 def save_processing_class(processing_class: Any, out_dir: str | Path) -> None:
     """Save a tokenizer or processor.  A processor built without torchvision (``video_processor=None``, see
-    :func:`curation.models.load_processor`) cannot ``save_pretrained`` itself: its tokenizer, image processor
-    and chat template are saved one by one so :func:`curation.models.load_processor` reloads it."""
+    :func:`curation.core.models.load_processor`) cannot ``save_pretrained`` itself: its tokenizer, image processor
+    and chat template are saved one by one so :func:`curation.core.models.load_processor` reloads it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_vlm_processor(processing_class) and getattr(processing_class, "video_processor", "absent") is None:
@@ -161,10 +161,10 @@ class ProcessorSaveMixin:
 
 def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
     """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id.  Local folders use
-    :func:`curation.models.load_processor` (works without torchvision); hub ids ``AutoProcessor`` (GPU
+    :func:`curation.core.models.load_processor` (works without torchvision); hub ids ``AutoProcessor`` (GPU
     machines, where torchvision is installed)."""
     if Path(model).is_dir():
-        from curation.models import is_vision_language, load_processor
+        from curation.core.models import is_vision_language, load_processor
 
         return load_processor(model, padding_side=padding_side), is_vision_language(model)
     from transformers import AutoConfig, AutoProcessor
@@ -195,7 +195,7 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
     final = Path(result.final_dir)
     trainer.save_model(str(final))
     if trainer.args.should_save:
-        from curation.io import write_json_atomic
+        from curation.core.io import write_json_atomic
 
         write_json_atomic(result.to_json(), final / RESULT_FILE)
     trainer.accelerator.wait_for_everyone()
@@ -215,7 +215,7 @@ def mean_logged(log_history: list[dict], key: str) -> float | None:
 
 
 def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None]] | None, label: str):
-    """A TrainerCallback advancing a rich progress bar (``curation.console.progress_factory``) per step."""
+    """A TrainerCallback advancing a rich progress bar (``curation.core.console.progress_factory``) per step."""
     from transformers import TrainerCallback
 
     class _Progress(TrainerCallback):
@@ -305,7 +305,7 @@ def split_too_long(dataset: Any, lengths: list[int], max_length: int, *, on_too_
     ids = dataset["id"] if "id" in dataset.column_names else [None] * len(dataset)
     if on_too_long == "error":
         raise TooLongError([(i, ids[i], lengths[i]) for i in too_long], max_length, source)
-    from curation.io import ExclusionWriter
+    from curation.core.io import ExclusionWriter
 
     ex = ExclusionWriter()
     has_images = "images" in dataset.column_names

@@ -71,7 +71,7 @@ def run_staged(
     on_stage_start: Callable[[int, str, str], None] | None = None,
 ) -> list[StageSummary]:
     """Run (or skip / resume) every stage in order; returns the per-stage summaries (also ``summary.json``)."""
-    from curation.io import write_json_atomic
+    from curation.core.io import write_json_atomic
 
     from .grpo import train_grpo
     from .sft import train_sft

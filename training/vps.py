@@ -5,7 +5,7 @@ For prompt ``i`` with pass rate ``p_i`` and trace diversity ``TDS_i`` in [0, 1]:
     OVS_i = p_i (1 - p_i)                       (outcome variance of the 0/1 reward, max 0.25 at p = 0.5)
     VPS_i = alpha * OVS_i + beta * TDS_i         (alpha = 0.8, beta = 0.2 by default)
 
-(``normalize_ovs=True`` uses ``4 OVS_i`` instead, as :func:`curation.scoring.vps`.)
+(``normalize_ovs=True`` uses ``4 OVS_i`` instead, as :func:`curation.score.scores.vps`.)
 
 **Initial state.** From ``curate score`` output: ``pass_rate`` / ``tds`` columns on the dataset rows, or a
 scores table joined on ``problem_id``.  ``vps`` is always *recomputed* from ``pass_rate`` and ``tds`` with this
@@ -18,7 +18,7 @@ disagrees is reported once as a warning.  Prompts without a score get the prior 
 
     correct_j = reward_j > correct_threshold              (NaN rewards - "not applicable" - are ignored)
     p_hat     = mean_j correct_j
-    tds_hat   = trace_diversity(texts, metric)             (curation.scoring; skipped when < 2 texts)
+    tds_hat   = trace_diversity(texts, metric)             (curation.score.scores; skipped when < 2 texts)
     p   <- m * p   + (1 - m) * p_hat                       (EMA, momentum m in [0, 1), default 0.5)
     TDS <- m * TDS + (1 - m) * tds_hat
 
@@ -66,7 +66,7 @@ class VPSConfig:
     prior_pass_rate: float = 0.5
     prior_tds: float = 0.5
     correct_threshold: float = 0.5
-    tds_metric: str = "edit"  # curation.scoring.trace_diversity metric; use the one the scores were made with
+    tds_metric: str = "edit"  # curation.score.scores.trace_diversity metric; use the one the scores were made with
     normalize_ovs: bool = False
     replace_prior: bool = True
 
@@ -96,8 +96,8 @@ class VPSConfig:
 
 
 def _trace_diversity():
-    """``curation.scoring.trace_diversity`` (the same metric ``curate score`` uses)."""
-    from curation.scoring import trace_diversity
+    """``curation.score.scores.trace_diversity`` (the same metric ``curate score`` uses)."""
+    from curation.score.scores import trace_diversity
 
     return trace_diversity
 
@@ -241,7 +241,7 @@ class VPSTable:
             if id_column not in cols:
                 raise ValueError(f"joining scores needs a {id_column!r} column on the dataset")
             if isinstance(scores, (str, Path)):
-                from curation.io import read_table
+                from curation.core.io import read_table
 
                 scores = read_table(scores)
             scols = _columns(scores, ["problem_id", "model", "pass_rate", "tds", "vps"])
@@ -483,7 +483,7 @@ class VPSTable:
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_table` as Parquet, atomically (``datasets.load_dataset("parquet", ...)`` reads it)."""
-        from curation.io import write_parquet_atomic
+        from curation.core.io import write_parquet_atomic
 
         return write_parquet_atomic(self.to_table(), path)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..console import console, fail, progress_factory
+from curation.core.console import console, fail, progress_factory
 
 
 def register(app: typer.Typer) -> None:
@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
         decontaminate: Annotated[Optional[list[Path]], typer.Option("--decontaminate", "-d", help="Benchmark file(s) to decontaminate against (repeatable).")] = None,
     ) -> None:
         """Clean problems: normalize, sanity, verifiable filter, exact + near dedup, decontamination."""
-        from ..pipeline import build
-        from ..schema import SchemaError
+        from curation.build.pipeline import build
+        from curation.core.schema import SchemaError
 
         paths = [p / "problems.parquet" if p.is_dir() and (p / "problems.parquet").exists() else p for p in inputs]
         for p in paths:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..console import console, fail, progress_factory
+from curation.core.console import console, fail, progress_factory
 
 
 def _summary(result, out: Path) -> None:
@@ -87,8 +87,8 @@ def register(app: typer.Typer) -> None:
         Resumable: re-run the same command after a crash.  Filters and --keep are applied when the outputs
         are assembled, so re-running with other filter settings re-uses the stored generations.
         """
-        from ..cot import run_cot
-        from ..quality import QualityConfig
+        from curation.cot.generate import run_cot
+        from curation.cot.quality import QualityConfig
 
         d = data / "problems.parquet" if data.is_dir() and (data / "problems.parquet").exists() else data
         if not d.exists():

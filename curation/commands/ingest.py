@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..console import console, fail, progress_factory
+from curation.core.console import console, fail, progress_factory
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         source_name: Annotated[Optional[str], typer.Option("--source", help="Source name stored in each row (default: the format or file name).")] = None,
     ) -> None:
         """Turn a raw problem set into DIR/problems.parquet; bad rows go to DIR/excluded.parquet with reasons."""
-        from ..sources import FORMATS, MappingError, ingest, write_ingest
+        from curation.ingest.sources import FORMATS, MappingError, ingest, write_ingest
 
         if fmt not in FORMATS:
             fail(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")

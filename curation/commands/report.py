@@ -1,4 +1,4 @@
-"""``curate report RUN_DIR``: a Markdown + PNG report over a whole run folder (see curation/run_report.py)."""
+"""``curate report RUN_DIR``: a Markdown + PNG report over a whole run folder (see curation/report/run.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import console, fail
+from curation.core.console import console, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         lam: Annotated[float, typer.Option("--lambda", help="VAS mix lambda for the comparison.")] = 0.5,
     ) -> None:
         """Rows per step, pass-rate/VPS histograms, reward curves per stage, zero-variance groups VAS vs uniform."""
-        from ..run_report import write_run_report
+        from curation.report.run import write_run_report
 
         if not run_dir.is_dir():
             fail(f"{run_dir}: not a folder")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import console, err_console, fail
+from curation.core.console import console, err_console, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Re-run steps whose outputs already exist.")] = False,
     ) -> None:
         """Run every step of a recipe's flow in order; steps whose outputs exist are skipped (resumable)."""
-        from ..flow import FlowError, run_flow
+        from curation.flow import FlowError, run_flow
 
         overrides = {}
         for item in set_ or []:

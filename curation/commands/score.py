@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..console import console, fail, progress_factory
+from curation.core.console import console, fail, progress_factory
 
 
 def _summary(result, title: str) -> None:
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
 
         Resumable: re-run the same command after a crash; finished chunks are kept.
         """
-        from ..score_job import run_score_job, score_pregenerated
+        from curation.score.job import run_score_job, score_pregenerated
 
         try:
             with progress_factory() as new_task:
@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Join shard (or per-model) outputs: checks that no (problem_id, model, sample) repeats, recomputes
         scores and report; several models also give scores_wide.parquet (pass_rate__<model>, ...)."""
-        from ..score_job import merge_score_dirs
+        from curation.score.job import merge_score_dirs
 
         try:
             result = merge_score_dirs(dirs, out, tds=tds, alpha=alpha, beta=beta)
@@ -154,7 +154,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Keep problems whose pass rate lies in a band. Default band: 0 < p < 1 (drops the zero-variance
         prompts that every rollout got right or every rollout got wrong)."""
-        from ..score_job import filter_scores, pass_band
+        from curation.score.job import filter_scores, pass_band
 
         s = scores / "scores.parquet" if scores.is_dir() else scores
         if not s.exists():

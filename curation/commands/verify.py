@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from ..console import console, fail, progress_factory
+from curation.core.console import console, fail, progress_factory
 
 VERDICT_COLUMNS = ("extracted", "extract_rule", "correct", "verdict", "verdict_detail")
 
@@ -57,8 +57,8 @@ def verify_file(
     """
     import pyarrow as pa
 
-    from ..io import read_records, write_parquet_atomic
-    from ..verify import Verifier
+    from curation.core.io import read_records, write_parquet_atomic
+    from curation.verify.pool import Verifier
 
     rows: list[dict[str, Any]] = []
     pending: list[int] = []

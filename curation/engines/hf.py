@@ -122,7 +122,7 @@ class HFEngine(RolloutEngine):
     ):
         import torch
 
-        from curation.models import is_vision_language, load_processor
+        from curation.core.models import is_vision_language, load_processor
 
         self.batch_size = max(1, int(batch_size))
         self.chat_template_kwargs = dict(chat_template_kwargs or {})

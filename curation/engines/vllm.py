@@ -138,7 +138,7 @@ class _LocalVLLM:
     ):
         from vllm import LLM
 
-        from curation.models import is_vision_language, read_chat_template
+        from curation.core.models import is_vision_language, read_chat_template
 
         self.model = str(model)
         local = Path(self.model).is_dir()

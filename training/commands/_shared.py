@@ -24,20 +24,20 @@ def console_on_main_only() -> None:
     import os
 
     if int(os.environ.get("RANK", "0") or 0) != 0:
-        from curation.console import console
+        from curation.core.console import console
 
         console.quiet = True
 
 
 def fail(message: str) -> None:
-    from curation.console import fail as _fail
+    from curation.core.console import fail as _fail
 
     _fail(message)
 
 
 def run_guarded(fn: Callable[[], T]) -> T:
     """Run ``fn``; user-facing errors (bad recipe, bad data, too-long rows...) print one clear line."""
-    from curation.schema import SchemaError
+    from curation.core.schema import SchemaError
 
     from ..config import RecipeError
     from ..sft import TooLongError
@@ -60,7 +60,7 @@ def _fmt(x: Any, nd: int = 4) -> str:
 def print_result(result: Any, title: str) -> None:
     from rich.table import Table
 
-    from curation.console import console
+    from curation.core.console import console
 
     t = Table(title=title)
     cols = ["steps", "rows", "dropped", "final loss", "final reward", "zero-var frac", "seconds"]

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint-* in output_dir.")] = True,
     ) -> None:
         """GRPO with TRL's GRPOTrainer + MMR1 Variance-Aware Sampling (online VPS refresh) and optional PAD."""
-        from curation.console import console, progress_factory
+        from curation.core.console import console, progress_factory
 
         from ..config import load_grpo_recipe
         from ..grpo import train_grpo

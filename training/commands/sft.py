@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint-* in output_dir.")] = True,
     ) -> None:
         """Supervised fine-tuning (cold start) with TRL's SFTTrainer: over-long rows are dropped or rejected, never truncated."""
-        from curation.console import console, progress_factory
+        from curation.core.console import console, progress_factory
 
         from ..config import load_sft_recipe
         from ..sft import train_sft

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         Finished stages are skipped on re-run; an interrupted stage resumes from its last checkpoint."""
         from rich.table import Table
 
-        from curation.console import console, progress_factory
+        from curation.core.console import console, progress_factory
 
         from ..config import load_staged_recipe
         from ..stages import SUMMARY_FILE, StageConfigChanged, run_staged, summary_rows

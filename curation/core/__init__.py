@@ -1,0 +1,10 @@
+"""Shared infrastructure every stage uses; imports nothing else from ``curation``.
+
+- ``schema``: the Arrow schemas of every table (problems, excluded, rollouts, scores, sft, rl) and row checks
+- ``io``: JSONL/Parquet readers, atomic writers, the exclusion writer, resumable chunk stores
+- ``images``: decoding, content hashes and perceptual hashes of problem images
+- ``prompts``: prompt templates (``pipelines/prompts/*.yaml``) and chat messages with images
+- ``plots``: histograms and Markdown tables for reports and cards
+- ``models``: local model helpers (tiny test models, SmolLM2 from PyPI, processors without torchvision)
+- ``console``: the rich console and progress bars of the CLIs
+"""

@@ -1,0 +1,199 @@
+"""``curate report RUN_DIR``: one Markdown report (+ PNG plots) over a whole run folder.
+
+Every number is read from the tables and stats files the run produced (nothing is typed into a template):
+
+- rows per step: ``ingest/*/stats.json``, ``build/stats.json`` (per step and per exclusion reason);
+- scoring: ``score/scores.parquet`` (counts, pass-rate and VPS histograms, zero-variance fraction);
+- datasets: ``rl/stats.json`` + ``rl*.parquet``, ``cot/stats.json`` + ``sft.parquet``;
+- training: ``staged/summary.json`` and each stage's ``trainer_state.json`` log history (loss / reward
+  curves per stage);
+- VAS vs uniform: the fraction of zero-variance GRPO groups.  For a prompt with pass rate p and a group of
+  G rollouts, P(all G rewards equal) = p^G + (1-p)^G.  A sampler drawing prompt i with probability q_i
+  therefore yields an expected zero-variance fraction Z(q) = sum_i q_i (p_i^G + (1-p_i)^G).  Uniform:
+  q_i = 1/n.  VAS with mix lambda: q_i = lambda * P_i + (1-lambda)/n, where P = the VAS weights of
+  :func:`curation.score.vas.vas_probabilities` over the prompts' VPS.  Both are computed from the scored
+  pass rates; the measured fraction of the GRPO stages (which sampled with VAS) is shown beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from curation.core.plots import histogram_png, markdown_table
+from curation.score.vas import expected_zero_variance, vas_probabilities
+
+
+def vas_vs_uniform(scores_path: Path, *, group_size: int, lam: float, epsilon: float = 1e-3) -> dict[str, Any]:
+    t = pq.read_table(scores_path, columns=["pass_rate", "vps"])
+    p = np.asarray(t.column("pass_rate").to_pylist(), dtype=float)
+    vps = np.asarray(t.column("vps").to_pylist(), dtype=float)
+    n = len(p)
+    uniform = np.full(n, 1.0 / n)
+    mix = lam * vas_probabilities(vps, epsilon=epsilon) + (1.0 - lam) * uniform
+    pure = vas_probabilities(vps, epsilon=epsilon)
+    return {
+        "prompts": n,
+        "group_size": group_size,
+        "lambda": lam,
+        "uniform": expected_zero_variance(p, uniform, group_size),
+        "vas_mix": expected_zero_variance(p, mix, group_size),
+        "vas_only": expected_zero_variance(p, pure, group_size),
+    }
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _curve_png(points: dict[str, list[tuple[float, float]]], path: Path, *, title: str, ylabel: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    try:
+        for label, pts in points.items():
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _stage_histories(staged_dir: Path) -> dict[str, list[dict]]:
+    """Log history of each stage: the trainer_state.json with the highest global step under the stage dir."""
+    out = {}
+    for stage_dir in sorted(p for p in staged_dir.iterdir() if p.is_dir()):
+        best, best_step = None, -1
+        for f in stage_dir.rglob("trainer_state.json"):
+            st = _read_json(f) or {}
+            if st.get("global_step", -1) > best_step:
+                best, best_step = st, st.get("global_step", -1)
+        if best:
+            out[stage_dir.name] = best.get("log_history", [])
+    return out
+
+
+def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, group_size: int = 4,
+                     lam: float = 0.5) -> Path:
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md: list[str] = ["# Run report", "", f"Run folder: `{run_dir}`", ""]
+    missing: list[str] = []
+
+    # 1. ingest + build
+    ingests = sorted((run_dir / "ingest").glob("*/stats.json")) if (run_dir / "ingest").is_dir() else []
+    if ingests:
+        rows = []
+        for f in ingests:
+            s = _read_json(f) or {}
+            rows.append({"source": s.get("source"), "format": s.get("format"), "rows in": s.get("rows_in"),
+                         "kept": s.get("rows_out"),
+                         "excluded": ", ".join(f"{k}: {v}" for k, v in (s.get("excluded") or {}).items()) or "-"})
+        md += ["## 1. Ingest", "", markdown_table(rows), ""]
+    build = _read_json(run_dir / "build" / "stats.json")
+    if build:
+        rows = [{"step": s["step"], "rows in": s["rows_in"], "rows out": s["rows_out"],
+                 "excluded": ", ".join(f"{k}: {v}" for k, v in s["excluded"].items()) or "-"} for s in build["steps"]]
+        md += ["## 2. Build (rows per step)", "", markdown_table(rows), "",
+               f"{build['input_rows']} rows in = {build['output_rows']} kept + {build['excluded_rows']} excluded.", ""]
+    else:
+        missing.append("build")
+
+    # 2. scoring
+    scores_path = run_dir / "score" / "scores.parquet"
+    if scores_path.exists():
+        t = pq.read_table(scores_path)
+        p = np.asarray(t.column("pass_rate").to_pylist(), dtype=float)
+        vps = t.column("vps").to_pylist()
+        stats = _read_json(run_dir / "score" / "stats.json") or {}
+        settings = stats.get("settings", {})
+        histogram_png(p.tolist(), out_dir / "pass_rate_hist.png", title="Pass rate per prompt", xlabel="p",
+                      bins=20, range_=(0, 1))
+        histogram_png(vps, out_dir / "vps_hist.png", title="VPS per prompt", xlabel="VPS", bins=20)
+        zero = float(np.mean((p == 0) | (p == 1))) if len(p) else 0.0
+        md += ["## 3. Scoring (MMR1 pass rate, OVS, TDS, VPS)", "",
+               f"- prompts scored: {t.num_rows}; rollouts per prompt: {sorted(set(t.column('n').to_pylist()))}",
+               f"- model: `{settings.get('model', ', '.join(sorted(set(t.column('model').to_pylist()))))}`",
+               f"- mean pass rate {float(np.mean(p)):.3f}; prompts with p in {{0, 1}} (zero variance): {zero:.1%}",
+               f"- mean VPS {float(np.mean(vps)):.4f}", "",
+               "![pass rate](pass_rate_hist.png) ![VPS](vps_hist.png)", ""]
+        vu = vas_vs_uniform(scores_path, group_size=group_size, lam=lam)
+        md += ["## 4. Zero-variance groups: VAS vs uniform", "",
+               f"Expected fraction of GRPO groups (G = {group_size}) whose rewards are all equal, from the scored "
+               "pass rates: Z(q) = sum_i q_i (p_i^G + (1-p_i)^G).", "",
+               markdown_table([{"sampler": "uniform", "expected zero-variance fraction": f"{vu['uniform']:.3f}"},
+                               {"sampler": f"VAS mix (lambda = {lam})", "expected zero-variance fraction": f"{vu['vas_mix']:.3f}"},
+                               {"sampler": "VAS only (lambda = 1)", "expected zero-variance fraction": f"{vu['vas_only']:.3f}"}]),
+               ""]
+        (out_dir / "vas_vs_uniform.json").write_text(json.dumps(vu, indent=2))
+    else:
+        missing.append("score")
+
+    # 3. datasets
+    for name, title in (("rl", "RL sets (curate rl-set)"), ("cot", "Cold-start SFT set (curate cot)")):
+        s = _read_json(run_dir / name / "stats.json")
+        if not s:
+            missing.append(name)
+            continue
+        tables = {p.name: pq.ParquetFile(p).metadata.num_rows for p in sorted((run_dir / name).glob("*.parquet"))}
+        md += [f"## {title}", "", markdown_table([{"file": k, "rows": v} for k, v in tables.items()]), ""]
+        reasons = s.get("excluded_by_reason") or s.get("excluded") or {}
+        if isinstance(reasons, dict) and reasons:
+            md += ["Exclusions by reason:", "",
+                   markdown_table([{"reason": k, "rows": v} for k, v in reasons.items() if isinstance(v, int)]), ""]
+
+    # 4. training
+    staged = run_dir / "staged"
+    summary = _read_json(staged / "summary.json") if staged.is_dir() else None
+    if summary:
+        stages = summary.get("stages", summary if isinstance(summary, list) else [])
+        md += ["## Training (train staged)", "", markdown_table(
+            [{k: v for k, v in s.items() if k in {"name", "kind", "status", "steps", "final_loss", "final_reward",
+                                                  "zero_variance_frac", "checkpoint"}} for s in stages]), ""]
+        hist = _stage_histories(staged)
+        rewards = {k: [(h["step"], h["reward"]) for h in v if "reward" in h and "step" in h] for k, v in hist.items()}
+        losses = {k: [(h["step"], h["loss"]) for h in v if "loss" in h and "step" in h] for k, v in hist.items()}
+        zv = {k: [(h["step"], h["vas/zero_variance_frac"]) for h in v if "vas/zero_variance_frac" in h]
+              for k, v in hist.items()}
+        if any(rewards.values()):
+            _curve_png({k: v for k, v in rewards.items() if v}, out_dir / "reward_curves.png",
+                       title="Mean reward per step (GRPO stages)", ylabel="reward")
+            md += ["![rewards](reward_curves.png)", ""]
+        if any(losses.values()):
+            _curve_png({k: v for k, v in losses.items() if v}, out_dir / "loss_curves.png",
+                       title="Training loss per step", ylabel="loss")
+            md += ["![loss](loss_curves.png)", ""]
+        measured = {k: float(np.mean([y for _, y in v])) for k, v in zv.items() if v}
+        if measured:
+            md += ["Measured zero-variance fraction in the GRPO stages (sampled with VAS): " +
+                   ", ".join(f"{k}: {v:.3f}" for k, v in measured.items()), ""]
+    else:
+        missing.append("staged")
+
+    pub = run_dir / "publish" / "README.md"
+    if pub.exists():
+        md += ["## Publishing", "", f"Dry-run dataset repository: `{pub.parent}` (card: `{pub}`).", ""]
+    if missing:
+        md += ["---", f"Not in this run folder: {', '.join(missing)}.", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(md))
+    return path

@@ -1,0 +1,875 @@
+"""Answer verification that never hangs the caller.
+
+Pipeline for one (gold, response) item:
+
+1. **Extraction** (parent process, regex only, linear time): :func:`curation.verify.extract.extract_answer`.
+   Nothing found -> ``no_answer``.
+2. **Fast path** (parent process, no IPC, no sympy): decides the item when
+   - the gold is a choice label (``A``..) and the extracted answer is a label: labels compared;
+   - the comparison keys are equal (normalised, spaces removed, case-folded, ``^\\circ`` dropped);
+   - both sides are plain numbers (``1,000``, ``0.5``, ``1/2``, ``\\frac{1}{2}``, ``-3``, ``2e3``):
+     equal as exact fractions -> ``correct``; relative difference ``|a-b| / max(|a|,|b|) > 1e-4`` ->
+     ``incorrect``; closer than that (``0.3333`` vs ``1/3``) -> left to math-verify's rounding rules;
+   - both sides are plain words (``March`` vs ``April``): case-insensitive string comparison.
+3. **math-verify** (worker processes): ``verify(parse("\\boxed{gold}"), parse("\\boxed{answer}"))`` for
+   everything else (expressions, intervals, sets, matrices, equations, units, MC answers given as option
+   text - compared with the gold option's text). Parsed golds are cached per worker.
+
+**Deadlines.** Each item has a budget of ``timeout`` seconds inside its worker, enforced with
+``signal.setitimer`` in the worker's main thread (math-verify's own ``signal.alarm`` timeouts are turned
+off: they take whole seconds and share the same timer). Code stuck in C (``9^9^9^9^9``, a huge factorial
+in gmpy) does not see signals, so the parent enforces a **hard** deadline: a worker whose current item has
+run ``timeout + grace`` seconds is SIGKILLed and replaced, the item gets ``timeout``, the rest of its chunk
+goes back to the queue and the batch goes on. A worker that dies (out of memory, crash) costs its item an
+``error`` verdict the same way. Workers also run under an address-space limit (``memory_limit_mb``).
+
+**Threads and processes.** :meth:`Verifier.verify_batch` works from any thread (the parent never touches
+signals; batches from different threads are served one after the other under a lock) and from daemonic
+processes such as ``DataLoader`` workers. A :class:`Verifier` inherited through ``fork`` notices the new
+pid and starts its own workers. Items are sent to workers in chunks (amortising IPC) but every item
+reports back on its own, so the per-item deadline is measured from the end of the previous item.
+
+**Start method** (``start_method``): ``"forkserver"`` (default) forks workers from a small server process
+that has imported math-verify once - safe when the caller has threads (TRL, torch) and a replacement
+worker is ready in milliseconds; ``"fork"`` is slightly faster to start when math-verify is already
+imported, but forks the whole (possibly multi-threaded, GPU-holding) caller; ``"spawn"`` pays a full
+interpreter start per worker. Like any multiprocessing code, forkserver/spawn re-import the caller's
+``__main__`` module in each worker: scripts need the usual ``if __name__ == "__main__":`` guard.
+``bench/verify.py`` measures the three.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import math
+import multiprocessing as mp
+import os
+import re
+import signal
+import threading
+import time
+import weakref
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from fractions import Fraction
+from multiprocessing.connection import wait as mp_wait
+from typing import Any, Sequence
+
+from curation.verify.extract import DEFAULT_RULES, choice_labels, extract_answer, map_choice, normalize_answer
+
+__all__ = [
+    "ParsedGold",
+    "Verdict",
+    "Verifier",
+    "classify_gold",
+    "gold_kind",
+    "get_verifier",
+    "parse_gold",
+    "verify_batch",
+]
+
+STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of one item: ``status`` is one of ``correct``, ``incorrect``, ``no_answer``, ``timeout``,
+    ``error``; ``extracted``/``rule`` come from the extraction; ``detail`` says how it was decided (fast
+    path or math-verify) or what went wrong."""
+
+    status: str
+    extracted: str | None
+    rule: str | None
+    detail: str | None = None
+
+    @property
+    def correct(self) -> bool:
+        return self.status == "correct"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gold answers: can they be checked automatically, and how?
+
+
+@dataclass(frozen=True)
+class ParsedGold:
+    """A gold answer that can be checked automatically.
+
+    ``kind``: ``number``, ``expression``, ``equation``, ``interval``, ``set``, ``tuple``, ``matrix``,
+    ``choice`` (a label with ``options``) or ``text`` (a short word answer, compared as a string);
+    ``text``: the normalised gold; ``number``: its exact value for ``number``; ``choice``: the label.
+    """
+
+    kind: str
+    text: str
+    number: Fraction | None = None
+    choice: str | None = None
+
+
+_PROOF = re.compile(
+    r"\b(?:prove|proof|proves|show\s+that|shown\s+that|demonstrate\s+that|Q\.?E\.?D)\b|\\blacksquare|\\qed",
+    re.IGNORECASE,
+)
+_DEG = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\degree")
+_LATEX_FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d+)\s*\}$")
+_LATEX_FRAC_SHORT = re.compile(r"^([-+]?)\\[dt]?frac\s*(\d)(\d)$")
+_PLAIN_NUM = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?$")
+_PLAIN_FRAC = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
+_WORDS = re.compile(r"^[A-Za-z][A-Za-z' \-]*$")
+_MATRIX = re.compile(r"\\begin\{[pbvBV]?matrix\}")
+_INTERVAL = re.compile(r"^[\[(]\s*[^,\[\]()]+\s*,\s*[^,\[\]()]+\s*[\])]$")
+_SET = re.compile(r"^\\\{.*\\\}$|^\{.*\}$", re.DOTALL)
+_MATHY = re.compile(r"[\d\\^_=+\-*/()]|^[A-Za-z]$")
+_MAX_NUMBER_CHARS = 60
+
+
+def _small_cache(fn: Any) -> Any:
+    """LRU-cache a function of one string, for strings up to 1000 characters."""
+    cached = functools.lru_cache(maxsize=65536)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(s: str) -> Any:
+        return cached(s) if len(s) <= 1000 else fn(s)
+
+    return wrapper
+
+
+@_small_cache
+def _as_number(s: str) -> Fraction | None:
+    """Exact value of a plain number (``1,000``; ``0.5``; ``1/2``; ``\\frac{1}{2}``; ``-3``; ``2e3``;
+    ``45^\\circ``) or ``None``. Bounded: long strings and exponents beyond 3 digits are not parsed here
+    (so ``1e999999999`` cannot stall the parent)."""
+    if not s or len(s) > _MAX_NUMBER_CHARS:
+        return None
+    t = normalize_answer(s)
+    t = _DEG.sub("", t).strip()
+    t = t.replace(" ", "")
+    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", t):
+        t = t.replace(",", "")
+    try:
+        if _PLAIN_NUM.match(t):
+            return Fraction(t)
+        m = _PLAIN_FRAC.match(t)
+        if m:
+            den = int(m.group(2))
+            return Fraction(int(m.group(1)), den) if den else None
+        m = _LATEX_FRAC.match(t) or _LATEX_FRAC_SHORT.match(t)
+        if m:
+            den = int(m.group(3))
+            if not den:
+                return None
+            v = Fraction(int(m.group(2)), den)
+            return -v if m.group(1) == "-" else v
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return None
+
+
+def _braces_balanced(s: str) -> bool:
+    depth = 0
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+        i += 1
+    return depth == 0
+
+
+_ENV = re.compile(r"\\(begin|end)\s*\{([^{}]*)\}")
+
+
+def _latex_problem(s: str) -> str | None:
+    """Cheap structural LaTeX check: balanced braces, ``\\begin``/``\\end`` pairs that match, as many
+    ``\\left`` as ``\\right``. Returns what is wrong, or ``None``."""
+    if not _braces_balanced(s):
+        return "unbalanced braces"
+    if "\\begin" in s or "\\end" in s:
+        stack: list[str] = []
+        for kind, env in _ENV.findall(s):
+            if kind == "begin":
+                stack.append(env)
+            elif not stack or stack.pop() != env:
+                return f"\\end{{{env}}} does not close the open environment"
+        if stack:
+            return f"\\begin{{{stack[-1]}}} is never closed"
+    if len(re.findall(r"\\left(?![a-zA-Z])", s)) != len(re.findall(r"\\right(?![a-zA-Z])", s)):
+        return "unmatched \\left / \\right"
+    return None
+
+
+def classify_gold(gold: Any, options: Sequence[str] | None = None) -> tuple[ParsedGold | None, str | None]:
+    """``(ParsedGold, None)`` when ``gold`` can be checked automatically, else ``(None, reason)``.
+
+    Reasons: ``empty`` (missing / blank), ``proof`` ("prove", "show that", QED...), ``open_ended`` (prose:
+    more than 8 words, or a long text that is not mathematics), ``malformed`` (unbalanced braces),
+    ``choice_not_in_options`` (a label such as ``F`` with only four options). Purely syntactic (regular
+    expressions, no sympy): it never hangs and costs microseconds (results are cached).
+    """
+    if gold is None:
+        return None, "empty"
+    opts = tuple(str(o) for o in options) if options else None
+    gold = str(gold)
+    if len(gold) > 2000:  # do not keep huge strings in the cache
+        return _classify_cached.__wrapped__(gold, opts)
+    return _classify_cached(gold, opts)
+
+
+@functools.lru_cache(maxsize=65536)
+def _classify_cached(gold: str, options: tuple[str, ...] | None) -> tuple[ParsedGold | None, str | None]:
+    """Implementation of :func:`classify_gold` (hashable arguments, LRU-cached)."""
+    if gold is None or not str(gold).strip():
+        return None, "empty"
+    raw = str(gold)
+    if _PROOF.search(raw):
+        return None, "proof"
+    text = normalize_answer(raw)
+    if not text:
+        return None, "empty"
+    opts = [str(o) for o in options] if options else None
+    if opts:
+        labels = choice_labels(opts)
+        if re.fullmatch(r"\(?[A-Z]\)?", text):
+            letter = text.strip("()")
+            if letter in labels:
+                return ParsedGold("choice", letter, choice=letter), None
+            return None, "choice_not_in_options"
+        label = map_choice(text, opts)
+        if label is not None:
+            return ParsedGold("choice", label, choice=label), None
+    elif re.fullmatch(r"\(?[A-Z]\)?", text):
+        # a bare label without its options: checkable as a label; ``curate build`` asks for the options
+        letter = text.strip("()")
+        return ParsedGold("choice", letter, choice=letter), None
+    if not _braces_balanced(text):
+        return None, "malformed"
+    num = _as_number(text)
+    if num is not None:
+        return ParsedGold("number", text, number=num), None
+    words = text.split()
+    if len(words) > 8 and sum(w.isalpha() for w in words) > len(words) / 2:
+        return None, "open_ended"
+    if _MATRIX.search(text):
+        return ParsedGold("matrix", text), None
+    if "\\cup" in text or (_INTERVAL.match(text) and ("[" in text or "]" in text or "\\infty" in text)):
+        return ParsedGold("interval", text), None
+    if _INTERVAL.match(text):
+        return ParsedGold("tuple", text), None
+    if _SET.match(text):
+        return ParsedGold("set", text), None
+    if _WORDS.match(text) and len(words) <= 4 and len(text) > 1:
+        return ParsedGold("text", text), None
+    if "=" in text or "\\le" in text or "\\ge" in text or "<" in text or ">" in text:
+        return ParsedGold("equation", text), None
+    if "," in text and len(text) <= 200:
+        return ParsedGold("set", text), None
+    if len(text) <= 200 and _MATHY.search(text):
+        return ParsedGold("expression", text), None
+    return None, "open_ended"
+
+
+def parse_gold(gold: Any, options: Sequence[str] | None = None) -> ParsedGold | None:
+    """:class:`ParsedGold` when the gold answer can be checked automatically, else ``None``."""
+    return classify_gold(gold, options)[0]
+
+
+def gold_kind(gold: Any, options: Sequence[str] | None = None) -> str | None:
+    """Kind of a checkable gold answer (``number``, ``expression``, ``interval``, ``set``, ``choice``...)
+    or ``None`` for proofs, open-ended and empty answers. See :func:`classify_gold` for the reason."""
+    parsed = parse_gold(gold, options)
+    return parsed.kind if parsed else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fast path
+
+
+@_small_cache
+def _key(s: str) -> str:
+    """String comparison key: normalised, degree marks and spaces removed, case-folded."""
+    t = normalize_answer(s)
+    t = _DEG.sub("", t)
+    t = t.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    return re.sub(r"\s+", "", t).lower()
+
+
+_NUM_TOL = 1e-4
+_MATH_CHARS = re.compile(r"[\d\\^_=+*/]")
+
+
+def _fast_path(gold: ParsedGold | None, gold_raw: str, answer: str, options: Sequence[str] | None
+               ) -> tuple[str, str] | None:
+    """``(status, detail)`` when cheap checks settle the item, else ``None`` (needs math-verify)."""
+    if gold is not None and gold.kind == "choice":
+        if re.fullmatch(r"[A-Z]", answer) and options and answer in choice_labels(options):
+            return ("correct" if answer == gold.choice else "incorrect"), "fast: choice label"
+        gold_text = options[choice_labels(options).index(gold.choice)] if options else ""
+        if not _MATH_CHARS.search(normalize_answer(gold_text)):
+            # the option is plain text ("A" - a label in the figure -, "P and R"): string comparison only,
+            # math-verify would read "A, A, A" as the set {a} and accept it
+            return ("correct" if _key(gold_text) == _key(answer) else "incorrect"), "fast: option text"
+        return None  # an answer given as a value: math-verify against the gold option's text
+    gkey = _key(gold_raw)
+    akey = _key(answer)
+    if gkey and gkey == akey:
+        return "correct", "fast: equal strings"
+    gnum = gold.number if gold is not None and gold.number is not None else _as_number(gold_raw)
+    anum = _as_number(answer)
+    if gnum is not None and anum is not None:
+        if gnum == anum:
+            return "correct", "fast: equal numbers"
+        scale = max(abs(gnum), abs(anum))
+        if abs(gnum - anum) > _NUM_TOL * scale:
+            return "incorrect", "fast: different numbers"
+        return None
+    if _WORDS.match(gold_raw.strip()) and _WORDS.match(answer.strip()):
+        return "incorrect", "fast: different words"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# worker process
+
+
+class _Deadline(BaseException):
+    """Raised by the worker's interval timer. A ``BaseException`` so that math-verify's and sympy's
+    ``except Exception`` blocks do not swallow it."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Deadline()
+
+
+def _set_pdeathsig() -> None:
+    """Linux: get SIGKILL when the parent dies, so no orphan worker survives a killed caller."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except Exception:  # noqa: BLE001 - not Linux: the EOF on the pipe still ends the worker
+        pass
+
+
+def _mapped_bytes() -> int:
+    """Virtual memory this process maps now (``VmSize``; 0 where ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
+    """Worker loop: receive a chunk ``[(idx, golds, answer, budget), ...]``, send ``(idx, status,
+    detail)`` per item. ``None`` or EOF ends the loop."""
+    _set_pdeathsig()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    if memory_limit_mb:
+        try:
+            import resource
+
+            # relative to what the worker already maps: a worker forked from a CUDA process inherits tens
+            # of GB of reserved address space, and an absolute limit below that would starve it
+            limit = _mapped_bytes() + int(memory_limit_mb) * 1024 * 1024
+            _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            if hard == resource.RLIM_INFINITY or hard > limit:
+                resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        except (ImportError, ValueError, OSError):
+            pass
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    logging.getLogger("latex2sympy2_extended").setLevel(logging.CRITICAL)
+    from math_verify import parse, verify
+    from sympy import Basic, MatrixBase
+
+    signal.signal(signal.SIGALRM, _on_alarm)
+    cache: OrderedDict[str, list] = OrderedDict()
+    try:
+        conn.send(("ready", os.getpid()))
+    except (BrokenPipeError, OSError):
+        return
+
+    def parsed(s: str) -> list:
+        got = cache.get(s)
+        if got is None:
+            got = parse("\\boxed{" + s + "}", parsing_timeout=None)
+            cache[s] = got
+            if len(cache) > 4096:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(s)
+        return got
+
+    def check(golds: list[str], answer: str, budget: float) -> tuple[str, str | None]:
+        if budget > 0:
+            signal.setitimer(signal.ITIMER_REAL, budget)
+        try:
+            pred = parse("\\boxed{" + answer + "}", parsing_timeout=None)
+            if not pred:
+                return "error", "math-verify could not parse the answer"
+            gold_ok = False
+            for g in golds:
+                gp = parsed(g)
+                gold_ok = gold_ok or any(isinstance(x, (Basic, MatrixBase)) for x in gp)
+                if gp and verify(gp, pred, timeout_seconds=None):
+                    return "correct", "math-verify"
+            # parse() falls back to the raw string when LaTeX parsing fails: no sympy object = invalid
+            if not any(isinstance(x, (Basic, MatrixBase)) for x in pred):
+                return "error", "math-verify could not parse the answer"
+            if not gold_ok:
+                return "error", "math-verify could not parse the gold answer"
+            return "incorrect", "math-verify"
+        except _Deadline:
+            return "timeout", f"math-verify ran past {budget:g}s (soft deadline)"
+        except MemoryError:
+            return "error", "out of memory"
+        except RecursionError:
+            return "error", "recursion limit"
+        except Exception as e:  # noqa: BLE001 - anything sympy throws becomes an error verdict
+            return "error", f"{type(e).__name__}: {str(e)[:200]}"
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, _Deadline):
+            return
+        if msg is None:
+            return
+        for idx, golds, answer, budget in msg:
+            try:
+                status, detail = check(golds, answer, budget)
+            except _Deadline:  # the timer fired between the try and the finally
+                status, detail = "timeout", f"math-verify ran past {budget:g}s (soft deadline)"
+            try:
+                conn.send((idx, status, detail))
+            except (BrokenPipeError, OSError):
+                return
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the pool
+
+
+class _Worker:
+    __slots__ = ("proc", "conn", "items", "started", "ready", "born")
+
+    def __init__(self, proc: Any, conn: Any):
+        self.proc = proc
+        self.conn = conn
+        self.items: deque = deque()  # items sent and not answered yet, in order
+        self.started = 0.0  # when the current (first unanswered) item began
+        self.ready = False  # the worker has imported math-verify and said so
+        self.born = time.monotonic()
+
+
+def _default_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+class Verifier:
+    """A pool of math-verify worker processes with a hard per-item deadline.
+
+    ``workers``: pool size (default: the CPUs this process may use, at most 16); ``start_method``:
+    ``fork`` (default) | ``forkserver`` | ``spawn``; ``grace``: seconds past ``timeout`` before the hard
+    kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address space each
+    worker may add to what it maps at start (``None``: no limit); ``max_answer_chars``: longer extracted
+    answers get ``error`` without being parsed; ``start_timeout``: seconds a new worker may take to
+    import math-verify; ``soft_deadline=False`` turns off the in-worker timer so that only the parent's
+    hard kill bounds an item (tests, measurements).
+
+    Workers start lazily (a batch settled by the fast path starts none) and are created from one
+    long-lived helper thread, so their parent-death signal (``PR_SET_PDEATHSIG`` fires when the *thread*
+    that forked them ends) is tied to the life of the process, not to the thread that happened to call
+    :meth:`verify_batch`. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        grace: float = 0.5,
+        chunk_size: int = 16,
+        memory_limit_mb: int | None = 4096,
+        max_answer_chars: int = 2000,
+        start_timeout: float = 120.0,
+        soft_deadline: bool = True,
+    ):
+        self.workers = int(workers) if workers else _default_workers()
+        if start_method is None:
+            start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        if start_method not in mp.get_all_start_methods():
+            raise ValueError(f"start_method {start_method!r} not available here: {mp.get_all_start_methods()}")
+        self.start_method = start_method
+        self.grace = float(grace)
+        self.chunk_size = max(1, int(chunk_size))
+        self.memory_limit_mb = memory_limit_mb
+        self.max_answer_chars = int(max_answer_chars)
+        self.start_timeout = float(start_timeout)
+        self.soft_deadline = bool(soft_deadline)
+        self._ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            # effective if this process has not started its fork server yet: workers then fork from a
+            # server that has imported math-verify once
+            self._ctx.set_forkserver_preload(["math_verify", "curation.verify.pool"])
+        self._lock = threading.RLock()
+        self._pool: list[_Worker] = []
+        self._pid = os.getpid()
+        self._spawner: Any = None
+        self.stats = {"fast_path": 0, "math_verify": 0, "killed": 0, "died": 0, "started": 0}
+        _INSTANCES.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a fork child (a DataLoader worker, or one of our own workers): drop the parent's workers
+        without touching them, close this process's copies of their pipes, and get a fresh lock (the
+        parent's may have been held by another thread at fork time)."""
+        for w in self._pool:
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+        self._pool = []
+        self._spawner = None
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def __enter__(self) -> "Verifier":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; close() is the real API
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def close(self) -> None:
+        """Stop all workers (politely, then by force). The verifier stays usable: a later batch starts
+        new workers."""
+        with self._lock:
+            if os.getpid() != self._pid:  # inherited through fork: the workers belong to the parent
+                self._pool = []
+                self._spawner = None
+                return
+            pool, self._pool = self._pool, []
+            for w in pool:
+                try:
+                    w.conn.send(None)
+                except (OSError, ValueError):
+                    pass
+            deadline = time.monotonic() + 1.0
+            for w in pool:
+                w.proc.join(max(0.0, deadline - time.monotonic()))
+                if w.proc.is_alive():
+                    w.proc.kill()
+                    w.proc.join(1.0)
+                try:
+                    w.conn.close()
+                except OSError:
+                    pass
+            if self._spawner is not None:
+                self._spawner.shutdown(wait=False)
+                self._spawner = None
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and monitoring)."""
+        return [w.proc.pid for w in self._pool if w.proc.is_alive()]
+
+    def _start_worker(self) -> _Worker:
+        """Start one worker (from the helper thread); it reports ``ready`` once math-verify is imported."""
+
+        def start() -> _Worker:
+            if self.start_method == "fork":
+                import math_verify  # noqa: F401  (imported once here, inherited by every forked worker)
+            parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+            proc = self._ctx.Process(
+                target=_worker_main, args=(child_conn, self.memory_limit_mb), name="verify-worker", daemon=True
+            )
+            cur = mp.current_process()
+            was_daemon = cur._config.get("daemon")  # type: ignore[attr-defined]
+            if was_daemon:
+                # multiprocessing refuses children of daemonic processes (DataLoader workers are daemonic).
+                # Ours end with us anyway (PDEATHSIG + EOF on the pipe), so lift the flag for start().
+                cur._config["daemon"] = False  # type: ignore[attr-defined]
+            try:
+                proc.start()
+            finally:
+                if was_daemon:
+                    cur._config["daemon"] = was_daemon  # type: ignore[attr-defined]
+            child_conn.close()
+            return _Worker(proc, parent_conn)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._spawner is None:
+            self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-spawner")
+        try:
+            w = self._spawner.submit(start).result()
+        except RuntimeError:  # interpreter shutting down: no new threads; start from this thread
+            w = start()
+        self.stats["started"] += 1
+        return w
+
+    def _ensure_pool(self) -> None:
+        if os.getpid() != self._pid:  # we are a fork child: forget the parent's workers and helper thread
+            self._pool = []
+            self._spawner = None
+            self._pid = os.getpid()
+        for w in [w for w in self._pool if not w.proc.is_alive()]:
+            self._retire(w, kill=False)
+        while len(self._pool) < self.workers:
+            self._pool.append(self._start_worker())
+
+    def _retire(self, w: _Worker, kill: bool) -> None:
+        if kill and w.proc.is_alive():
+            w.proc.kill()
+        w.proc.join(2.0)
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        if w in self._pool:
+            self._pool.remove(w)
+
+    def _replace(self, w: _Worker, kill: bool = True) -> None:
+        self._retire(w, kill=kill)
+        self._pool.append(self._start_worker())
+
+    # -- verification ------------------------------------------------------------------------------------
+
+    def verify_batch(
+        self,
+        golds: Sequence[str],
+        responses: Sequence[str],
+        *,
+        options: Sequence[Sequence[str] | None] | None = None,
+        timeout: float = 5.0,
+        workers: int | None = None,
+        rules: Sequence[str] = DEFAULT_RULES,
+    ) -> list[Verdict]:
+        """One :class:`Verdict` per (gold, response), in order. ``options[i]`` (or ``None``) are the
+        choices of item ``i``; ``timeout`` is the per-item budget in seconds; ``workers`` resizes the
+        pool. Never raises for a bad item: it gets ``error`` / ``timeout`` / ``no_answer``."""
+        if len(golds) != len(responses):
+            raise ValueError(f"verify_batch: {len(golds)} golds but {len(responses)} responses")
+        if options is not None and len(options) != len(golds):
+            raise ValueError(f"verify_batch: {len(options)} option lists for {len(golds)} items")
+        if timeout is None or not (timeout > 0) or math.isinf(timeout):
+            raise ValueError(f"verify_batch: timeout must be a positive number of seconds, got {timeout!r}")
+        n = len(golds)
+        out: list[Verdict | None] = [None] * n
+        jobs: list[tuple[int, list[str], str]] = []
+        extractions: dict[int, tuple[str, str | None]] = {}
+        for i in range(n):
+            opts = options[i] if options is not None else None
+            opts = [str(o) for o in opts] if opts is not None and len(opts) else None
+            try:
+                verdict, job = self._prepare(golds[i], responses[i], opts, rules)
+            except Exception as e:  # noqa: BLE001 - a bad item never kills the batch
+                verdict, job = Verdict("error", None, None, f"{type(e).__name__}: {str(e)[:200]}"), None
+            if verdict is not None:
+                out[i] = verdict
+                self.stats["fast_path"] += 1
+            else:
+                assert job is not None
+                answer, rule, gold_texts = job
+                extractions[i] = (answer, rule)
+                jobs.append((i, gold_texts, answer))
+        if jobs:
+            with self._lock:
+                if workers and int(workers) != self.workers:
+                    self.close()
+                    self.workers = int(workers)
+                results = self._run_jobs(jobs, float(timeout))
+            for i, (status, detail) in results.items():
+                answer, rule = extractions[i]
+                out[i] = Verdict(status, answer, rule, detail)
+                self.stats["math_verify"] += 1
+        return [v if v is not None else Verdict("error", None, None, "internal: no result") for v in out]
+
+    def _prepare(
+        self, gold: Any, response: Any, opts: list[str] | None, rules: Sequence[str]
+    ) -> tuple[Verdict | None, tuple[str, str | None, list[str]] | None]:
+        """Extraction + fast path. Returns a final verdict, or the job for a worker."""
+        if isinstance(response, bytes):
+            response = response.decode("utf-8", errors="replace")
+        if not isinstance(response, str):
+            return Verdict("no_answer", None, None, f"response is {type(response).__name__}, not text"), None
+        ext = extract_answer(response, options=opts, rules=rules)
+        if ext.answer is None:
+            return Verdict("no_answer", None, None, "no extraction rule matched"), None
+        answer = ext.answer
+        gold_s = "" if gold is None else str(gold)
+        if not gold_s.strip():
+            return Verdict("error", answer, ext.rule, "empty gold answer"), None
+        if len(answer) > self.max_answer_chars:
+            return Verdict("error", answer[:200], ext.rule,
+                           f"extracted answer is {len(answer)} chars (> {self.max_answer_chars})"), None
+        bad_latex = _latex_problem(answer)
+        if bad_latex:
+            return Verdict("error", answer, ext.rule, f"invalid LaTeX in the extracted answer: {bad_latex}"), None
+        parsed, _reason = classify_gold(gold_s, opts)
+        fast = _fast_path(parsed, normalize_answer(gold_s), answer, opts)
+        if fast is not None:
+            return Verdict(fast[0], answer, ext.rule, fast[1]), None
+        if parsed is not None and parsed.kind == "choice" and opts:
+            gold_texts = [normalize_answer(opts[choice_labels(opts).index(parsed.choice)])]
+        else:
+            gold_texts = [normalize_answer(gold_s) or gold_s.strip()]
+        # math-verify reads "^\circ" but not the degree sign
+        gold_texts = [g.replace("°", "^{\\circ}") for g in gold_texts]
+        return None, (answer.replace("°", "^{\\circ}"), ext.rule, gold_texts)
+
+    def _run_jobs(self, jobs: list[tuple[int, list[str], str]], timeout: float) -> dict[int, tuple[str, str | None]]:
+        """Distribute jobs over the pool with the hard per-item deadline (caller holds the lock).
+
+        Each worker holds at most one chunk; it answers item by item, and the parent restarts the item
+        clock at every answer, so a chunk of 16 items still gives each item ``timeout + grace`` seconds.
+        """
+        self._ensure_pool()
+        # items with the same gold go together: the worker's parse cache then hits
+        queue: deque = deque(sorted(jobs, key=lambda j: j[1]))
+        results: dict[int, tuple[str, str | None]] = {}
+        hard = timeout + self.grace
+        budget = timeout if self.soft_deadline else 0.0  # 0: no in-worker timer
+        chunk = max(1, min(self.chunk_size, math.ceil(len(jobs) / (2 * max(1, self.workers)))))
+        start_failures = 0
+
+        def dispatch(w: _Worker) -> None:
+            if not w.ready or w.items or not queue:
+                return
+            items = [queue.popleft() for _ in range(min(chunk, len(queue)))]
+            try:
+                w.conn.send([(i, g, a, budget) for i, g, a in items])
+            except (OSError, ValueError):
+                queue.extendleft(reversed(items))
+                return  # the EOF shows up in the wait loop and the worker is replaced there
+            w.items.extend(items)
+            w.started = time.monotonic()
+
+        def fail_worker(w: _Worker, status: str, detail: str) -> None:
+            """Kill/reap ``w``: its current item gets ``status``; the rest of its chunk is queued again."""
+            if w.items:
+                first = w.items.popleft()
+                results[first[0]] = (status, detail)
+                queue.extendleft(reversed(list(w.items)))
+                w.items.clear()
+            self._replace(w, kill=True)
+
+        while len(results) < len(jobs):
+            for w in self._pool:
+                dispatch(w)
+            waiting = [w for w in self._pool if w.items or not w.ready]
+            if not waiting:  # only possible if every worker failed to start
+                for i, _g, _a in queue:
+                    results[i] = ("error", "no verification worker could be started")
+                queue.clear()
+                break
+            now = time.monotonic()
+            deadlines = [w.started + hard if w.ready else w.born + self.start_timeout for w in waiting]
+            ready = mp_wait([w.conn for w in waiting], timeout=max(0.0, min(deadlines) - now))
+            by_conn = {id(w.conn): w for w in waiting}
+            for conn in ready:
+                w = by_conn[id(conn)]
+                try:
+                    while conn.poll():
+                        msg = conn.recv()
+                        if msg[0] == "ready":
+                            w.ready = True
+                            start_failures = 0
+                            break
+                        idx, status, detail = msg
+                        if w.items and w.items[0][0] == idx:
+                            w.items.popleft()
+                        results[idx] = (status, detail)
+                        w.started = time.monotonic()
+                        if not w.items:
+                            break
+                except (EOFError, OSError):
+                    w.proc.join(0.5)
+                    code = w.proc.exitcode
+                    self.stats["died"] += 1
+                    if not w.ready:
+                        start_failures += 1
+                        if start_failures > 2 * self.workers:
+                            for i, _g, _a in queue:
+                                results[i] = ("error", f"verification workers fail to start (exit code {code})")
+                            queue.clear()
+                    fail_worker(w, "error", f"worker died (exit code {code})")
+            now = time.monotonic()
+            for w in list(self._pool):
+                if w.items and now - w.started > hard:
+                    self.stats["killed"] += 1
+                    fail_worker(w, "timeout", f"hard deadline: worker killed after {now - w.started:.1f}s")
+                elif not w.ready and now - w.born > self.start_timeout:
+                    self.stats["killed"] += 1
+                    self._replace(w, kill=True)
+        return results
+
+
+_INSTANCES: "weakref.WeakSet[Verifier]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for v in list(_INSTANCES):
+        v._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# module-level shared instance
+
+_shared: Verifier | None = None
+_shared_lock = threading.Lock()
+
+
+def get_verifier() -> Verifier:
+    """The process-wide shared :class:`Verifier` (created on first use, closed at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Verifier()
+            atexit.register(_shared.close)
+        return _shared
+
+
+def verify_batch(
+    golds: Sequence[str],
+    responses: Sequence[str],
+    *,
+    options: Sequence[Sequence[str] | None] | None = None,
+    timeout: float = 5.0,
+    workers: int | None = None,
+    rules: Sequence[str] = DEFAULT_RULES,
+) -> list[Verdict]:
+    """:meth:`Verifier.verify_batch` on the shared verifier (:func:`get_verifier`)."""
+    return get_verifier().verify_batch(
+        golds, responses, options=options, timeout=timeout, workers=workers, rules=rules
+    )
