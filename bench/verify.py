@@ -32,7 +32,7 @@ GSM_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verific
 
 
 def load_gsm8k():
-    from curation.verify.extract import extract_answer
+    from curation.verify import extract_answer
 
     golds, responses, labels = [], [], []
     for line in (DATA / "gsm8k" / "example_model_solutions.jsonl").open():
@@ -72,7 +72,7 @@ def agreement(pred, labels):
 
 
 def compare(name, loader, workers):
-    from curation.verify.pool import Verifier
+    from curation.verify import Verifier
 
     golds, responses, options, labels = loader()
     n = len(golds)
@@ -96,7 +96,7 @@ def compare(name, loader, workers):
 
 
 def start_methods(workers):
-    from curation.verify.pool import Verifier
+    from curation.verify import Verifier
 
     golds, responses, options, _ = load_math_vision()
     print("\n== start methods (pool of", workers, "workers)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.verify.extract import (
+from curation.verify import (
     DEFAULT_RULES,
     RULES,
     Extraction,
@@ -203,7 +203,7 @@ def test_megabyte_responses_are_linear_time():
 
 def test_bare_rule_refuses_prose_replies():
     """A small model's chatter must not be graded as an answer (seen with SmolLM2 during scoring)."""
-    from curation.verify.extract import extract_answer
+    from curation.verify import extract_answer
 
     assert extract_answer("Dude, that's a math trick. 6 + 6 is actually \\boxed{}").answer is None
     assert extract_answer("that equals seven").answer is None

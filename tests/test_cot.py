@@ -241,7 +241,7 @@ def test_smollm2_teacher_lenient_keeps_verified_solutions(smollm2_cot):
     keys += [tuple(r["id"].split("#")) for r in res.sft.to_pylist()]
     assert len(keys) == len(set(keys)) == 30
     gold = {r["id"]: r["answer"] for r in smollm2_cot["rows"]}
-    from curation.verify.pool import verify_batch
+    from curation.verify import verify_batch
 
     for row in res.sft.to_pylist():
         msgs = row["messages"]

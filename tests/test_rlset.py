@@ -206,7 +206,7 @@ def _grpo_one_step(model_dir: Path, parquet: Path, out: Path) -> tuple[object, l
     from trl import GRPOConfig, GRPOTrainer
 
     from curation.core.models import load_processor
-    from curation.verify.pool import verify_batch
+    from curation.verify import verify_batch
 
     seen: list[dict] = []
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from curation.verify.extract import extract_answer
-from curation.verify.pool import (
+from curation.verify import (
     ParsedGold,
     Verdict,
     Verifier,
     classify_gold,
+    extract_answer,
     get_verifier,
     gold_kind,
     parse_gold,

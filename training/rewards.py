@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
-from curation.verify.extract import DEFAULT_RULES, last_boxed
+from curation.verify import DEFAULT_RULES, last_boxed
 
 __all__ = [
     "AccuracyReward",
@@ -128,7 +128,7 @@ class AccuracyReward:
         self.rules = tuple(rules)
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        from curation.verify.pool import get_verifier, parse_gold
+        from curation.verify import get_verifier, parse_gold
 
         n = len(completions)
         golds = _column(kwargs, self.answer_key, n)

@@ -58,7 +58,7 @@ def verify_file(
     import pyarrow as pa
 
     from curation.core.io import read_records, write_parquet_atomic
-    from curation.verify.pool import Verifier
+    from curation.verify import Verifier
 
     rows: list[dict[str, Any]] = []
     pending: list[int] = []

@@ -236,7 +236,7 @@ def _load_inputs(
     data: str | Path, shard_t: tuple[int, int], text_only: bool, vision: bool | None, teacher: str | None
 ) -> tuple[list[dict], ExclusionWriter, int, int]:
     """Problems of this shard that can be used: ``(rows, exclusions, rows read, rows in shard)``."""
-    from curation.verify.pool import classify_gold
+    from curation.verify import classify_gold
 
     excl = ExclusionWriter()
     loaded, n_read = load_problems(data, shard_t, excl, step=STEP)
@@ -263,7 +263,7 @@ def _load_inputs(
 
 
 def _verify_samples(rows_and_texts: list[tuple[dict, str]], timeout: float) -> list[Any]:
-    from curation.verify.pool import verify_batch
+    from curation.verify import verify_batch
 
     if not rows_and_texts:
         return []

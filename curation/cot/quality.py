@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Sequence
 
-from curation.verify.extract import extract_answer, last_boxed, normalize_answer
+from curation.verify import extract_answer, last_boxed, normalize_answer
 
 __all__ = [
     "Issue",

@@ -160,7 +160,7 @@ def process_chunk(engine: Any, spec: GenJobSpec, rows: Sequence[dict], fail_stre
     failures in a row counting ``fail_streak`` from earlier chunks)."""
     from curation.engines.base import GenRequest
     from curation.generation.jobs import prompt_seed
-    from curation.verify.pool import verify_batch
+    from curation.verify import verify_batch
 
     params = spec.sampling()
     cx = ExclusionWriter()
@@ -498,7 +498,7 @@ class RayExecutor:
         import ray.data
         from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-        from curation.verify.pool import verify_batch
+        from curation.verify import verify_batch
 
         expected: dict[int, int] = {}
         prompt_excl: dict[int, ExclusionWriter] = {}

@@ -167,7 +167,7 @@ def from_gsm8k(data: dict, ctx: "Context") -> dict:
 
 
 def from_math(data: dict, ctx: "Context") -> dict:
-    from curation.verify.extract import last_boxed
+    from curation.verify import last_boxed
 
     problem = _as_text(data.get("problem", data.get("question")), "problem")
     solution = data.get("solution")

@@ -70,7 +70,7 @@ from curation.core import images as I
 from curation.core import schema as S
 from curation.core.io import ExclusionWriter, read_records, write_json_atomic, write_parquet_atomic
 from curation.core.prompts import PromptError, build_prompt, image_order, load_template, to_mm_messages
-from curation.verify.extract import normalize_answer
+from curation.verify import normalize_answer
 
 __all__ = ["Bound", "RlSetResult", "parse_bound", "build_rl_set"]
 
@@ -225,7 +225,7 @@ def build_rl_set(
     progress: ProgressFactory | None = None,
 ) -> RlSetResult:
     """Build ``DIR/rl*.parquet`` from a problems table (see the module docstring)."""
-    from curation.verify.pool import classify_gold
+    from curation.verify import classify_gold
 
     if unscored not in ("exclude", "keep"):
         raise ValueError(f"--unscored must be 'exclude' or 'keep', got {unscored!r}")

@@ -474,7 +474,7 @@ def score_pregenerated(
     progress: ProgressFactory | None = None,
 ) -> ScoreResult:
     """Verify and score pre-generated long-form rollouts (:func:`read_long_rollouts`); no generation."""
-    from curation.verify.pool import verify_batch
+    from curation.verify import verify_batch
 
     t_start = time.perf_counter()
     check_weights(alpha, beta, normalize_ovs)

@@ -17,17 +17,8 @@ from curation.verify.extract import (
     map_choice,
     normalize_answer,
 )
-from curation.verify.pool import (
-    STATUSES,
-    ParsedGold,
-    Verdict,
-    Verifier,
-    classify_gold,
-    get_verifier,
-    gold_kind,
-    parse_gold,
-    verify_batch,
-)
+from curation.verify.pool import STATUSES, Verdict, Verifier, get_verifier, verify_batch
+from curation.verify.rules import ParsedGold, classify_gold, gold_kind, parse_gold
 
 __all__ = [
     "DEFAULT_RULES", "RULES", "STATUSES", "Extraction", "ParsedGold", "Verdict", "Verifier", "choice_labels",

@@ -4,13 +4,8 @@ Pipeline for one (gold, response) item:
 
 1. **Extraction** (parent process, regex only, linear time): :func:`curation.verify.extract.extract_answer`.
    Nothing found -> ``no_answer``.
-2. **Fast path** (parent process, no IPC, no sympy): decides the item when
-   - the gold is a choice label (``A``..) and the extracted answer is a label: labels compared;
-   - the comparison keys are equal (normalised, spaces removed, case-folded, ``^\\circ`` dropped);
-   - both sides are plain numbers (``1,000``, ``0.5``, ``1/2``, ``\\frac{1}{2}``, ``-3``, ``2e3``):
-     equal as exact fractions -> ``correct``; relative difference ``|a-b| / max(|a|,|b|) > 1e-4`` ->
-     ``incorrect``; closer than that (``0.3333`` vs ``1/3``) -> left to math-verify's rounding rules;
-   - both sides are plain words (``March`` vs ``April``): case-insensitive string comparison.
+2. **Fast path** (parent process, no IPC, no sympy): :func:`curation.verify.rules.fast_path` settles
+   choice labels, equal strings, plain numbers and plain words (rules in :mod:`curation.verify.rules`).
 3. **math-verify** (worker processes): ``verify(parse("\\boxed{gold}"), parse("\\boxed{answer}"))`` for
    everything else (expressions, intervals, sets, matrices, equations, units, MC answers given as option
    text - compared with the gold option's text). Parsed golds are cached per worker.
@@ -41,33 +36,22 @@ interpreter start per worker. Like any multiprocessing code, forkserver/spawn re
 from __future__ import annotations
 
 import atexit
-import functools
 import math
 import multiprocessing as mp
 import os
-import re
 import signal
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from fractions import Fraction
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, Sequence
 
-from curation.verify.extract import DEFAULT_RULES, choice_labels, extract_answer, map_choice, normalize_answer
+from curation.verify.extract import DEFAULT_RULES, choice_labels, extract_answer, normalize_answer
+from curation.verify.rules import classify_gold, fast_path, latex_problem
 
-__all__ = [
-    "ParsedGold",
-    "Verdict",
-    "Verifier",
-    "classify_gold",
-    "gold_kind",
-    "get_verifier",
-    "parse_gold",
-    "verify_batch",
-]
+__all__ = ["STATUSES", "Verdict", "Verifier", "get_verifier", "verify_batch"]
 
 STATUSES = ("correct", "incorrect", "no_answer", "timeout", "error")
 
@@ -86,253 +70,6 @@ class Verdict:
     @property
     def correct(self) -> bool:
         return self.status == "correct"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# gold answers: can they be checked automatically, and how?
-
-
-@dataclass(frozen=True)
-class ParsedGold:
-    """A gold answer that can be checked automatically.
-
-    ``kind``: ``number``, ``expression``, ``equation``, ``interval``, ``set``, ``tuple``, ``matrix``,
-    ``choice`` (a label with ``options``) or ``text`` (a short word answer, compared as a string);
-    ``text``: the normalised gold; ``number``: its exact value for ``number``; ``choice``: the label.
-    """
-
-    kind: str
-    text: str
-    number: Fraction | None = None
-    choice: str | None = None
-
-
-_PROOF = re.compile(
-    r"\b(?:prove|proof|proves|show\s+that|shown\s+that|demonstrate\s+that|Q\.?E\.?D)\b|\\blacksquare|\\qed",
-    re.IGNORECASE,
-)
-_DEG = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\degree")
-_LATEX_FRAC = re.compile(r"^([-+]?)\\[dt]?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d+)\s*\}$")
-_LATEX_FRAC_SHORT = re.compile(r"^([-+]?)\\[dt]?frac\s*(\d)(\d)$")
-_PLAIN_NUM = re.compile(r"^[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?$")
-_PLAIN_FRAC = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
-_WORDS = re.compile(r"^[A-Za-z][A-Za-z' \-]*$")
-_MATRIX = re.compile(r"\\begin\{[pbvBV]?matrix\}")
-_INTERVAL = re.compile(r"^[\[(]\s*[^,\[\]()]+\s*,\s*[^,\[\]()]+\s*[\])]$")
-_SET = re.compile(r"^\\\{.*\\\}$|^\{.*\}$", re.DOTALL)
-_MATHY = re.compile(r"[\d\\^_=+\-*/()]|^[A-Za-z]$")
-_MAX_NUMBER_CHARS = 60
-
-
-def _small_cache(fn: Any) -> Any:
-    """LRU-cache a function of one string, for strings up to 1000 characters."""
-    cached = functools.lru_cache(maxsize=65536)(fn)
-
-    @functools.wraps(fn)
-    def wrapper(s: str) -> Any:
-        return cached(s) if len(s) <= 1000 else fn(s)
-
-    return wrapper
-
-
-@_small_cache
-def _as_number(s: str) -> Fraction | None:
-    """Exact value of a plain number (``1,000``; ``0.5``; ``1/2``; ``\\frac{1}{2}``; ``-3``; ``2e3``;
-    ``45^\\circ``) or ``None``. Bounded: long strings and exponents beyond 3 digits are not parsed here
-    (so ``1e999999999`` cannot stall the parent)."""
-    if not s or len(s) > _MAX_NUMBER_CHARS:
-        return None
-    t = normalize_answer(s)
-    t = _DEG.sub("", t).strip()
-    t = t.replace(" ", "")
-    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", t):
-        t = t.replace(",", "")
-    try:
-        if _PLAIN_NUM.match(t):
-            return Fraction(t)
-        m = _PLAIN_FRAC.match(t)
-        if m:
-            den = int(m.group(2))
-            return Fraction(int(m.group(1)), den) if den else None
-        m = _LATEX_FRAC.match(t) or _LATEX_FRAC_SHORT.match(t)
-        if m:
-            den = int(m.group(3))
-            if not den:
-                return None
-            v = Fraction(int(m.group(2)), den)
-            return -v if m.group(1) == "-" else v
-    except (ValueError, ZeroDivisionError, OverflowError):
-        return None
-    return None
-
-
-def _braces_balanced(s: str) -> bool:
-    depth = 0
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth < 0:
-                return False
-        i += 1
-    return depth == 0
-
-
-_ENV = re.compile(r"\\(begin|end)\s*\{([^{}]*)\}")
-
-
-def _latex_problem(s: str) -> str | None:
-    """Cheap structural LaTeX check: balanced braces, ``\\begin``/``\\end`` pairs that match, as many
-    ``\\left`` as ``\\right``. Returns what is wrong, or ``None``."""
-    if not _braces_balanced(s):
-        return "unbalanced braces"
-    if "\\begin" in s or "\\end" in s:
-        stack: list[str] = []
-        for kind, env in _ENV.findall(s):
-            if kind == "begin":
-                stack.append(env)
-            elif not stack or stack.pop() != env:
-                return f"\\end{{{env}}} does not close the open environment"
-        if stack:
-            return f"\\begin{{{stack[-1]}}} is never closed"
-    if len(re.findall(r"\\left(?![a-zA-Z])", s)) != len(re.findall(r"\\right(?![a-zA-Z])", s)):
-        return "unmatched \\left / \\right"
-    return None
-
-
-def classify_gold(gold: Any, options: Sequence[str] | None = None) -> tuple[ParsedGold | None, str | None]:
-    """``(ParsedGold, None)`` when ``gold`` can be checked automatically, else ``(None, reason)``.
-
-    Reasons: ``empty`` (missing / blank), ``proof`` ("prove", "show that", QED...), ``open_ended`` (prose:
-    more than 8 words, or a long text that is not mathematics), ``malformed`` (unbalanced braces),
-    ``choice_not_in_options`` (a label such as ``F`` with only four options). Purely syntactic (regular
-    expressions, no sympy): it never hangs and costs microseconds (results are cached).
-    """
-    if gold is None:
-        return None, "empty"
-    opts = tuple(str(o) for o in options) if options else None
-    gold = str(gold)
-    if len(gold) > 2000:  # do not keep huge strings in the cache
-        return _classify_cached.__wrapped__(gold, opts)
-    return _classify_cached(gold, opts)
-
-
-@functools.lru_cache(maxsize=65536)
-def _classify_cached(gold: str, options: tuple[str, ...] | None) -> tuple[ParsedGold | None, str | None]:
-    """Implementation of :func:`classify_gold` (hashable arguments, LRU-cached)."""
-    if gold is None or not str(gold).strip():
-        return None, "empty"
-    raw = str(gold)
-    if _PROOF.search(raw):
-        return None, "proof"
-    text = normalize_answer(raw)
-    if not text:
-        return None, "empty"
-    opts = [str(o) for o in options] if options else None
-    if opts:
-        labels = choice_labels(opts)
-        if re.fullmatch(r"\(?[A-Z]\)?", text):
-            letter = text.strip("()")
-            if letter in labels:
-                return ParsedGold("choice", letter, choice=letter), None
-            return None, "choice_not_in_options"
-        label = map_choice(text, opts)
-        if label is not None:
-            return ParsedGold("choice", label, choice=label), None
-    elif re.fullmatch(r"\(?[A-Z]\)?", text):
-        # a bare label without its options: checkable as a label; ``curate build`` asks for the options
-        letter = text.strip("()")
-        return ParsedGold("choice", letter, choice=letter), None
-    if not _braces_balanced(text):
-        return None, "malformed"
-    num = _as_number(text)
-    if num is not None:
-        return ParsedGold("number", text, number=num), None
-    words = text.split()
-    if len(words) > 8 and sum(w.isalpha() for w in words) > len(words) / 2:
-        return None, "open_ended"
-    if _MATRIX.search(text):
-        return ParsedGold("matrix", text), None
-    if "\\cup" in text or (_INTERVAL.match(text) and ("[" in text or "]" in text or "\\infty" in text)):
-        return ParsedGold("interval", text), None
-    if _INTERVAL.match(text):
-        return ParsedGold("tuple", text), None
-    if _SET.match(text):
-        return ParsedGold("set", text), None
-    if _WORDS.match(text) and len(words) <= 4 and len(text) > 1:
-        return ParsedGold("text", text), None
-    if "=" in text or "\\le" in text or "\\ge" in text or "<" in text or ">" in text:
-        return ParsedGold("equation", text), None
-    if "," in text and len(text) <= 200:
-        return ParsedGold("set", text), None
-    if len(text) <= 200 and _MATHY.search(text):
-        return ParsedGold("expression", text), None
-    return None, "open_ended"
-
-
-def parse_gold(gold: Any, options: Sequence[str] | None = None) -> ParsedGold | None:
-    """:class:`ParsedGold` when the gold answer can be checked automatically, else ``None``."""
-    return classify_gold(gold, options)[0]
-
-
-def gold_kind(gold: Any, options: Sequence[str] | None = None) -> str | None:
-    """Kind of a checkable gold answer (``number``, ``expression``, ``interval``, ``set``, ``choice``...)
-    or ``None`` for proofs, open-ended and empty answers. See :func:`classify_gold` for the reason."""
-    parsed = parse_gold(gold, options)
-    return parsed.kind if parsed else None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# fast path
-
-
-@_small_cache
-def _key(s: str) -> str:
-    """String comparison key: normalised, degree marks and spaces removed, case-folded."""
-    t = normalize_answer(s)
-    t = _DEG.sub("", t)
-    t = t.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    return re.sub(r"\s+", "", t).lower()
-
-
-_NUM_TOL = 1e-4
-_MATH_CHARS = re.compile(r"[\d\\^_=+*/]")
-
-
-def _fast_path(gold: ParsedGold | None, gold_raw: str, answer: str, options: Sequence[str] | None
-               ) -> tuple[str, str] | None:
-    """``(status, detail)`` when cheap checks settle the item, else ``None`` (needs math-verify)."""
-    if gold is not None and gold.kind == "choice":
-        if re.fullmatch(r"[A-Z]", answer) and options and answer in choice_labels(options):
-            return ("correct" if answer == gold.choice else "incorrect"), "fast: choice label"
-        gold_text = options[choice_labels(options).index(gold.choice)] if options else ""
-        if not _MATH_CHARS.search(normalize_answer(gold_text)):
-            # the option is plain text ("A" - a label in the figure -, "P and R"): string comparison only,
-            # math-verify would read "A, A, A" as the set {a} and accept it
-            return ("correct" if _key(gold_text) == _key(answer) else "incorrect"), "fast: option text"
-        return None  # an answer given as a value: math-verify against the gold option's text
-    gkey = _key(gold_raw)
-    akey = _key(answer)
-    if gkey and gkey == akey:
-        return "correct", "fast: equal strings"
-    gnum = gold.number if gold is not None and gold.number is not None else _as_number(gold_raw)
-    anum = _as_number(answer)
-    if gnum is not None and anum is not None:
-        if gnum == anum:
-            return "correct", "fast: equal numbers"
-        scale = max(abs(gnum), abs(anum))
-        if abs(gnum - anum) > _NUM_TOL * scale:
-            return "incorrect", "fast: different numbers"
-        return None
-    if _WORDS.match(gold_raw.strip()) and _WORDS.match(answer.strip()):
-        return "incorrect", "fast: different words"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -729,11 +466,11 @@ class Verifier:
         if len(answer) > self.max_answer_chars:
             return Verdict("error", answer[:200], ext.rule,
                            f"extracted answer is {len(answer)} chars (> {self.max_answer_chars})"), None
-        bad_latex = _latex_problem(answer)
+        bad_latex = latex_problem(answer)
         if bad_latex:
             return Verdict("error", answer, ext.rule, f"invalid LaTeX in the extracted answer: {bad_latex}"), None
         parsed, _reason = classify_gold(gold_s, opts)
-        fast = _fast_path(parsed, normalize_answer(gold_s), answer, opts)
+        fast = fast_path(parsed, normalize_answer(gold_s), answer, opts)
         if fast is not None:
             return Verdict(fast[0], answer, ext.rule, fast[1]), None
         if parsed is not None and parsed.kind == "choice" and opts:

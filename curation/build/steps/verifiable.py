@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from curation.verify.pool import classify_gold
+from curation.verify import classify_gold
 from curation.build.steps.base import Excluded, Step
 
 KINDS = ("number", "expression", "equation", "interval", "set", "tuple", "matrix", "text", "choice")
