@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.core import schema as S
-from curation.cot.generate import (
+from curation.cot import (
     edit_distance_matrix,
     farthest_point_selection,
     judge_sample,

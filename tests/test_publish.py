@@ -28,7 +28,7 @@ from curation.core import schema as S  # noqa: E402
 from curation.core.io import write_parquet_atomic  # noqa: E402
 from curation.core.prompts import build_prompt  # noqa: E402
 from curation.ingest.sources import ingest, write_ingest  # noqa: E402
-from curation.publish.stage import (  # noqa: E402
+from curation.publish import (  # noqa: E402
     NoTokenError,
     PublishError,
     discover,

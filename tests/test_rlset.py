@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.core import schema as S
-from curation.rlset.build import Bound, balance_groups, build_rl_set, difficulty_bin, parse_bound
+from curation.rlset import Bound, balance_groups, build_rl_set, difficulty_bin, parse_bound
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         Resumable: re-run the same command after a crash.  Filters and --keep are applied when the outputs
         are assembled, so re-running with other filter settings re-uses the stored generations.
         """
-        from curation.cot.generate import run_cot
+        from curation.cot import run_cot
         from curation.cot.quality import QualityConfig
 
         d = data / "problems.parquet" if data.is_dir() and (data / "problems.parquet").exists() else data

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         pretty_name: Annotated[Optional[str], typer.Option("--pretty-name", help="Card title.")] = None,
     ) -> None:
         """Push the tables as named dataset configs with a generated dataset card; no commit if nothing changed."""
-        from curation.publish.stage import PublishError, publish
+        from curation.publish import PublishError, publish
 
         try:
             with progress_factory() as new_task:

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         unscored: Annotated[str, typer.Option("--unscored", help="With a pass band: problems with no score row are 'exclude'd (no_score) or 'keep' (null VPS; the sampler uses its prior).")] = "exclude",
     ) -> None:
         """Build RL question-answer sets in TRL GRPO format (conversational prompt, images, answer, VPS columns)."""
-        from curation.rlset.build import build_rl_set
+        from curation.rlset import build_rl_set
 
         p = problems / "problems.parquet" if problems.is_dir() and (problems / "problems.parquet").exists() else problems
         if not p.exists():
