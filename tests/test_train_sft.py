@@ -188,7 +188,8 @@ def test_gpu_recipes_parse(name):
 
 def test_max_length_drop_counts_and_excluded_table(tmp_path, tiny_qwen2_dir):
     from curation.core.models import load_processor
-    from training.sft import load_parquet_dataset, sequence_lengths, split_too_long
+    from training.sft import sequence_lengths, split_too_long
+    from training.utils import load_parquet_dataset
 
     data = write_sft_text(tmp_path / "sft.parquet", n=6, long_rows={1: 6, 4: 8})
     tok = load_processor(tiny_qwen2_dir)
@@ -212,7 +213,8 @@ def test_max_length_drop_counts_and_excluded_table(tmp_path, tiny_qwen2_dir):
 
 def test_max_length_reject_names_rows(tmp_path, tiny_qwen2_dir):
     from curation.core.models import load_processor
-    from training.sft import TooLongError, load_parquet_dataset, sequence_lengths, split_too_long
+    from training.sft import TooLongError, sequence_lengths, split_too_long
+    from training.utils import load_parquet_dataset
 
     data = write_sft_text(tmp_path / "sft.parquet", n=4, long_rows={2: 8})
     tok = load_processor(tiny_qwen2_dir)
@@ -230,7 +232,8 @@ def test_max_length_reject_names_rows(tmp_path, tiny_qwen2_dir):
 def test_image_rows_count_image_tokens(tmp_path, tiny_qwen2_vl_dir):
     """Multimodal lengths include each image's expanded <|image_pad|> tokens."""
     from curation.core.models import load_processor
-    from training.sft import load_parquet_dataset, sequence_lengths
+    from training.sft import sequence_lengths
+    from training.utils import load_parquet_dataset
 
     data = write_sft_mm(tmp_path / "mm.parquet", n=2)
     proc = load_processor(tiny_qwen2_vl_dir)
@@ -332,7 +335,8 @@ def test_sft_assistant_only_labels_and_fallback(tmp_path, tiny_qwen2_dir):
 def test_train_sft_text_drops_and_saves(tmp_path, tiny_qwen2_dir):
     from curation.core.models import load_processor
     from training.config import build_sft_recipe
-    from training.sft import load_parquet_dataset, sequence_lengths, train_sft
+    from training.sft import sequence_lengths, train_sft
+    from training.utils import load_parquet_dataset
 
     data = write_sft_text(tmp_path / "sft.parquet", n=6, long_rows={3: 10})
     lengths = sequence_lengths(load_parquet_dataset(data), load_processor(tiny_qwen2_dir))
@@ -355,7 +359,8 @@ def test_train_sft_vas_epoch_sampler_follows_vps(tmp_path, tiny_qwen2_dir):
     from trl import SFTTrainer
 
     from training.config import build_sft_recipe
-    from training.sft import VASSFTTrainer, load_parquet_dataset, train_sft
+    from training.sft import VASSFTTrainer, train_sft
+    from training.utils import load_parquet_dataset
 
     vps = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25, 0.25]
     data = write_sft_text(tmp_path / "sft.parquet", n=8, vps=vps)

@@ -54,7 +54,7 @@ from trl import GRPOTrainer
 
 from .config import GRPORecipe
 from .sampler import VASSampler
-from .sft import (
+from .utils import (
     FINAL_DIR,
     ProcessorSaveMixin,
     TrainResult,
@@ -415,11 +415,11 @@ def train_grpo(
     freeze_vision: bool = False,
     callbacks: list | None = None,
 ) -> TrainResult:
-    """Run GRPO (+VAS, +PAD) from a recipe; returns a :class:`~training.sft.TrainResult`.
+    """Run GRPO (+VAS, +PAD) from a recipe; returns a :class:`~training.utils.TrainResult`.
 
     ``freeze_vision``: ``requires_grad_(False)`` on the vision tower before training (ReVisual-R1 stage 3)."""
     from .rewards import build_reward_funcs
-    from .sft import model_and_processor
+    from .utils import model_and_processor
 
     say = report or (lambda s: log.info(s))
     t0 = time.perf_counter()
