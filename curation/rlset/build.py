@@ -56,7 +56,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +67,7 @@ import pyarrow.parquet as pq
 
 from curation.core import images as I
 from curation.core import schema as S
+from curation.core.bands import Bound, band_text, parse_bound
 from curation.core.io import ExclusionWriter, read_records, write_json_atomic, write_parquet_atomic
 from curation.core.prompts import PromptError, build_prompt, image_order, load_template, to_mm_messages
 from curation.verify import normalize_answer
@@ -78,51 +78,6 @@ STEP = "rl-set"
 MODALITIES = ("text", "multimodal", "all")
 BALANCE = ("source", "difficulty")
 ProgressFactory = Callable[[str, "int | None"], Callable[[int], None]]
-
-
-@dataclass(frozen=True)
-class Bound:
-    """One side of the pass-rate band: ``value`` and whether it is ``inclusive``."""
-
-    value: float
-    inclusive: bool
-
-    def admits(self, p: float, side: str) -> bool:
-        if side == "min":
-            return p >= self.value if self.inclusive else p > self.value
-        return p <= self.value if self.inclusive else p < self.value
-
-
-_BOUND = re.compile(r"^\s*(>=|<=|>|<)?\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*$")
-
-
-def parse_bound(spec: str | float | None, side: str) -> Bound | None:
-    """``">0"`` -> exclusive 0; ``">=0.1"`` / ``"0.1"`` -> inclusive 0.1 (``side="min"``); ``"<1"``,
-    ``"<=0.9"``, ``"0.9"`` likewise for ``side="max"``.  A ``<`` for a minimum (or ``>`` for a maximum)
-    is an error, as is a value outside [0, 1]."""
-    if spec is None:
-        return None
-    if isinstance(spec, (int, float)):
-        spec = str(spec)
-    m = _BOUND.match(spec)
-    if not m:
-        raise ValueError(f"--{side}-pass: expected e.g. '>0', '>=0.1', '<1', '<=0.9' or a number, got {spec!r}")
-    op, value = m.group(1), float(m.group(2))
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"--{side}-pass: pass rate {value} outside [0, 1]")
-    if side == "min":
-        if op in ("<", "<="):
-            raise ValueError(f"--min-pass {spec!r}: a minimum takes '>' or '>=' (e.g. '>0')")
-        return Bound(value, op != ">")
-    if op in (">", ">="):
-        raise ValueError(f"--max-pass {spec!r}: a maximum takes '<' or '<=' (e.g. '<1')")
-    return Bound(value, op != "<")
-
-
-def band_text(lo: Bound | None, hi: Bound | None) -> str:
-    left = f"{lo.value:g} {'<=' if lo.inclusive else '<'} " if lo else ""
-    right = f" {'<=' if hi.inclusive else '<'} {hi.value:g}" if hi else ""
-    return f"{left}p{right}"
 
 
 @dataclass
