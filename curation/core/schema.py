@@ -8,7 +8,8 @@ Data flows one way as Parquet tables (see README "Data flow"):
 Contracts:
 - A problem has a stable ``id`` derived from its source and content; every later table joins on it.
 - A rollout row is unique on (``problem_id``, ``model``, ``sample``).
-- Scores keep their components (``pass_rate``, ``ovs``, ``tds``, ``vps``) so users can recombine them.
+- Scores keep their components (``pass_rate``, ``ovs``, ``tds``, ``vps``) so users can recombine them, and the
+  Beta posterior of the pass rate (``post_a``, ``post_b``, ``post_mean``, ``post_lo``, ``post_hi``, ``post_ovs``).
 
 Images travel *inside* the tables as ``list<struct<bytes: binary, path: string>>`` - the storage type of
 🤗 datasets' ``Image`` feature - so a Parquet file is self-contained and ``datasets.load_dataset`` decodes
@@ -121,6 +122,18 @@ SCORES = _schema(
         pa.field("vps", pa.float64(), nullable=False),
         pa.field("mean_tokens", pa.float64()),
         pa.field("truncated_frac", pa.float64()),
+        # the Beta posterior of the pass rate (curation.score.posterior): Beta(post_a, post_b), its mean, the
+        # equal-tailed credible interval [post_lo, post_hi] and E[p (1 - p)]; null in tables from before 0.2
+        pa.field("post_a", pa.float64()),
+        pa.field("post_b", pa.float64()),
+        pa.field("post_mean", pa.float64()),
+        pa.field("post_lo", pa.float64()),
+        pa.field("post_hi", pa.float64()),
+        pa.field("post_ovs", pa.float64()),
+        # adaptive scoring (curate score --adaptive): rounds of rollouts the prompt got and why it stopped
+        # (in_band | out_of_band | n_max | budget | pool_exhausted | generation_error); null for fixed N
+        pa.field("rounds", pa.int32()),
+        pa.field("stopped_because", pa.string()),
     ]
 )
 
@@ -176,6 +189,10 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 # --- validation ---------------------------------------------------------------------------------------
+
+# columns whose values are rates or probabilities: they must lie in [0, 1]
+RATE_COLUMNS = frozenset({"pass_rate", "ovs", "tds", "vps", "truncated_frac", "post_mean", "post_lo", "post_hi",
+                          "post_ovs"})
 
 
 @dataclass(frozen=True)
@@ -263,7 +280,7 @@ def validate_rows(rows: Iterable[dict], kind: str) -> list[RowError]:
             err = _check_value(value, field.type, field.nullable, field.name)
             if err is None and not field.nullable and isinstance(value, str) and not value.strip():
                 err = "is empty"
-            if err is None and field.name in {"pass_rate", "ovs", "tds", "vps", "truncated_frac"} and value is not None:
+            if err is None and field.name in RATE_COLUMNS and value is not None:
                 if not 0.0 <= float(value) <= 1.0:
                     err = f"must lie in [0, 1], got {value}"
             if err is None and field.name == "images" and value:
