@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from pathlib import Path
 
@@ -166,6 +168,33 @@ def test_hf_engine_seeds_reproducible_and_batch_independent(tiny_qwen2_dir: Path
     # another base seed changes the samples
     changed = tiny_engine.generate(reqs[:2], SamplingConfig(n=2, temperature=0.9, top_p=0.95, max_tokens=8, seed=12))
     assert [c.token_ids for c in changed[0]] != [c.token_ids for c in first[0]]
+
+
+def test_hf_engine_sample_offsets_continue_a_request(tiny_qwen2_dir: Path, tiny_engine: HFEngine):
+    """Sample j of a request at ``sample_offset = o`` is sample o + j of the prompt (adaptive scoring's rounds),
+    and n > batch_size is drawn in slices of batch_size samples with the same seeds."""
+    req = GenRequest(user("What is 2 + 5?"))
+    params = SamplingConfig(n=6, temperature=1.0, max_tokens=6, seed=4)
+    whole = tiny_engine.generate([req], params)[0]
+    rounds = []
+    for o in (0, 2, 4):
+        rounds += tiny_engine.generate([dataclasses.replace(req, sample_offset=o)], dataclasses.replace(params, n=2))[0]
+    assert [c.token_ids for c in rounds] == [c.token_ids for c in whole]
+    assert len({tuple(c.token_ids) for c in whole}) > 1  # the offsets give different samples, not copies
+    small = HFEngine(tiny_qwen2_dir, batch_size=4, num_threads=1)
+    rows_per_call = []
+    orig = small._generate_batch
+
+    def spy(prompts, requests, seeds, p, torch, offsets):
+        rows_per_call.append((p.n * len(prompts), list(offsets)))
+        return orig(prompts, requests, seeds, p, torch, offsets)
+
+    small._generate_batch = spy
+    sliced = small.generate([req], params)[0]
+    assert rows_per_call == [(4, [0]), (2, [4])]  # never more than batch_size sequences in one call
+    assert [c.token_ids for c in sliced] == [c.token_ids for c in whole]
+    with pytest.raises(ValueError, match="sample_offset"):
+        GenRequest(user("x"), sample_offset=-1)
 
 
 def test_hf_engine_greedy_and_stop_strings(tiny_engine: HFEngine):

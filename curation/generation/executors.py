@@ -44,6 +44,11 @@ Executors (:func:`make_executor`):
     not return vLLM's own.  The ``hf`` engine, vision-language problems and CPU clusters always use the
     plain actors.
 
+Sessions (``executor.session()``): adaptive scoring runs one job per round, each round's chunks decided from
+the rollouts of the rounds before; a :class:`LocalSession` keeps one engine across the rounds, a
+:class:`RaySession` one pool of plain engine actors (``ray.util.ActorPool``; one engine per worker/GPU, built
+once).  Chunks, parts and resume are the same as above.
+
 Sharding (``--shard I/K``) is unchanged and independent: a Slurm array runs one job per shard, each of which
 may itself use either executor.
 """
@@ -72,7 +77,9 @@ __all__ = [
     "process_chunk",
     "build_engine",
     "LocalExecutor",
+    "LocalSession",
     "RayExecutor",
+    "RaySession",
     "make_executor",
     "llm_request_rows",
     "assemble_llm_chunk",
@@ -91,7 +98,8 @@ class GenJobSpec:
 
     ``step``: the exclusion table's ``step`` (``score`` / ``cot``); ``model_label``: the ``rollouts.model``
     value; ``n``: completions per prompt; ``seed``: the job's base seed (per prompt:
-    ``prompt_seed(seed, problem_id)``)."""
+    ``prompt_seed(seed, problem_id)``); ``sample_offset``: the index of the first sample (rollouts get
+    ``sample = sample_offset + j``)."""
 
     step: str
     model: str
@@ -105,6 +113,9 @@ class GenJobSpec:
     seed: int
     verify_timeout: float = 5.0
     engine_options: Mapping[str, Any] = field(default_factory=dict)
+    # first sample index of this job's completions: prompt i gets samples [sample_offset, sample_offset + n)
+    # seeded as those samples of a one-shot run (adaptive scoring's rounds; GenRequest.sample_offset)
+    sample_offset: int = 0
 
     def sampling(self) -> Any:
         from curation.engines.base import SamplingConfig
@@ -179,7 +190,7 @@ def process_chunk(engine: Any, spec: GenJobSpec, rows: Sequence[dict], fail_stre
                    detail=f"{row['_locator']}: {len(row['images'])} image(s), model {spec.model} is text-only",
                    locator=row["_locator"])
             continue
-        reqs.append(GenRequest(prompt_messages=bp.messages, images=bp.images or None))
+        reqs.append(GenRequest(prompt_messages=bp.messages, images=bp.images or None, sample_offset=spec.sample_offset))
         kept.append(row)
     seeds = [prompt_seed(spec.seed, r["id"]) for r in kept]
 
@@ -223,7 +234,7 @@ def process_chunk(engine: Any, spec: GenJobSpec, rows: Sequence[dict], fail_stre
             v = verdicts[k]
             k += 1
             recs.append({
-                "problem_id": row["id"], "model": spec.model_label, "sample": j, "text": c.text,
+                "problem_id": row["id"], "model": spec.model_label, "sample": spec.sample_offset + j, "text": c.text,
                 "extracted": v.extracted, "verdict": v.status, "correct": bool(v.correct),
                 "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
             })
@@ -268,6 +279,43 @@ class LocalExecutor:
                 eng.close()
         info.engine_name = getattr(eng, "name", None)
         return info
+
+    def session(self, engine_obj: Any = None) -> LocalSession:
+        """A :class:`LocalSession`: several runs (adaptive scoring's rounds) on one engine."""
+        return LocalSession(engine_obj)
+
+
+class LocalSession:
+    """Several :meth:`LocalExecutor.run` calls on one engine: built at the first call with pending chunks
+    (never when nothing is left to do), closed by :meth:`close` unless it was given (``engine_obj``)."""
+
+    def __init__(self, engine_obj: Any = None):
+        self.engine = engine_obj
+        self._own = engine_obj is None
+        self.engine_load_s = 0.0
+
+    def run(self, spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]], on_chunk: OnChunk) -> RunInfo:
+        info = RunInfo(details={"executor": LocalExecutor.name})
+        if not chunks:
+            return info
+        if self.engine is None:
+            t0 = time.perf_counter()
+            self.engine = build_engine(spec)
+            self.engine_load_s = info.engine_load_s = time.perf_counter() - t0
+        out = LocalExecutor().run(spec, chunks, on_chunk, engine_obj=self.engine)
+        out.engine_load_s += info.engine_load_s
+        return out
+
+    def close(self) -> None:
+        if self._own and self.engine is not None and hasattr(self.engine, "close"):
+            self.engine.close()
+        self.engine = None
+
+    def __enter__(self) -> LocalSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # -------------------------------------------------------------------------------------------------- ray
@@ -336,6 +384,103 @@ class _ChunkWorker:
         return pa.Table.from_pydict(out, schema=_OUT_SCHEMA)
 
 
+class _EngineActor:
+    """Plain Ray actor for :class:`RaySession`: builds its engine once and runs :func:`process_chunk` on every
+    chunk it is sent, whatever the round (the spec of each call may differ in ``n`` and ``sample_offset``)."""
+
+    def __init__(self, spec: GenJobSpec):
+        import socket
+
+        t0 = time.perf_counter()
+        self.engine = build_engine(spec)
+        self.load_s = time.perf_counter() - t0
+        self.streak = 0
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def info(self) -> tuple[float, str | None, str]:
+        return self.load_s, getattr(self.engine, "name", None), self.worker
+
+    def run_chunk(self, spec: GenJobSpec, cid: int, blob: bytes) -> tuple[int, ChunkOutput]:
+        res = process_chunk(self.engine, spec, pickle.loads(blob), self.streak)
+        self.streak = res.fail_streak
+        res.worker = self.worker
+        return cid, res
+
+
+class RaySession:
+    """Several runs on one pool of ``num_workers`` engine actors (plain Ray actors with the executor's CPUs /
+    GPUs each), so adaptive scoring's rounds do not rebuild their engines every round.  The pool is created
+    at the first run with pending chunks and killed by :meth:`close`; chunks go to idle actors
+    (``ray.util.ActorPool``) and are written by the driver through ``on_chunk`` as they finish.  Ray Data
+    LLM is not used here (its vLLM stage is built per pipeline, i.e. per round)."""
+
+    def __init__(self, executor: RayExecutor):
+        self.ex = executor
+        self.actors: list[Any] = []
+        self._started = False
+        self._reported_load = False
+
+    def _ensure_pool(self, spec: GenJobSpec) -> None:
+        if self.actors:
+            return
+        import ray
+
+        self._started = self.ex._connect()
+        opts: dict[str, Any] = {"num_cpus": self.ex.cpus_per_worker}
+        if self.ex.gpus_per_worker > 0:
+            opts["num_gpus"] = self.ex.gpus_per_worker
+        actor_cls = ray.remote(**opts)(_EngineActor)
+        self.actors = [actor_cls.remote(spec) for _ in range(self.ex.num_workers)]
+
+    def run(self, spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]], on_chunk: OnChunk) -> RunInfo:
+        info = RunInfo(details={"executor": self.ex.name, "num_workers": self.ex.num_workers,
+                                "gpus_per_worker": self.ex.gpus_per_worker,
+                                "cpus_per_worker": self.ex.cpus_per_worker, "ray_address": self.ex.address,
+                                "ray_data_llm": False, "persistent_actors": True})
+        pending = {c: rows for c, rows in chunks.items() if rows}
+        for c in set(chunks) - set(pending):
+            on_chunk(c, ChunkOutput(S.ROLLOUTS.empty_table(), S.EXCLUDED.empty_table(), 0.0, 0.0, 0))
+        if not pending:
+            return info
+        import ray
+        from ray.util import ActorPool
+
+        self._ensure_pool(spec)
+        if not self._reported_load:
+            got = ray.get([a.info.remote() for a in self.actors])
+            info.engine_load_s = sum(g[0] for g in got)
+            info.engine_name = got[0][1]
+            self._reported_load = True
+        pool = ActorPool(self.actors)
+        items = [(c, pickle.dumps(list(pending[c]), protocol=pickle.HIGHEST_PROTOCOL)) for c in sorted(pending)]
+        workers: set[str] = set()
+        for cid, out in pool.map_unordered(lambda a, it: a.run_chunk.remote(spec, it[0], it[1]), items):
+            on_chunk(cid, out)
+            info.chunks_done += 1
+            workers.add(out.worker)
+        info.details["workers_used"] = len(workers)
+        return info
+
+    def close(self) -> None:
+        if self.actors:
+            import ray
+
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+    def __enter__(self) -> RaySession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def ray_llm_available() -> bool:
     """``ray.data.llm`` and ``vllm`` both import here (``pip install "ray[llm]"`` on a GPU machine)."""
     import importlib.util
@@ -384,6 +529,12 @@ class RayExecutor:
         self.use_ray_llm = use_ray_llm
         self.llm_batch_size = int(llm_batch_size)
         self.init_kwargs = dict(init_kwargs or {})
+
+    def session(self, engine_obj: Any = None) -> RaySession:
+        """A :class:`RaySession`: several runs (adaptive scoring's rounds) on one pool of engine actors."""
+        if engine_obj is not None:
+            raise ValueError("--executor ray builds its engines on the workers; do not pass engine_obj")
+        return RaySession(self)
 
     # -- cluster --------------------------------------------------------------------------------------
 
@@ -553,8 +704,9 @@ class RayExecutor:
 
 
 def llm_request_rows(spec: GenJobSpec, cid: int, rows: Sequence[dict]) -> tuple[list[dict], ExclusionWriter]:
-    """Rows for ``ray.data.llm``: one per (prompt, sample ``j``) with ``messages`` (text content, as the
-    engines render it) and ``sampling_params`` ``{n: 1, seed: prompt_seed(seed, id) + j, ...}``, carrying
+    """Rows for ``ray.data.llm``: one per (prompt, sample ``j``), ``j`` in ``[sample_offset, sample_offset + n)``,
+    with ``messages`` (text content, as the engines render it) and ``sampling_params``
+    ``{n: 1, seed: prompt_seed(seed, id) + j, ...}`` (vLLM's own seed of sample ``j``), carrying
     ``_chunk``, ``_pos``, ``_sample``, ``_gold``, ``_options``.  Prompts that cannot be built go to the
     returned exclusions (as in :func:`process_chunk`)."""
     from curation.engines.base import flatten_text_content
@@ -570,7 +722,7 @@ def llm_request_rows(spec: GenJobSpec, cid: int, rows: Sequence[dict]) -> tuple[
             continue
         base = prompt_seed(spec.seed, row["id"])
         msgs = flatten_text_content(bp.messages)
-        for j in range(spec.n):
+        for j in range(spec.sample_offset, spec.sample_offset + spec.n):
             out.append({
                 "_chunk": cid, "_pos": pos, "_sample": j, "_gold": row["answer"],
                 "_options": list(row.get("options") or []),
