@@ -118,7 +118,7 @@ def test_empirical_bayes_recovers_a_known_prior_and_guards():
         assert fit["a0"] == pytest.approx(a_true, rel=0.15) and fit["b0"] == pytest.approx(b_true, rel=0.15)
         assert fit["status"] == "fit"
         # the fit maximises the beta-binomial marginal likelihood (scipy's betabinom): no better point nearby
-        ll = lambda a, b: stats.betabinom.logpmf(c, n, a, b).sum()  # noqa: E731
+        ll = lambda a, b, c=c, n=n: stats.betabinom.logpmf(c, n, a, b).sum()  # noqa: E731
         best = ll(fit["a0"], fit["b0"])
         for da, db in ((1.03, 1), (0.97, 1), (1, 1.03), (1, 0.97)):
             assert ll(fit["a0"] * da, fit["b0"] * db) <= best + 1e-6

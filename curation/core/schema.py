@@ -160,7 +160,7 @@ SFT_MM = _schema(
 )
 
 # TRL GRPO format: conversational ``prompt``, gold ``answer`` (+ ``options``) for the reward functions, and
-# the VPS components when scores were given so the trainer's sampler can draw by VPS.
+# the VPS components and the pass-rate posterior when scores were given so the trainer's sampler can draw by VPS.
 _RL_COMMON = [
     pa.field("problem_id", pa.string(), nullable=False),
     pa.field("source", pa.string()),
@@ -170,6 +170,12 @@ _RL_COMMON = [
     pa.field("ovs", pa.float64()),
     pa.field("tds", pa.float64()),
     pa.field("vps", pa.float64()),
+    pa.field("post_a", pa.float64()),
+    pa.field("post_b", pa.float64()),
+    pa.field("post_mean", pa.float64()),
+    pa.field("post_lo", pa.float64()),
+    pa.field("post_hi", pa.float64()),
+    pa.field("post_ovs", pa.float64()),
 ]
 RL_TEXT = _schema([pa.field("prompt", pa.list_(TEXT_MESSAGE), nullable=False), *_RL_COMMON])
 RL_MM = _schema(

@@ -228,7 +228,8 @@ def predictive_in_band(c: Any, n: Any, a: Any, b: Any, n_max: int, lo: Any = Non
         ok &= (final >= lo.value) if lo.inclusive else (final > lo.value)
     if hi is not None:
         ok &= (final <= hi.value) if hi.inclusive else (final < hi.value)
-    return np.clip((pmf * ok).sum(axis=1), 0.0, 1.0)
+    # normalised by the pmf's own sum: exactly 1 (0) when every (no) outcome lies in the band
+    return np.clip((pmf * ok).sum(axis=1) / pmf.sum(axis=1), 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------- empirical Bayes
