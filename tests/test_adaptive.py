@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from curation.cli import app  # noqa: E402
 from curation.core import schema as S  # noqa: E402
-from curation.score.adaptive import AdaptivePolicy, decide, outcome, replay_adaptive  # noqa: E402
+from curation.score.adaptive import AdaptivePolicy, decide, next_state, outcome, replay_adaptive  # noqa: E402
 from curation.score.job import merge_score_dirs, run_score_job, score_pregenerated  # noqa: E402
 from curation.score.posterior import PriorSpec, ovs_sd  # noqa: E402
 from curation.score.scores import score_rollouts  # noqa: E402
@@ -98,17 +98,24 @@ def test_budget_goes_to_the_least_decided_prompts():
     pol = AdaptivePolicy(n_max=32, round_size=4, delta=0.05, vps_precision=0.01, budget=12 * 4 + 8)
     rows = [(f"q{i}", 4, c) for i, c in enumerate([0, 1, 2, 2, 0, 4, 1, 3, 0, 2, 4, 1])]
     st = _state(rows)
+    # round 1 of T = 8 nominal rounds: an even share of the 8 rollouts left, floor(8 / 7) -> at least one round
     plan = decide(st, pol, 1, spent=48)
     go = plan.filter(pl.col("decision") == "continue")
-    assert go["k"].sum() <= 8 and go.height == 2
-    budgeted = plan.filter(pl.col("decision") == "budget")
-    assert budgeted.height >= 1 and budgeted["k"].sum() == 0
-    # the two granted are the most undecided of those that would have continued
-    assert go["undecided"].min() >= budgeted["undecided"].max()
+    waiting = plan.filter(pl.col("decision") == "wait")
+    assert go.height == 1 and go["k"].sum() == 4 and waiting.height == 11 and waiting["k"].sum() == 0
+    assert go["undecided"].min() >= waiting["undecided"].max()  # the most undecided goes first
+    # the last nominal round: what is left is spent now, on the most undecided; the others stop with budget
+    last = decide(st, pol, 7, spent=48)
+    go = last.filter(pl.col("decision") == "continue")
+    budgeted = last.filter(pl.col("decision") == "budget")
+    assert go.height == 2 and budgeted.height == 10 and go["undecided"].min() >= budgeted["undecided"].max()
     # deterministic: the same state gives the same plan (ties broken by a hash of the key, not by order)
-    again = decide(st.reverse().with_columns(pl.Series("order", list(range(12)))), pol, 1, spent=48)
+    again = decide(st.reverse().with_columns(pl.Series("order", list(range(12)))), pol, 7, spent=48)
     assert sorted(go["problem_id"].to_list()) == sorted(
         again.filter(pl.col("decision") == "continue")["problem_id"].to_list())
+    # a waiting prompt is active in the next round with the counts it had
+    nxt = next_state(st.select("problem_id", "model", "order"), [plan], None)
+    assert nxt.filter(pl.col("active")).height == 12 and sorted(nxt["expected"].to_list()) == [4] * 11 + [8]
     with pytest.raises(ValueError, match="--delta"):
         AdaptivePolicy(delta=0.7)
     with pytest.raises(ValueError, match="empty band"):

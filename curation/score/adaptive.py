@@ -32,8 +32,13 @@ that continue are ranked by how undecided they are,
     u = min(P_in, P_out) / delta          while the band is undecided (> 1),
     u = sd_VPS / vps_precision            once it is decided in band (> 1),
 
-(ties broken by ``xxh64(problem_id, model)``), and get the round while the remaining budget ``R - spent``
-covers it; the others stop with ``budget``.  Without a budget every continuing prompt gets the round.
+(ties broken by ``xxh64(problem_id, model)``), and the most undecided get the round while it fits the round's
+allowance; the others ``wait`` (no rollouts this round, ranked again next round).  The allowance is paced
+over the nominal schedule of ``T = ceil(n_max / round)`` rounds: round 0 may use all of ``R - spent`` (every
+prompt gets its first look if the budget allows), round ``r >= 1`` gets ``floor((R - spent) / (T - r))``
+(at least one prompt's round while anything is left), so the budget is not spent on everyone's second round
+before the least-decided prompts got theirs.  From round ``T - 1`` on nobody waits: prompts that do not fit
+stop with ``budget``.  Without a budget every continuing prompt gets every round.
 
 **Determinism and resume.**  Which prompts run in round r and how the budget is split is a function of the
 rollouts stored after rounds < r only (counts per prompt, the prior fitted to them, the tie-break hash); the
@@ -64,6 +69,7 @@ from curation.score.posterior import PriorSpec, ovs_sd, posterior_columns, predi
 __all__ = ["AdaptivePolicy", "STOP_REASONS", "counts_of", "decide", "outcome", "replay_adaptive"]
 
 CONTINUE = "continue"
+WAIT = "wait"  # budget pacing: still undecided, no rollouts this round, considered again next round
 STOP_REASONS = ("in_band", "out_of_band", "n_max", "budget", "pool_exhausted", "generation_error")
 PLAN_COLUMNS = ("problem_id", "model", "order", "n", "n_correct", "post_a", "post_b", "p_in", "vps_sd",
                 "undecided", "decision", "k")
@@ -189,17 +195,23 @@ def decide(state, policy: AdaptivePolicy, round_index: int, spent: int, *, info:
     k = np.where(decision == CONTINUE, np.minimum(np.minimum(policy.round_size, policy.n_max - n), avail - n), 0)
     k = np.clip(k, 0, None)
     go = decision == CONTINUE
-    if policy.budget is not None:
+    if policy.budget is not None and go.any():
         left = policy.budget - spent
-        if int(k[go].sum()) > left:
+        r_total = math.ceil(policy.n_max / policy.round_size)
+        # paced: the first round may take what is left; later ones an even share of it over the nominal rounds
+        # still to come (at least the most undecided prompt's round while anything is left)
+        allowance = left if round_index == 0 else left // max(1, r_total - round_index)
+        allowance = max(allowance, int(k[go].min())) if left >= int(k[go].min()) else 0
+        if int(k[go].sum()) > allowance:
             pids, models = act.get_column("problem_id").to_list(), act.get_column("model").to_list()
             idx = [i for i in range(n.size) if go[i]]
             idx.sort(key=lambda i: (-undecided[i], _tiebreak(pids[i], models[i])))
+            later = round_index < r_total - 1
             for i in idx:
-                if k[i] <= left:
-                    left -= int(k[i])
+                if k[i] <= allowance:
+                    allowance -= int(k[i])
                 else:
-                    decision[i] = "budget"
+                    decision[i] = WAIT if later and left >= k[i] else "budget"
                     k[i] = 0
     return act.with_columns(
         pl.Series("p_in", p_in), pl.Series("vps_sd", sd), pl.Series("undecided", undecided),
@@ -227,7 +239,7 @@ def next_state(keys, plans: list, rollouts: pa.Table | None, avail=None):
     if not plans:
         st = st.with_columns(pl.lit(True).alias("active"), pl.lit(0, dtype=pl.Int64).alias("expected"))
     else:
-        last = plans[-1].filter(pl.col("decision") == CONTINUE).select(
+        last = plans[-1].filter(pl.col("decision").is_in([CONTINUE, WAIT])).select(
             "problem_id", "model", (pl.col("n") + pl.col("k")).alias("expected"))
         st = st.join(last, on=["problem_id", "model"], how="left").with_columns(
             pl.col("expected").is_not_null().alias("active"), pl.col("expected").fill_null(0))
@@ -247,7 +259,7 @@ def outcome(plans: list):
     allp = pl.concat([p.with_columns(pl.lit(i).alias("_round")) for i, p in enumerate(plans)])
     rounds = allp.group_by(["problem_id", "model"]).agg(
         rounds=(pl.col("decision") == CONTINUE).cast(pl.Int32).sum())
-    stops = (allp.filter(pl.col("decision") != CONTINUE).sort("_round")
+    stops = (allp.filter(~pl.col("decision").is_in([CONTINUE, WAIT])).sort("_round")
              .group_by(["problem_id", "model"]).agg(stopped_because=pl.col("decision").first()))
     return rounds.join(stops, on=["problem_id", "model"], how="left")
 
@@ -264,7 +276,7 @@ def run_rounds(keys, policy: AdaptivePolicy, draw: Callable[[int, Any], pa.Table
     plans: list = []
     tables: list[pa.Table] = []
     info: dict = {}
-    limit = max_rounds if max_rounds is not None else math.ceil(policy.n_max / policy.round_size) + 1
+    limit = max_rounds if max_rounds is not None else 2 * math.ceil(policy.n_max / policy.round_size) + 1
     for r in range(limit + 1):
         so_far = pa.concat_tables(tables) if tables else None
         plan = load_plan(r) if load_plan else None
@@ -277,14 +289,14 @@ def run_rounds(keys, policy: AdaptivePolicy, draw: Callable[[int, Any], pa.Table
                 save_plan(r, plan)
         plans.append(plan)
         grant = plan.filter(pl.col("decision") == CONTINUE)
-        if grant.height == 0:
+        if grant.height == 0:  # nothing granted: every prompt has stopped (a budget never leaves prompts waiting)
             break
         new = draw(r, grant)
         tables.append(new)
         if on_round:
             on_round(r, plan)
     else:  # pragma: no cover - every prompt stops by n_max
-        raise RuntimeError("adaptive scoring did not stop within n_max / round + 1 rounds")
+        raise RuntimeError("adaptive scoring did not stop within 2 n_max / round + 1 rounds")
     rollouts = pa.concat_tables(tables) if tables else None
     return rollouts, plans, info
 
