@@ -10,10 +10,8 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,8 @@ from scipy import stats
 from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from procs import kill_when  # noqa: E402
 
 from curation.cli import app  # noqa: E402
 from curation.core import schema as S  # noqa: E402
@@ -302,18 +302,9 @@ def test_resume_after_a_crash_between_rounds_and_inside_a_round(gen):
 def test_kill_9_inside_a_round_then_resume(gen):
     out = gen["root"] / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(CURATE + _cli(gen["model"], gen["data"], out), env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if list((out / "_work").glob("round-001/parts/rollouts-*.parquet")):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_when(CURATE + _cli(gen["model"], gen["data"], out),
+              lambda: bool(list((out / "_work").glob("round-001/parts/rollouts-*.parquet"))), env=env, cwd=ROOT,
+              timeout=300)
     assert not (out / "scores.parquet").exists()
     res = subprocess.run(CURATE + _cli(gen["model"], gen["data"], out), env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=600)

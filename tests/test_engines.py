@@ -169,17 +169,23 @@ def test_hf_engine_seeds_reproducible_and_batch_independent(tiny_qwen2_dir: Path
     assert [c.token_ids for c in changed[0]] != [c.token_ids for c in first[0]]
 
 
+def check_sample_offsets(engine, req: GenRequest, params: SamplingConfig) -> list:
+    """n = 2 at offsets 0, 2, 4 gives the 6 samples of one n = 6 request (shared with the vLLM tests)."""
+    whole = engine.generate([req], params)[0]
+    rounds = []
+    for o in (0, 2, 4):
+        rounds += engine.generate([dataclasses.replace(req, sample_offset=o)], dataclasses.replace(params, n=2))[0]
+    assert [c.token_ids for c in rounds] == [c.token_ids for c in whole]
+    assert len({tuple(c.token_ids) for c in whole}) > 1  # the offsets give different samples, not copies
+    return whole
+
+
 def test_hf_engine_sample_offsets_continue_a_request(tiny_qwen2_dir: Path, tiny_engine: HFEngine):
     """Sample j of a request at ``sample_offset = o`` is sample o + j of the prompt (adaptive scoring's rounds),
     and n > batch_size is drawn in slices of batch_size samples with the same seeds."""
     req = GenRequest(user("What is 2 + 5?"))
     params = SamplingConfig(n=6, temperature=1.0, max_tokens=6, seed=4)
-    whole = tiny_engine.generate([req], params)[0]
-    rounds = []
-    for o in (0, 2, 4):
-        rounds += tiny_engine.generate([dataclasses.replace(req, sample_offset=o)], dataclasses.replace(params, n=2))[0]
-    assert [c.token_ids for c in rounds] == [c.token_ids for c in whole]
-    assert len({tuple(c.token_ids) for c in whole}) > 1  # the offsets give different samples, not copies
+    whole = check_sample_offsets(tiny_engine, req, params)
     small = HFEngine(tiny_qwen2_dir, batch_size=4, num_threads=1)
     rows_per_call = []
     orig = small._generate_batch

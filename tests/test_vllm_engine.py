@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 # Shared with the hf engine tests: the same output contract for every engine.
-from test_engines import check_schema, last_number, user  # noqa: E402,F401
+from test_engines import check_sample_offsets, check_schema, last_number, user  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +80,8 @@ def test_vllm_seeded_reproducibility_independent_of_order(smol_engine: VLLMEngin
 def test_vllm_sample_offsets_continue_a_request(smol_engine: VLLMEngine):
     """Adaptive scoring's rounds: n=2 at offsets 0, 2, 4 gives the 6 samples of one n=6 request (vLLM seeds
     child j with seed + j; an offset o sends seed + o)."""
-    import dataclasses
-
-    req = arithmetic_requests()[1]
-    params = SamplingConfig(n=6, temperature=1.0, max_tokens=24, seed=5)
-    whole = smol_engine.generate([req], params)[0]
-    rounds = []
-    for o in (0, 2, 4):
-        rounds += smol_engine.generate([dataclasses.replace(req, sample_offset=o)], dataclasses.replace(params, n=2))[0]
-    assert [c.token_ids for c in rounds] == [c.token_ids for c in whole]
-    assert len({tuple(c.token_ids) for c in whole}) > 1
+    check_sample_offsets(smol_engine, arithmetic_requests()[1], SamplingConfig(n=6, temperature=1.0, max_tokens=24,
+                                                                              seed=5))
 
 
 def test_vllm_stop_strings_and_chunked_progress(smol_engine: VLLMEngine):

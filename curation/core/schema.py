@@ -96,6 +96,11 @@ EXCLUDED = _schema(
     ]
 )
 
+# The Beta posterior of a pass rate (curation.score.posterior): Beta(post_a, post_b), its mean, the equal-tailed
+# credible interval [post_lo, post_hi] and E[p (1 - p)]; null in tables from before 0.2.  In scores and RL tables.
+POSTERIOR_FIELDS = [pa.field(name, pa.float64()) for name in
+                    ("post_a", "post_b", "post_mean", "post_lo", "post_hi", "post_ovs")]
+
 ROLLOUTS = _schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),
@@ -122,14 +127,7 @@ SCORES = _schema(
         pa.field("vps", pa.float64(), nullable=False),
         pa.field("mean_tokens", pa.float64()),
         pa.field("truncated_frac", pa.float64()),
-        # the Beta posterior of the pass rate (curation.score.posterior): Beta(post_a, post_b), its mean, the
-        # equal-tailed credible interval [post_lo, post_hi] and E[p (1 - p)]; null in tables from before 0.2
-        pa.field("post_a", pa.float64()),
-        pa.field("post_b", pa.float64()),
-        pa.field("post_mean", pa.float64()),
-        pa.field("post_lo", pa.float64()),
-        pa.field("post_hi", pa.float64()),
-        pa.field("post_ovs", pa.float64()),
+        *POSTERIOR_FIELDS,
         # adaptive scoring (curate score --adaptive): rounds of rollouts the prompt got and why it stopped
         # (in_band | out_of_band | n_max | budget | pool_exhausted | generation_error); null for fixed N
         pa.field("rounds", pa.int32()),
@@ -170,12 +168,7 @@ _RL_COMMON = [
     pa.field("ovs", pa.float64()),
     pa.field("tds", pa.float64()),
     pa.field("vps", pa.float64()),
-    pa.field("post_a", pa.float64()),
-    pa.field("post_b", pa.float64()),
-    pa.field("post_mean", pa.float64()),
-    pa.field("post_lo", pa.float64()),
-    pa.field("post_hi", pa.float64()),
-    pa.field("post_ovs", pa.float64()),
+    *POSTERIOR_FIELDS,
 ]
 RL_TEXT = _schema([pa.field("prompt", pa.list_(TEXT_MESSAGE), nullable=False), *_RL_COMMON])
 RL_MM = _schema(

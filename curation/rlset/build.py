@@ -110,7 +110,7 @@ def _meta(row: dict) -> dict:
 
 
 SCORE_FIELDS = ("pass_rate", "ovs", "tds", "vps")
-POSTERIOR_FIELDS = ("post_a", "post_b", "post_mean", "post_lo", "post_hi", "post_ovs")
+POSTERIOR_FIELDS = tuple(f.name for f in S.POSTERIOR_FIELDS)
 PASS_COLUMNS = ("pass_rate", "post_mean")
 
 

@@ -209,16 +209,10 @@ def run_score_job(
     excl = ExclusionWriter()
     rows, n_read = load_problems(data, shard_t, excl, step=STEP)
     chunks = _chunks(rows, chunk_size)
+    common = {"model": str(model), "model_name": name, "engine": engine, "n": n, "temperature": temperature,
+              "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "prompt_template": template.name}
     gen_settings = {
-        "model": str(model),
-        "model_name": name,
-        "engine": engine,
-        "n": n,
-        "temperature": temperature,
-        "top_p": top_p,
-        "max_tokens": max_tokens,
-        "seed": seed,
-        "prompt_template": template.name,
+        **common,
         "prompt_fingerprint": template.fingerprint(),
         "engine_options": dict(sorted((engine_options or {}).items())),
         "chunk_size": chunk_size,
@@ -235,17 +229,9 @@ def run_score_job(
                 "credible": credible, "vps_from": vps_from}
     settings = {
         "mode": "adaptive" if adaptive is not None else "generate",
-        "model": str(model),
-        "model_name": name,
-        "engine": engine,
+        **common,
         "engine_name": None,
         "executor": None,
-        "n": n,
-        "temperature": temperature,
-        "top_p": top_p,
-        "max_tokens": max_tokens,
-        "seed": seed,
-        "prompt_template": template.name,
         "tds_metric": tds,
         "levenshtein_backend": LEVENSHTEIN_BACKEND,
         "alpha": alpha,
