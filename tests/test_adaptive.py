@@ -89,13 +89,13 @@ def test_decisions_follow_the_documented_rules():
     failed = decide(_state([("a", 4, 2), ("b", 8, 3)], expected=8), pol, 2, spent=12)
     assert failed["decision"].to_list()[0] == "generation_error"
     # the uniform prior is honest: 0 of 8 is far from settled for 0 < p < 1 (p might be ~1/8)
-    uni = decide(_state([("zero", 8, 0)]), AdaptivePolicy(delta=0.05), 1, spent=8).to_dicts()[0]
+    uni = decide(_state([("zero", 8, 0)]), AdaptivePolicy(delta=0.05, prior=PriorSpec()), 1, spent=8).to_dicts()[0]
     assert 1 - uni["p_in"] == pytest.approx(9 / 33) and uni["decision"] == "continue"
     assert uni["undecided"] == pytest.approx((9 / 33) / 0.05)  # band undecided: min(P_in, P_out) / delta
 
 
 def test_budget_goes_to_the_least_decided_prompts():
-    pol = AdaptivePolicy(n_max=32, round_size=4, delta=0.05, vps_precision=0.01, budget=12 * 4 + 8)
+    pol = AdaptivePolicy(n_max=32, round_size=4, delta=0.05, vps_precision=0.01, budget=12 * 4 + 8, prior=PriorSpec())
     rows = [(f"q{i}", 4, c) for i, c in enumerate([0, 1, 2, 2, 0, 4, 1, 3, 0, 2, 4, 1])]
     st = _state(rows)
     # round 1 of T = 8 nominal rounds: an even share of the 8 rollouts left, floor(8 / 7) -> at least one round
@@ -145,6 +145,7 @@ def _pool(n_prompts: int = 60, n: int = 16, seed: int = 0, short: dict | None = 
 
 def test_replay_with_round_equal_n_max_is_fixed_n_scoring():
     pool = _pool()
+    assert AdaptivePolicy().prior.kind == "eb"  # the default prior of adaptive scoring
     used, plans, _ = replay_adaptive(pool, AdaptivePolicy(n_max=8, round_size=8))
     prefix = pool.filter(pc.less(pool.column("sample"), 8))
     assert used.num_rows == prefix.num_rows == 60 * 8
@@ -209,7 +210,7 @@ def test_cli_replay_of_a_score_dir(tmp_path):
     for r in sc.to_pylist():
         assert r["vps"] == pytest.approx(0.8 * r["post_ovs"] + 0.2 * r["tds"])
     assert "rollouts per prompt" in (out / "report" / "report.md").read_text()
-    fixed = score_pregenerated(f, tmp_path / "fixed", adaptive=AdaptivePolicy(n_max=12, round_size=12))
+    fixed = score_pregenerated(f, tmp_path / "fixed", adaptive=AdaptivePolicy(n_max=12, round_size=12), prior=PriorSpec())
     assert fixed.scores.drop_columns(["rounds", "stopped_because"]).equals(
         score_rollouts(pool).drop_columns(["rounds", "stopped_because"]))
 
@@ -217,7 +218,7 @@ def test_cli_replay_of_a_score_dir(tmp_path):
 # --- generation: a real tiny model on the hf engine ----------------------------------------------------------------
 
 GEN = {"max_tokens": 5, "temperature": 1.0, "seed": 3, "chunk_size": 2, "engine": "hf", "prompt_template": "plain"}
-POLICY = AdaptivePolicy(n_max=6, round_size=2, band=(">=0.5", None))
+POLICY = AdaptivePolicy(n_max=6, round_size=2, band=(">=0.5", None), prior=PriorSpec())  # fixed prior: shards = whole
 
 
 def _cli(model: Path, data: Path, out: Path, *extra: str) -> list[str]:

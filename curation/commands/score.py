@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
         ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://host:10001); default: the running one or a new local one.")] = None,
         num_workers: Annotated[int, typer.Option("--num-workers", help="Ray executor: engine actors (one per GPU with --gpus-per-worker 1).")] = 1,
         gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray executor: GPUs per engine actor (0 on CPU clusters).")] = 0.0,
-        prior: Annotated[str, typer.Option("--prior", help="Prior of the pass-rate posterior: uniform | jeffreys | eb (empirical Bayes, fitted to the data) | beta:A,B.")] = "uniform",
+        prior: Annotated[Optional[str], typer.Option("--prior", help="Prior of the pass-rate posterior: uniform | jeffreys | eb (empirical Bayes, fitted to the data) | beta:A,B. Default: uniform, eb with --adaptive.")] = None,
         prior_scores: Annotated[Optional[Path], typer.Option("--prior-scores", help="Another model's scores.parquet: its pass rate counts as --prior-strength pseudo-rollouts per prompt.")] = None,
         prior_strength: Annotated[float, typer.Option("--prior-strength", help="K: pseudo-rollouts the --prior-scores pass rate is worth (0 = the base prior).")] = 0.0,
         prior_model: Annotated[Optional[str], typer.Option("--prior-model", help="Which model of --prior-scores (when it holds several).")] = None,
@@ -108,8 +108,8 @@ def register(app: typer.Typer) -> None:
         n_max: Annotated[int, typer.Option("--n-max", help="Adaptive: most rollouts per prompt.")] = 32,
         round_size: Annotated[int, typer.Option("--round", help="Adaptive: rollouts per prompt per round.")] = 4,
         band: Annotated[tuple[str, str], typer.Option("--band", help="Adaptive: the pass-rate band to decide, MIN MAX (e.g. '>0' '<1'; 'none' for no bound).")] = (">0", "<1"),
-        delta: Annotated[float, typer.Option("--delta", help="Adaptive: decided when in / out of band with probability >= 1 - delta.")] = 0.05,
-        vps_precision: Annotated[float, typer.Option("--vps-precision", help="Adaptive: an in-band prompt stops when the posterior sd of its VPS is at most this.")] = 0.02,
+        delta: Annotated[float, typer.Option("--delta", help="Adaptive: decided when in / out of band with probability >= 1 - delta.")] = 0.1,
+        vps_precision: Annotated[float, typer.Option("--vps-precision", help="Adaptive: an in-band prompt stops when the posterior sd of its VPS is at most this.")] = 0.03,
         budget: Annotated[Optional[int], typer.Option("--budget", help="Adaptive: total rollouts of the job (per shard); the last ones go to the least-decided prompts.")] = None,
     ) -> None:
         """Sample N rollouts per prompt, verify them, and score pass rate, OVS, TDS and VPS (MMR1), with the
@@ -124,7 +124,8 @@ def register(app: typer.Typer) -> None:
         from curation.score.posterior import PriorSpec
 
         try:
-            prior_spec = PriorSpec.parse(prior, scores=str(prior_scores) if prior_scores else None,
+            prior_spec = PriorSpec.parse(prior or ("eb" if adaptive else "uniform"),
+                                         scores=str(prior_scores) if prior_scores else None,
                                          strength=prior_strength, model=prior_model)
             policy = None
             if adaptive:

@@ -1,7 +1,7 @@
 """Adaptive scoring: rollouts in rounds, spent only where they still decide something.
 
-``curate score --adaptive --n-max 32 --round 4 [--band ">0" "<1"] [--delta 0.05] [--vps-precision 0.02]
-[--budget R]``.  Every prompt first gets ``round`` rollouts; after each round the Beta posterior of its pass
+``curate score --adaptive --n-max 32 --round 4 [--band ">0" "<1"] [--delta 0.1] [--vps-precision 0.03]
+[--budget R] [--prior eb]``.  Every prompt first gets ``round`` rollouts; after each round the Beta posterior of its pass
 rate (:mod:`curation.score.posterior`, any of its priors) says whether more rollouts could still change what
 the user asked for, and only those prompts get the next round.
 
@@ -82,18 +82,20 @@ PLAN_SCHEMA = {"problem_id": "String", "model": "String", "order": "Int64", "n":
 class AdaptivePolicy:
     """The stopping rules and budget of adaptive scoring (module docstring).  ``round_size``: rollouts per
     prompt per round; ``band``: (min, max) bounds as ``curate rl-set`` takes them (``">0"``, ``"<=0.9"``,
-    ``None``); ``alpha``/``beta``/``normalize_ovs``: the VPS weights (for ``sd_VPS``)."""
+    ``None``); ``alpha``/``beta``/``normalize_ovs``: the VPS weights (for ``sd_VPS``); ``prior``: empirical
+    Bayes by default - the uniform prior believes every pass rate in [0, 1] equally likely, so on a data set
+    with many unsolvable prompts it reads 0 of 2 as "probably solvable" and is badly calibrated for stopping."""
 
     n_max: int = 32
     round_size: int = 4
     band: tuple[str | None, str | None] = (">0", "<1")
-    delta: float = 0.05
-    vps_precision: float = 0.02
+    delta: float = 0.1
+    vps_precision: float = 0.03
     budget: int | None = None
     alpha: float = 0.8
     beta: float = 0.2
     normalize_ovs: bool = False
-    prior: PriorSpec = field(default_factory=PriorSpec)
+    prior: PriorSpec = field(default_factory=lambda: PriorSpec.parse("eb"))
 
     def __post_init__(self) -> None:
         if self.round_size < 1:
