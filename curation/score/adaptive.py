@@ -17,14 +17,18 @@ puts probability 1 on ``0 < p < 1``); "in band" operationally means "``n_max`` r
 correct and a wrong answer", which is what fixed-N scoring at ``n_max`` decides.  A prompt with both outcomes
 already observed has ``P_in = 1`` for that band.  After each round, for every active prompt:
 
-- ``out_of_band`` when ``P_out = 1 - P_in >= 1 - delta``;
-- ``in_band`` when ``P_in >= 1 - delta`` **and** its VPS is known to the set precision:
+- ``out_of_band`` when ``P_out = 1 - P_in >= 1 - delta`` and ``c / N`` is out of the band;
+- ``in_band`` when ``P_in >= 1 - delta``, ``c / N`` is in the band, **and** its VPS is known to the set precision:
   ``sd_VPS = alpha * sd[p (1 - p)] <= vps_precision`` (``4 alpha sd[...]`` with ``normalize_ovs``), the
   posterior standard deviation of the outcome-variance term (:func:`curation.score.posterior.ovs_sd`).  The
   TDS term's sampling error is not part of the rule (TDS has no posterior here);
 - ``n_max`` when it has ``n_max`` rollouts; ``pool_exhausted`` (replay) when its pre-generated rollouts ran
   out; ``generation_error`` when a round failed for it (it keeps the rollouts of its earlier rounds);
-- otherwise it continues.  The first round is never skipped (a prior alone decides nothing).
+- otherwise it continues.  The first round is never skipped (a prior alone decides nothing).  Requiring
+  ``c / N`` on the decided side keeps a stopped prompt's ``pass_rate`` consistent with ``stopped_because`` (a
+  ``curate rl-set`` band on ``pass_rate`` then keeps exactly the prompts stopped ``in_band``); it also stops a
+  prior that is too optimistic (uniform, on a data set full of unsolvable prompts: 0 of 2 has ``P_in = 0.91``
+  for ``0 < p < 1`` at ``n_max = 32``) from declaring 0-of-N prompts in band.
 
 **Budget** (``--budget R``, total rollouts of the job, first round included).  Before each round the prompts
 that continue are ranked by how undecided they are,
@@ -182,8 +186,15 @@ def decide(state, policy: AdaptivePolicy, round_index: int, spent: int, *, info:
     p_out = 1.0 - p_in
     sd = policy.vps_scale() * ovs_sd(a, b)
     delta, eps = policy.delta, policy.vps_precision
-    band_out = p_out >= 1.0 - delta
-    band_in = p_in >= 1.0 - delta
+    # the current pass rate must agree with the decision, so a stopped prompt's c / N is on the decided side
+    p_hat = np.where(n > 0, c / np.maximum(n, 1), np.nan)
+    cur_in = np.ones(n.size, dtype=bool)
+    if lo is not None:
+        cur_in &= (p_hat >= lo.value) if lo.inclusive else (p_hat > lo.value)
+    if hi is not None:
+        cur_in &= (p_hat <= hi.value) if hi.inclusive else (p_hat < hi.value)
+    band_out = (p_out >= 1.0 - delta) & ~cur_in
+    band_in = (p_in >= 1.0 - delta) & cur_in
     undecided = np.where(band_in | band_out, sd / eps, np.minimum(p_in, p_out) / delta)
     decision = np.full(n.size, CONTINUE, dtype=object)
     if round_index > 0:  # the first round is never skipped
