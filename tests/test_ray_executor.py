@@ -196,8 +196,9 @@ def test_adaptive_on_ray_equals_local(setup, cluster):
     """`curate score --adaptive --executor ray`: the rounds run on one pool of engine actors (built once, not per
     round) and give exactly the local executor's rollouts, scores and plans."""
     from curation.score.adaptive import AdaptivePolicy
+    from curation.score.posterior import PriorSpec
 
-    pol = AdaptivePolicy(n_max=6, round_size=2, band=(">=0.5", None))
+    pol = AdaptivePolicy(n_max=6, round_size=2, band=(">=0.5", None), prior=PriorSpec())  # uniform: several rounds
     gen = {k: v for k, v in GEN.items() if k != "n"}
     loc = run_score_job(setup["data"], setup["root"] / "ad_local", model=str(setup["model"]), adaptive=pol, **gen)
     res = run_score_job(setup["data"], setup["root"] / "ad_ray", model=str(setup["model"]), executor="ray",
