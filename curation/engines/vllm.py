@@ -15,10 +15,15 @@ Two ways to run, same results:
 Data parallelism: ``vllm.LLM`` does not support ``data_parallel_size > 1`` offline, so
 ``data_parallel_size=k`` starts ``k`` worker subprocesses, each owning ``tensor_parallel_size`` GPUs
 (``CUDA_VISIBLE_DEVICES`` slices of the visible devices), and splits each call's requests between them
-round-robin.  Per-request seeds make the result independent of that split.
+round-robin.  Per-request seeds make the sampling draws independent of that split.
 
 Sampling: one ``SamplingParams(n, temperature, top_p, max_tokens, seed=<request seed>, stop)`` per
-request; vLLM seeds sample ``j`` of a request with ``seed + j``.  Prompts are rendered with the model's
+request; vLLM seeds sample ``j`` of a request with ``seed + j`` (its own generator per sample).  What this
+guarantees: the same requests in the same batch on the same machine give identical tokens, and each sample's
+random draws do not depend on the other requests.  What it does not: vLLM's kernels are not batch-invariant,
+so another batch (other requests, another order, another data-parallel split) changes floating-point
+reductions in the logits and can flip a near-tied token, after which that sample diverges - as with the hf
+engine (see :mod:`curation.engines.hf`), and in practice for a small fraction of samples.  Prompts are rendered with the model's
 chat template (``add_generation_prompt=True``) by :func:`curation.engines.base.render_prompt`, images go
 in as ``multi_modal_data={"image": ...}``.
 """
