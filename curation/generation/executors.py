@@ -307,13 +307,13 @@ class LocalExecutor:
 def _run_on_replicas(replicas: Sequence[Any], spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]],
                      order: Sequence[int], on_chunk: OnChunk, info: RunInfo) -> None:
     """One thread per replica; each takes the next chunk id from a shared queue, runs the whole chunk on its
-    replica and writes it (one writer at a time).  The first error stops the hand-out of new chunks; chunks
+    replica and writes it (one writer at a time; ``ChunkOutput.worker`` names the replica).  The first error stops the hand-out of new chunks; chunks
     already running finish and are written (they are complete), then the error is raised."""
     queue = deque(order)
     lock = threading.Lock()
     errors: list[BaseException] = []
 
-    def work(replica: Any) -> None:
+    def work(replica: Any, label: str) -> None:
         streak = 0
         while True:
             with lock:
@@ -323,6 +323,7 @@ def _run_on_replicas(replicas: Sequence[Any], spec: GenJobSpec, chunks: Mapping[
             try:
                 out = process_chunk(replica, spec, chunks[cid], streak)
                 streak = out.fail_streak
+                out.worker = out.worker or label
                 with lock:
                     on_chunk(cid, out)
                     info.chunks_done += 1
@@ -331,7 +332,7 @@ def _run_on_replicas(replicas: Sequence[Any], spec: GenJobSpec, chunks: Mapping[
                     errors.append(e)
                 return
 
-    threads = [threading.Thread(target=work, args=(r,), name=f"rlcurate-replica-{i}", daemon=True)
+    threads = [threading.Thread(target=work, args=(r, f"replica-{i}"), name=f"rlcurate-replica-{i}", daemon=True)
                for i, r in enumerate(replicas)]
     for t in threads:
         t.start()
