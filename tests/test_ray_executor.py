@@ -16,6 +16,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from data_rows import gsm8k_rows  # noqa: E402
+
 from curation.core import schema as S  # noqa: E402
 from curation.core.io import ExclusionWriter  # noqa: E402
 from curation.core.prompts import load_template  # noqa: E402
@@ -35,26 +37,13 @@ GEN = {"n": 3, "max_tokens": 6, "temperature": 1.0, "seed": 5, "chunk_size": 2, 
 N_CHUNKS = 6  # 11 problems that reach chunking / 2 per chunk
 
 
-def _gsm8k(n: int) -> list[dict]:
-    rows = []
-    with open(DATA / "gsm8k" / "test.jsonl") as f:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            d = json.loads(line)
-            rows.append({"id": f"gsm8k-test-{i}", "source": "gsm8k", "problem": d["question"], "images": [],
-                         "answer": d["answer"].split("####")[-1].strip().replace(",", ""), "options": [],
-                         "solution": None, "meta": None})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from curation.core.models import build_tiny_qwen2
 
     root = tmp_path_factory.mktemp("ray_exec")
     model = build_tiny_qwen2(root / "tiny")
-    rows = _gsm8k(10)
+    rows = gsm8k_rows(10)
     good_img = [{"bytes": (DATA / "math_vision" / "images" / "4.jpg").read_bytes(), "path": "4.jpg"}]
     rows += [
         dict(rows[0], id="noans", answer=""),  # excluded at loading (missing_answer)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from data_rows import gsm8k_rows
 
 from curation.core import schema as S
 
@@ -79,19 +80,6 @@ def _killer(ctl: Path, stop: threading.Event) -> None:
         time.sleep(0.1)
 
 
-def _problems(n: int) -> list[dict]:
-    rows = []
-    with open(DATA / "gsm8k" / "test.jsonl") as f:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            d = json.loads(line)
-            rows.append({"id": f"gsm8k-test-{i}", "source": "gsm8k", "problem": d["question"], "images": [],
-                         "answer": d["answer"].split("####")[-1].strip().replace(",", ""), "options": [],
-                         "solution": None, "meta": None})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from curation.core.models import build_tiny_qwen2
@@ -99,7 +87,7 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ray_faults")
     model = build_tiny_qwen2(root / "tiny")
-    rows = _problems(10)  # 5 chunks of 2
+    rows = gsm8k_rows(10)  # 5 chunks of 2
     rows[2] = dict(rows[2], problem=f"{PAUSE} {rows[2]['problem']}")  # chunk 1: killed once, mid-chunk
     rows[6] = dict(rows[6], problem=f"{POISON} {rows[6]['problem']}")  # chunk 3: kills its worker every time
     data = root / "problems.parquet"
@@ -148,8 +136,8 @@ def test_killed_worker_is_retried_and_a_poisoned_chunk_is_excluded(setup, cluste
     on_disk = pq.read_table(out / "excluded.parquet")
     assert on_disk.column("reason").to_pylist() == ["worker_failed"] * 2
     ex = res.stats["settings"]["executor"]
-    # chunk 1 once (killed by the test) and chunk 3 once (1 retry) retried; 3 dead actors replaced
-    assert ex["chunk_retries"] == 2 and ex["workers_replaced"] == 3 and ex["chunks_failed"] == [3]
+    # chunk 1 once (killed by the test) and chunk 3 once (1 retry) retried; 3 worker processes died
+    assert ex["chunk_retries"] == 2 and ex["workers_lost"] == 3 and ex["chunks_failed"] == [3]
     assert ex["max_retries"] == 1 and res.stats["counts"]["chunks_computed"] == 5
     # the killed chunk was finished by another worker process than the one killed in its middle
     timing = json.loads((out / "_work" / "parts" / "timing-000001.json").read_text())

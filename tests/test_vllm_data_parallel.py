@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from data_rows import gsm8k_rows
 from hub_cache import add_to_hub_cache
 from PIL import Image
 
@@ -63,19 +64,6 @@ def _calls(log: Path) -> dict[int, list[list[str]]]:
 
 def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
-
-
-def _gsm8k_problems(n: int) -> list[dict]:
-    rows = []
-    with open(DATA / "gsm8k" / "test.jsonl") as f:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            d = json.loads(line)
-            rows.append({"id": f"gsm8k-test-{i}", "source": "gsm8k", "problem": d["question"], "images": [],
-                         "answer": d["answer"].split("####")[-1].strip().replace(",", ""), "options": [],
-                         "solution": None, "meta": None})
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +120,7 @@ def test_score_job_gives_each_replica_whole_chunks(dp_engine, tmp_path: Path):
     from curation.score.job import run_score_job
 
     engine, log = dp_engine
-    rows = _gsm8k_problems(8)
+    rows = gsm8k_rows(8)
     rows[0] = dict(rows[0], problem="HOLD-B " + rows[0]["problem"])
     rows[7] = dict(rows[7], problem="RELEASE-B " + rows[7]["problem"])
     data = tmp_path / "problems.parquet"

@@ -554,7 +554,7 @@ class RayExecutor:
         attempts: dict[int, int] = {}
         errors: dict[int, list[str]] = {}
         workers: set[str] = set()
-        failed_in_a_row = retried = replaced = 0
+        failed_in_a_row = retried = lost = 0
         failed_chunks: list[int] = []
         try:
             while queue or running:
@@ -577,11 +577,13 @@ class RayExecutor:
                             ray.kill(actor, no_restart=True)
                         except Exception:  # noqa: BLE001 - already dead
                             pass
-                        idle.append(actor_cls.remote(spec_ref))
-                        replaced += 1
+                        lost += 1
                         if attempts[cid] <= self.max_retries:
                             retried += 1
                             queue.appendleft(cid)
+                        if queue:  # a fresh actor takes the dead one's place while there is work for it
+                            idle.append(actor_cls.remote(spec_ref))
+                        if attempts[cid] <= self.max_retries:
                             continue
                         on_chunk(cid, failed_chunk(spec, cid, chunks[cid], attempts[cid], errors[cid]))
                         info.chunks_done += 1
@@ -608,7 +610,7 @@ class RayExecutor:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - best effort
                     pass
-            info.details.update(workers_used=len(workers), chunk_retries=retried, workers_replaced=replaced,
+            info.details.update(workers_used=len(workers), chunk_retries=retried, workers_lost=lost,
                                 chunks_failed=failed_chunks)
 
     # -- ray.data.llm (vLLM on GPUs) ------------------------------------------------------------------
@@ -635,9 +637,13 @@ class RayExecutor:
             info.chunks_done += 1
         from curation.core.models import read_chat_template
 
+        try:  # the template stored with the checkpoint, as the local engine renders it
+            template = read_chat_template(spec.model)
+        except FileNotFoundError:  # not resolvable on the driver: the workers' tokenizer template is used
+            template = None
         config = vLLMEngineProcessorConfig(**llm_processor_config(
             spec, self.num_workers, self.gpus_per_worker, self.cpus_per_worker, self.llm_batch_size,
-            chat_template=read_chat_template(spec.model)))
+            chat_template=template))
         processor = build_processor(
             config,
             preprocess=lambda r: dict(r, messages=r["messages"], sampling_params=r["sampling_params"]),
