@@ -27,10 +27,17 @@ cuts its requests into pieces of ``chunk_size`` (default: one piece per worker) 
 whichever worker is free, so a slow piece holds up only its own worker.  Callers that schedule their own
 batches use :meth:`VLLMEngine.replicas` (one engine view per worker): the local executor of ``curate
 score`` / ``curate cot`` gives each replica whole chunks from a shared queue, with no barrier between
-replicas.  Per-request seeds make the result independent of the split.
+replicas; each chunk is then one ``generate`` call with the same batch as on one replica, so the rollouts
+do not depend on ``k``.  Per-request seeds make the sampling draws independent of any split (what a
+different batch can still change: see "Sampling").
 
 Sampling: one ``SamplingParams(n, temperature, top_p, max_tokens, seed=<request seed>, stop)`` per
-request; vLLM seeds sample ``j`` of a request with ``seed + j``.  Prompts are rendered with the model's
+request; vLLM seeds sample ``j`` of a request with ``seed + j`` (its own generator per sample).  What this
+guarantees: the same requests in the same batch on the same machine give identical tokens, and each sample's
+random draws do not depend on the other requests.  What it does not: vLLM's kernels are not batch-invariant,
+so another batch (other requests, another order, another data-parallel split) changes floating-point
+reductions in the logits and can flip a near-tied token, after which that sample diverges - as with the hf
+engine (see :mod:`curation.engines.hf`), and in practice for a small fraction of samples.  Prompts are rendered with the model's
 chat template (``add_generation_prompt=True``) by :func:`curation.engines.base.render_prompt`, images go
 in as ``multi_modal_data={"image": ...}``.
 """
