@@ -67,8 +67,7 @@ from curation.core.io import (
     write_parquet_atomic,
 )
 from curation.core.prompts import load_template
-from curation.generation.executors import GenJobSpec, make_executor
-from curation.generation.jobs import default_model_name, load_problems, parse_shard
+from curation.generation.jobs import default_model_name, load_problems, parse_shard, settings_engine_options
 from curation.generation.jobs import prompt_seed as prompt_seed  # the old curation.score_job names
 from curation.generation.jobs import shard_of as shard_of
 from curation.score.adaptive import AdaptivePolicy
@@ -172,6 +171,7 @@ def run_score_job(
     num_workers: int = 1,
     gpus_per_worker: float = 0.0,
     executor_options: dict | None = None,
+    engine_factory: Callable[[Any], Any] | None = None,
     prior: PriorSpec | None = None,
     credible: float = 0.9,
     vps_from: str = "pass_rate",
@@ -187,8 +187,11 @@ def run_score_job(
     ``engine_obj`` may be an already built engine (reused across calls; then ``engine`` is only recorded).
     ``executor``: ``"local"`` (this process) or ``"ray"`` (a Ray Data pipeline with ``num_workers`` engine
     actors, ``gpus_per_worker`` GPUs each, on the cluster at ``ray_address``; ``executor_options`` go to
-    :class:`curation.generation.executors.RayExecutor`).  Both write the same chunk parts, so outputs and resume are
-    the same (:mod:`curation.generation.executors`).
+    :class:`curation.generation.executors.RayExecutor`, e.g. ``max_retries``).  Both write the same chunk parts, so
+    outputs and resume are the same (:mod:`curation.generation.executors`).  ``engine_options`` may hold
+    ``data_parallel_size=k`` (vLLM: ``k`` replicas, each running whole chunks; local executor only).
+    ``engine_factory(spec) -> engine``: a custom engine, built on every worker instead of ``make_engine``
+    (picklable for Ray).
     ``progress(description, total) -> advance(k)`` receives prompt-level progress.
     """
     t_start = time.perf_counter()
@@ -214,15 +217,19 @@ def run_score_job(
     gen_settings = {
         **common,
         "prompt_fingerprint": template.fingerprint(),
-        "engine_options": dict(sorted((engine_options or {}).items())),
+        "engine_options": settings_engine_options(engine_options),
         "chunk_size": chunk_size,
         "shard": f"{shard_t[0]}/{shard_t[1]}",
         "input_fingerprint": _fingerprint(rows),
     }
     work = out / "_work"
+    # the chunk body (prompts -> generate -> verify) runs here or on a Ray cluster: curation.generation.executors
+    from curation.generation.executors import GenJobSpec, make_executor
+
     spec = GenJobSpec(step=STEP, model=str(model), model_label=name, engine=engine, template=template, n=n,
                       temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                      verify_timeout=verify_timeout, engine_options=dict(engine_options or {}))
+                      verify_timeout=verify_timeout, engine_options=dict(engine_options or {}),
+                      engine_factory=engine_factory)
     ex = make_executor(executor, ray_address=ray_address, num_workers=num_workers,
                        gpus_per_worker=gpus_per_worker, **(executor_options or {}))
     score_kw = {"metric": tds, "alpha": alpha, "beta": beta, "normalize_ovs": normalize_ovs, "prior": prior,
@@ -264,7 +271,6 @@ def run_score_job(
         if advance:
             advance(len(chunks[cid]))
 
-    # the chunk body (prompts -> generate -> verify) runs here or on a Ray cluster: curation.generation.executors
     pending = {cid: chunk for cid, chunk in enumerate(chunks) if cid not in done_before}
     run_info = ex.run(spec, pending, write_chunk, engine_obj=engine_obj)
     t_load = run_info.engine_load_s
