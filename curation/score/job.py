@@ -292,11 +292,7 @@ def run_score_job(
     settings["engine_name"] = run_info.engine_name
     settings["executor"] = run_info.details
     counts = {
-        "rows_read": n_read,
-        "problems_in_shard": len(rows) + len(excl),
-        "problems_scored": scores.num_rows,
-        "excluded": excluded.num_rows,
-        "rollouts": rollouts.num_rows,
+        **_job_counts(n_read, len(rows) + len(excl), scores, excluded, rollouts),
         "chunks": len(chunks),
         "chunks_resumed": len(done_before),
         "chunks_computed": run_info.chunks_done,
@@ -310,6 +306,11 @@ def run_score_job(
     }
     return _finish(out, rollouts, scores, excluded, settings, counts, timing, t_start,
                    title=f"curate score: {name}", posterior=post_info)
+
+
+def _job_counts(n_read: int, in_shard: int, scores: pa.Table, excluded: pa.Table, rollouts: pa.Table) -> dict:
+    return {"rows_read": n_read, "problems_in_shard": in_shard, "problems_scored": scores.num_rows,
+            "excluded": excluded.num_rows, "rollouts": rollouts.num_rows}
 
 
 def _timing_sums(parts: Path, cids: Sequence[int]) -> tuple[float, float, float]:
@@ -433,11 +434,7 @@ def _run_adaptive(rows: list[dict], excl: ExclusionWriter, n_read: int, out: Pat
     settings["executor"] = next((i.details for i in info_runs if i.details), {"executor": ex.name})
     granted = [int(p.filter(pl.col("decision") == CONTINUE).height) for p in plans]
     counts = {
-        "rows_read": n_read,
-        "problems_in_shard": len(rows) + len(excl),
-        "problems_scored": scores.num_rows,
-        "excluded": excluded.num_rows,
-        "rollouts": rollouts.num_rows,
+        **_job_counts(n_read, len(rows) + len(excl), scores, excluded, rollouts),
         "rounds": sum(1 for g in granted if g),
         "prompts_per_round": [g for g in granted if g],
         "chunks_computed": sum(i.chunks_done for i in info_runs),
