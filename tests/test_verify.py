@@ -437,3 +437,100 @@ def test_workers_argument_resizes_the_pool():
         assert len(v.pids) == 2
         assert v.verify_batch(["x^3"], ["\\boxed{x \\cdot x^2}"], workers=1)[0].correct
         assert len(v.pids) == 1 and v.workers == 1
+
+
+# -- letter golds, decimal commas, several boxes, the lenient rule ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        ("C", "\\boxed{C}", "correct"),
+        ("C", "The answer is (C).", "correct"),
+        ("\\text{C}", "$\\boxed{\\text{(C)}}.$", "correct"),
+        ("\\text{E}", "$E$", "correct"),
+        ("(B)", "B", "correct"),
+        ("C", "\\boxed{D}", "incorrect"),
+        ("C", "\\boxed{6\\pi}", "incorrect"),  # a value, and no options to say which label it is
+    ],
+)
+def test_letter_gold_without_options(gold, response, status):
+    v = Verifier(workers=1)
+    try:
+        (verdict,) = v.verify_batch([gold], [response])
+        assert verdict.status == status, verdict
+        assert v.stats["started"] == 0  # decided by the fast path
+    finally:
+        v.close()
+
+
+def test_letter_gold_without_options_on_real_outputs(verifier):
+    """MATH-Vision problem 59 has gold "C" and no options; none of its 13 graded responses is right."""
+    rows = [json.loads(line) for line in (DATA / "math_vision" / "model_outputs.jsonl").open()]
+    rows = [r for r in rows if r["id"] == "59"]
+    assert len(rows) == 13 and not any(r["correct"] for r in rows)
+    verdicts = verifier.verify_batch(["C"] * len(rows), [r["response"] for r in rows])
+    assert not any(v.correct for v in verdicts)
+    assert verifier.verify_batch(["C"], [rows[0]["response"][:0] + "So it is \\boxed{C}."])[0].correct
+
+
+def test_decimal_comma_gold(verifier):
+    out = verifier.verify_batch(["0,111", "0,111", "0,5"], ["\\boxed{0.111}", "\\boxed{111}", "\\boxed{1/2}"])
+    assert [v.status for v in out] == ["correct", "incorrect", "correct"]
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        ("(2,1),(1,2),(-1,-20),(-20,-1)",
+         "solutions are:\n\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}, \\boxed{(-20, -1)}\n\\]", "correct"),
+        ("(2, 2), (6, 2)", "$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$", "correct"),
+        ("\\{1,2,3\\}", "\\boxed{1},\\boxed{2},\\boxed{3}", "correct"),
+        ("1, 2, 3", "\\boxed{1} and \\boxed{2} and \\boxed{4}", "incorrect"),
+        ("1, 2, 3", "\\boxed{1} and \\boxed{2}", "incorrect"),  # a missing solution is wrong
+        # a single-valued gold is graded on the last box only, as before
+        ("3", "\\boxed{1}, \\boxed{2}, \\boxed{3}", "correct"),
+        ("(3, -4)", "\\boxed{(1, 2)} and \\boxed{(3, -4)}", "correct"),
+    ],
+)
+def test_several_boxes_against_a_list_gold(verifier, gold, response, status):
+    (v,) = verifier.verify_batch([gold], [response])
+    assert v.status == status, v
+
+
+def test_lenient_rule_is_opt_in(verifier):
+    golds = ["x >= 5", "1000.99", "7"]
+    responses = ["Therefore $x \\geq 5$ is the solution.", "so the number is 10 which is 1,000.99m²",
+                 "Final Answer: The final answer is 7. I hope it is correct."]
+    strict = verifier.verify_batch(golds, responses)
+    assert [v.status for v in strict] == ["no_answer", "no_answer", "correct"]
+    lenient = verifier.verify_batch(golds, responses, lenient=True)
+    assert [v.status for v in lenient] == ["correct", "correct", "correct"]
+    assert [v.rule for v in lenient] == ["last_math", "last_math", "answer_is"]
+    assert verify_batch(golds[:1], responses[:1], lenient=True)[0].correct
+    with pytest.raises(ValueError, match="either"):
+        verifier.verify_batch(golds, responses, lenient=True, rules=["boxed"])
+
+
+def test_curate_verify_rules_and_lenient(tmp_path):
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"answer": "x >= 5", "response": "Therefore $x \\geq 5$ is the solution."},
+        {"answer": "8", "response": "The answer is 7.\n#### 8"},
+    ]))
+    runner = CliRunner()
+    got = {}
+    for name, extra in {"strict": [], "lenient": ["--lenient"], "rules": ["--rules", "answer_is,last_math"]}.items():
+        out = tmp_path / f"{name}.jsonl"
+        res = runner.invoke(app, ["verify", str(src), "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        got[name] = [(r["verdict"], r["extract_rule"]) for r in map(json.loads, out.read_text().splitlines())]
+    assert got["strict"] == [("no_answer", None), ("correct", "gsm8k")]
+    assert got["lenient"] == [("correct", "last_math"), ("correct", "gsm8k")]
+    assert got["rules"] == [("correct", "last_math"), ("incorrect", "answer_is")]
+    res = runner.invoke(app, ["verify", str(src), "--out", str(tmp_path / "x.jsonl"), "--rules", "boxed,nope"])
+    assert res.exit_code != 0 and "unknown extraction rule" in res.output
