@@ -109,7 +109,7 @@ def test_curate_verify_survives_bad_text(tmp_path, suffix):
     out = tmp_path / f"out{suffix}"
     res = runner.invoke(app, ["verify", str(src), "--out", str(out), "--timeout", "3"])
     assert res.exit_code == 0, res.output
-    assert "repaired 3 row(s)" in res.output
+    assert "repaired 3 row(s)" in " ".join(res.output.split())
     got = (pq.read_table(out).to_pylist() if suffix == ".parquet"
            else [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()])
     assert len(got) == len(rows)  # every row accounted for
@@ -146,14 +146,15 @@ def test_cot_responses_survive_bad_text(tmp_path):
     ])
     out = tmp_path / "cot"
     res = runner.invoke(app, ["cot", "--data", str(problems), "--responses", str(responses), "--out", str(out),
-                              "--keep", "all", "--max-foreign-share", "1.0"])
+                              "--keep", "all", "--max-foreign-share", "0.99"])
     assert res.exit_code == 0, res.output
     sft = pq.read_table(out / "sft.parquet").to_pylist()
     excluded = pq.read_table(out / "excluded.parquet").to_pylist()
     assert {r["problem_id"] for r in sft} == {"p-lone", "p-nul", "p-ok"}
     assert any("\ufffd" in m["content"] for r in sft for m in r["messages"])
-    assert {r["id"] for r in excluded} == {"p-escaped"}  # no response for it: excluded with its reason
+    assert not excluded  # p-escaped has no response: nothing to exclude
     stats = json.loads((out / "stats.json").read_text())
+    assert stats["counts"]["rows_read"] == 4 and stats["counts"]["generated"] == 3
     assert stats["repaired"]["rows"] == 4
 
 
@@ -176,7 +177,8 @@ def test_rlset_and_publish_survive_bad_text(tmp_path):
     res = runner.invoke(app, ["publish", str(tmp_path / "run"), "--repo-id", "me/bad-text",
                               "--dry-run", str(tmp_path / "staged"), "--license", "mit"])
     assert res.exit_code == 0, res.output
-    assert "repaired" in res.output and "invalid UTF-8" in res.output
+    printed = " ".join(res.output.split())  # rich wraps long lines
+    assert "repaired build/problems.parquet: column 'problem': 1 value(s) with invalid UTF-8" in printed
     staged = pq.read_table(next((tmp_path / "staged" / "data" / "problems").glob("*.parquet")))
     assert staged.column("problem").to_pylist()[1] == "What is 3+4? \ufffd\ufffd"
     rl_staged = pq.read_table(next((tmp_path / "staged" / "data" / "rl").glob("*.parquet")))

@@ -286,5 +286,4 @@ def test_accuracy_lenient_rule_from_the_recipe():
     assert weights == [1.0] and lenient.lenient
     assert lenient(completions, answer=answers) == [1.0, 1.0]
     assert pickle.loads(pickle.dumps(lenient)).lenient
-    with pytest.raises(ValueError, match="either"):
-        make_accuracy_reward(lenient=True, rules=["boxed"])
+    assert make_accuracy_reward(lenient=True, rules=["boxed"]).rules == ("boxed", "last_math")

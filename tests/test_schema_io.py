@@ -99,3 +99,26 @@ def test_exclusion_writer_schema(tmp_path):
     assert rows[0]["id"] == "t-1" and rows[0]["duplicate_of"] == "t-0"
     assert rows[1]["id"] is None and rows[1]["locator"] == "f.jsonl:3"
     assert json.dumps(rows[1]["raw"])
+
+
+def test_hf_feature_metadata_matches_datasets():
+    """The schemas' ``huggingface`` metadata is built without importing ``datasets`` (start-up time); it is
+    exactly what ``datasets.Features.from_arrow_schema`` gives, with ``Image`` for the image column."""
+    from datasets import Features
+
+    for name, schema in S.SCHEMAS.items():
+        feats = Features.from_arrow_schema(schema.remove_metadata()).to_dict()
+        if "images" in schema.names:
+            feats["images"] = {"_type": "List", "feature": {"_type": "Image"}}
+        assert schema.metadata is None or json.loads(schema.metadata[b"huggingface"]) == {"info": {"features": feats}}, name
+        if "images" in schema.names:
+            assert schema.metadata is not None, name
+
+
+def test_schema_import_does_not_load_datasets():
+    import subprocess
+    import sys
+
+    code = "import sys, curation.core.io, curation.core.schema; print('datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -508,8 +508,10 @@ def test_lenient_rule_is_opt_in(verifier):
     assert [v.status for v in lenient] == ["correct", "correct", "correct"]
     assert [v.rule for v in lenient] == ["last_math", "last_math", "answer_is"]
     assert verify_batch(golds[:1], responses[:1], lenient=True)[0].correct
-    with pytest.raises(ValueError, match="either"):
-        verifier.verify_batch(golds, responses, lenient=True, rules=["boxed"])
+    # lenient=True appends last_math to the rules given
+    mixed = verifier.verify_batch(golds, responses, lenient=True, rules=["boxed"])
+    assert [(v.status, v.rule) for v in mixed] == [("correct", "last_math"), ("correct", "last_math"),
+                                                   ("no_answer", None)]  # "I hope it is correct." has no value
 
 
 def test_curate_verify_rules_and_lenient(tmp_path):

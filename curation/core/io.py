@@ -2,10 +2,15 @@
 
 - :func:`read_records` streams JSONL / Parquet / a local 🤗 ``datasets`` directory as :class:`Record` s.  A
   malformed JSON line does not stop the stream: it comes out as a record with ``error`` set and its
-  ``locator`` (``file:line``), so the caller can send it to the exclusion table.
+  ``locator`` (``file:line``), so the caller can send it to the exclusion table.  Text no writer could
+  store (lone surrogates from ``"\\ud800"`` escapes, invalid UTF-8 in a foreign Parquet file) is replaced by
+  U+FFFD as it is read, and ``Record.repairs`` says what was repaired (:mod:`curation.core.text`).
 - :func:`write_parquet_atomic` writes to a temporary file in the destination folder, fsyncs and renames:
-  readers never see a half-written file, and a crash leaves the previous version intact.
-- :class:`ExclusionWriter` collects dropped rows with ``step`` and ``reason`` (schema ``excluded``).
+  readers never see a half-written file, and a crash leaves the previous version intact;
+  :func:`write_jsonl_atomic` does the same for JSONL; :func:`table_from_rows` builds the Arrow table of a
+  list of rows, repairing what it cannot encode instead of failing.
+- :class:`ExclusionWriter` collects dropped rows with ``step`` and ``reason`` (schema ``excluded``), and the
+  rows kept after a text repair (:meth:`ExclusionWriter.note_repair`, :func:`repair_summary` for stats).
 - :class:`ChunkStore` is the resume mechanism of long jobs (score, cot): work is cut into deterministic
   chunks; each finished chunk is one atomically written Parquet part; a re-run skips finished chunks and
   :meth:`ChunkStore.finalize` concatenates parts in chunk order. After ``kill -9`` nothing is lost (finished
@@ -24,7 +29,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.core import schema as S
+from curation.core import text as T
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -39,6 +44,7 @@ class Record:
     data: dict[str, Any] | None = None
     error: str | None = None
     raw: str | None = None
+    repairs: tuple[str, ...] = ()  # what was repaired in ``data`` ("response: 1 lone surrogate(s) ...")
 
 
 def detect_format(path: Path) -> str:
@@ -96,20 +102,29 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
-                yield Record(loc, error=f"malformed JSON: {e.msg} at column {e.colno}", raw=text[:2000])
+                yield Record(loc, error=f"malformed JSON: {e.msg} at column {e.colno}", raw=T.repair_text(text[:2000])[0])
                 continue
             if not isinstance(data, dict):
-                yield Record(loc, error=f"expected a JSON object, got {type(data).__name__}", raw=text[:2000])
+                yield Record(loc, error=f"expected a JSON object, got {type(data).__name__}",
+                             raw=T.repair_text(text[:2000])[0])
                 continue
-            yield Record(loc, data=data)
+            yield Record(loc, data=data, repairs=tuple(T.repair_row(data)))
 
 
 def _read_parquet_file(path: Path) -> Iterator[Record]:
     pf = pq.ParquetFile(path)
     i = 0
     for batch in pf.iter_batches(batch_size=1000):
-        for row in batch.to_pylist():
-            yield Record(f"{path}:{i}", data=row)
+        try:
+            rows, repaired = batch.to_pylist(), {}
+        except UnicodeDecodeError:  # invalid UTF-8 written by another tool
+            fixed, by_column = T.repair_table_rows(pa.Table.from_batches([batch]))
+            rows, repaired = fixed.to_pylist(), {}
+            for col, idx in by_column.items():
+                for j in idx:
+                    repaired.setdefault(j, []).append(f"{col}: invalid UTF-8 replaced by U+FFFD")
+        for j, row in enumerate(rows):
+            yield Record(f"{path}:{i}", data=row, repairs=tuple(repaired.get(j, ())))
             i += 1
 
 
@@ -117,16 +132,55 @@ def read_table(path: str | Path) -> pa.Table:
     """Read a whole table (strict: a malformed row raises, naming its location)."""
     path = Path(path)
     fmt = detect_format(path)
-    if fmt == "parquet":
-        return pq.read_table(path)
-    if fmt == "parquet_dir":
-        return pa.concat_tables([pq.read_table(p) for p in sorted(path.rglob("*.parquet"))], promote_options="default")
+    if fmt in ("parquet", "parquet_dir"):
+        files = [path] if fmt == "parquet" else sorted(path.rglob("*.parquet"))
+        tables = []
+        for p in files:
+            table, notes = T.repair_table(pq.read_table(p))
+            if notes:
+                T.log.warning("%s: %s", p, "; ".join(notes))
+            tables.append(table)
+        return tables[0] if fmt == "parquet" else pa.concat_tables(tables, promote_options="default")
     rows = []
     for rec in read_records(path):
         if rec.error:
             raise ValueError(f"{rec.locator}: {rec.error}")
         rows.append(rec.data)
     return pa.Table.from_pylist(rows)
+
+
+def table_from_rows(rows: list[dict], schema: pa.Schema | None = None, *, with_notes: bool = False) -> Any:
+    """``pa.Table.from_pylist(rows, schema)`` that repairs rows with lone surrogates instead of failing
+    (:func:`curation.core.text.table_from_rows`); ``with_notes=True`` returns ``(table, notes)``."""
+    table, notes = T.table_from_rows(rows, schema)
+    return (table, notes) if with_notes else table
+
+
+def write_jsonl_atomic(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write ``rows`` as JSON lines (UTF-8, non-ASCII kept as is) atomically; a value that cannot be
+    encoded (a lone surrogate) is repaired to U+FFFD (:func:`curation.core.text.repair_row`), not fatal."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for row in rows:
+                line = json.dumps(row, ensure_ascii=False, default=str)
+                try:
+                    data = line.encode("utf-8")
+                except UnicodeEncodeError:
+                    row = dict(row)
+                    T.log.warning("%s: a row held lone surrogates (%s)", path, "; ".join(T.repair_row(row)))
+                    data = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
+                f.write(data + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path, **kwargs: Any) -> Path:
@@ -166,6 +220,12 @@ class ExclusionWriter:
     """Collects every dropped row with the step that dropped it and why (schema ``excluded``)."""
 
     rows: list[dict] = field(default_factory=list)
+    repaired: list[tuple[str, str]] = field(default_factory=list)  # (locator, what) of rows kept after a repair
+
+    def note_repair(self, rec: Record) -> None:
+        """Record that ``rec`` (kept, not excluded) had bad text repaired on reading (``rec.repairs``)."""
+        if rec.repairs:
+            self.repaired.append((rec.locator, "; ".join(rec.repairs)))
 
     def add(
         self,
@@ -178,6 +238,8 @@ class ExclusionWriter:
         locator: str | None = None,
         raw: str | None = None,
     ) -> None:
+        from curation.core import schema as S
+
         out = {f.name: None for f in S.EXCLUDED}
         if row:
             for name in S.PROBLEMS.names:
@@ -191,10 +253,19 @@ class ExclusionWriter:
         return len(self.rows)
 
     def table(self) -> pa.Table:
-        return pa.Table.from_pylist(self.rows, schema=S.EXCLUDED)
+        from curation.core import schema as S
+
+        return table_from_rows(self.rows, S.EXCLUDED)
 
     def write(self, path: str | Path) -> Path:
         return write_parquet_atomic(self.table(), path)
+
+
+def repair_summary(*writers: ExclusionWriter, examples: int = 20) -> dict:
+    """``{"rows": n, "examples": ["file:line: what", ...]}`` of the rows the ``writers`` noted as repaired
+    (for a stage's ``stats.json``)."""
+    items = [x for w in writers for x in w.repaired]
+    return {"rows": len(items), "examples": [f"{loc}: {what}" for loc, what in items[:examples]]}
 
 
 class ChunkStore:

@@ -48,8 +48,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, Sequence
 
-from curation.verify.extract import DEFAULT_RULES, choice_labels, extract_answer, normalize_answer
-from curation.verify.rules import classify_gold, fast_path, latex_problem
+from curation.verify.extract import _extract, choice_labels, final_boxes, normalize_answer, resolve_rules
+from curation.verify.rules import classify_gold, fast_path, latex_problem, several_values
 
 __all__ = ["STATUSES", "Verdict", "Verifier", "get_verifier", "verify_batch"]
 
@@ -406,21 +406,25 @@ class Verifier:
         options: Sequence[Sequence[str] | None] | None = None,
         timeout: float = 5.0,
         workers: int | None = None,
-        rules: Sequence[str] = DEFAULT_RULES,
+        rules: Sequence[str] | None = None,
+        lenient: bool = False,
     ) -> list[Verdict]:
         """One :class:`Verdict` per (gold, response), in order. ``options[i]`` (or ``None``) are the
         choices of item ``i``; ``timeout`` is the per-item budget in seconds; ``workers`` resizes the
-        pool. Never raises for a bad item: it gets ``error`` / ``timeout`` / ``no_answer``."""
+        pool; ``rules`` / ``lenient``: the extraction rules (:func:`curation.verify.extract.resolve_rules`;
+        default strict, ``lenient=True`` adds ``last_math``). Never raises for a bad item: it gets
+        ``error`` / ``timeout`` / ``no_answer``."""
         if len(golds) != len(responses):
             raise ValueError(f"verify_batch: {len(golds)} golds but {len(responses)} responses")
         if options is not None and len(options) != len(golds):
             raise ValueError(f"verify_batch: {len(options)} option lists for {len(golds)} items")
         if timeout is None or not (timeout > 0) or math.isinf(timeout):
             raise ValueError(f"verify_batch: timeout must be a positive number of seconds, got {timeout!r}")
+        rules = resolve_rules(rules, lenient)
         n = len(golds)
         out: list[Verdict | None] = [None] * n
         jobs: list[tuple[int, list[str], str]] = []
-        extractions: dict[int, tuple[str, str | None]] = {}
+        extractions: dict[int, tuple[str, str | None, str]] = {}
         for i in range(n):
             opts = options[i] if options is not None else None
             opts = [str(o) for o in opts] if opts is not None and len(opts) else None
@@ -433,8 +437,8 @@ class Verifier:
                 self.stats["fast_path"] += 1
             else:
                 assert job is not None
-                answer, rule, gold_texts = job
-                extractions[i] = (answer, rule)
+                answer, rule, gold_texts, note = job
+                extractions[i] = (answer, rule, note)
                 jobs.append((i, gold_texts, answer))
         if jobs:
             with self._lock:
@@ -443,43 +447,51 @@ class Verifier:
                     self.workers = int(workers)
                 results = self._run_jobs(jobs, float(timeout))
             for i, (status, detail) in results.items():
-                answer, rule = extractions[i]
-                out[i] = Verdict(status, answer, rule, detail)
+                answer, rule, note = extractions[i]
+                out[i] = Verdict(status, answer, rule, (detail or "") + note or None)
                 self.stats["math_verify"] += 1
         return [v if v is not None else Verdict("error", None, None, "internal: no result") for v in out]
 
     def _prepare(
-        self, gold: Any, response: Any, opts: list[str] | None, rules: Sequence[str]
-    ) -> tuple[Verdict | None, tuple[str, str | None, list[str]] | None]:
+        self, gold: Any, response: Any, opts: list[str] | None, rules: tuple[str, ...]
+    ) -> tuple[Verdict | None, tuple[str, str | None, list[str], str] | None]:
         """Extraction + fast path. Returns a final verdict, or the job for a worker."""
         if isinstance(response, bytes):
             response = response.decode("utf-8", errors="replace")
         if not isinstance(response, str):
             return Verdict("no_answer", None, None, f"response is {type(response).__name__}, not text"), None
-        ext = extract_answer(response, options=opts, rules=rules)
+        ext = _extract(response, opts, rules)
         if ext.answer is None:
             return Verdict("no_answer", None, None, "no extraction rule matched"), None
         answer = ext.answer
         gold_s = "" if gold is None else str(gold)
         if not gold_s.strip():
             return Verdict("error", answer, ext.rule, "empty gold answer"), None
+        parsed, _reason = classify_gold(gold_s, opts)
+        union = ""
+        if ext.rule == "boxed" and several_values(parsed):
+            # the gold lists several values and the response may box each one: compare the union of its
+            # final boxes (curation.verify.extract.final_boxes) with the gold
+            boxes = [normalize_answer(b) for b in final_boxes(response)]
+            if len(boxes) > 1:
+                answer = ", ".join(b for b in boxes if b)
+                union = f" (union of {len(boxes)} final boxes)"
         if len(answer) > self.max_answer_chars:
             return Verdict("error", answer[:200], ext.rule,
                            f"extracted answer is {len(answer)} chars (> {self.max_answer_chars})"), None
         bad_latex = latex_problem(answer)
         if bad_latex:
             return Verdict("error", answer, ext.rule, f"invalid LaTeX in the extracted answer: {bad_latex}"), None
-        parsed, _reason = classify_gold(gold_s, opts)
         fast = fast_path(parsed, normalize_answer(gold_s), answer, opts)
         if fast is not None:
-            return Verdict(fast[0], answer, ext.rule, fast[1]), None
+            return Verdict(fast[0], answer, ext.rule, fast[1] + union), None
         if parsed is not None and parsed.kind == "choice" and opts:
             gold_texts = [normalize_answer(opts[choice_labels(opts).index(parsed.choice)])]
         else:
             gold_texts = [normalize_answer(gold_s) or gold_s.strip()]
         # math-verify reads "^\circ" but not the degree sign
         gold_texts = [g.replace("°", "^{\\circ}") for g in gold_texts]
-        return None, (answer.replace("°", "^{\\circ}"), ext.rule, gold_texts)
+        return None, (answer.replace("°", "^{\\circ}"), ext.rule, gold_texts, union)
 
     def _run_jobs(self, jobs: list[tuple[int, list[str], str]], timeout: float) -> dict[int, tuple[str, str | None]]:
         """Distribute jobs over the pool with the hard per-item deadline (caller holds the lock).
@@ -604,9 +616,10 @@ def verify_batch(
     options: Sequence[Sequence[str] | None] | None = None,
     timeout: float = 5.0,
     workers: int | None = None,
-    rules: Sequence[str] = DEFAULT_RULES,
+    rules: Sequence[str] | None = None,
+    lenient: bool = False,
 ) -> list[Verdict]:
     """:meth:`Verifier.verify_batch` on the shared verifier (:func:`get_verifier`)."""
     return get_verifier().verify_batch(
-        golds, responses, options=options, timeout=timeout, workers=workers, rules=rules
+        golds, responses, options=options, timeout=timeout, workers=workers, rules=rules, lenient=lenient
     )

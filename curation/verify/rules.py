@@ -4,7 +4,8 @@
   interval, set, tuple, matrix, choice, text; or a reason such as ``proof`` / ``open_ended``);
 - the *fast path* (:func:`fast_path`) that settles most items before any worker is involved:
 
-  - the gold is a choice label (``A``..) and the extracted answer is a label: labels compared;
+  - the gold is a choice label (``A``..) and the extracted answer is a label: labels compared; without
+    options only a label can name the gold (``\\boxed{C}``, ``(C)``), anything else is ``incorrect``;
   - the comparison keys are equal (normalised, spaces removed, case-folded, ``^\\circ`` dropped);
   - both sides are plain numbers (``1,000``, ``0.5``, ``1/2``, ``\\frac{1}{2}``, ``-3``, ``2e3``):
     equal as exact fractions -> ``correct``; relative difference ``|a-b| / max(|a|,|b|) > 1e-4`` ->
@@ -22,9 +23,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Sequence
 
-from curation.verify.extract import choice_labels, map_choice, normalize_answer
+from curation.verify.extract import (
+    _LABEL_LEAD,
+    _LABEL_ONLY,
+    _NUM_WITH_COMMAS,
+    choice_labels,
+    map_choice,
+    normalize_answer,
+)
 
-__all__ = ["ParsedGold", "classify_gold", "parse_gold", "gold_kind", "fast_path", "latex_problem"]
+__all__ = ["ParsedGold", "answer_label", "classify_gold", "fast_path", "gold_kind", "latex_problem", "parse_gold",
+           "several_values"]
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,9 @@ def _as_number(s: str) -> Fraction | None:
         return None
     t = normalize_answer(s)
     t = _DEG.sub("", t).strip()
-    t = t.replace(" ", "")
-    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", t):
+    if "," not in t:  # "1 000" is a number; "11, 111" is a list, not 11111
+        t = t.replace(" ", "")
+    if _NUM_WITH_COMMAS.match(t):
         t = t.replace(",", "")
     try:
         if _PLAIN_NUM.match(t):
@@ -277,6 +287,39 @@ def _key(s: str) -> str:
 
 
 
+def answer_label(answer: str) -> str | None:
+    """The choice label an answer names without options (``C``, ``(C)``, ``c``, ``C.``, ``(C) 6\\pi``), or
+    ``None``."""
+    cand = normalize_answer(answer)
+    m = _LABEL_ONLY.match(cand)
+    if m:
+        return m.group(1).upper()
+    m = _LABEL_LEAD.match(cand)
+    return (m.group(1) or m.group(2)).upper() if m else None
+
+
+def _top_level_commas(s: str) -> int:
+    """Commas of ``s`` outside brackets and braces (``(1,2),(3,4)`` has one; ``\\{1,2\\}`` none)."""
+    depth = n = 0
+    for c in s:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            n += 1
+    return n
+
+
+def several_values(gold: ParsedGold | None) -> bool:
+    """Whether a gold answer lists several values - a set (``\\{1, 2, 3\\}``, ``1, 2, 3``), solution pairs
+    (``(2,1),(1,2)``) or several equations (``k = 45, n = 2``) - so that a response boxing each value
+    separately is compared through the union of its final boxes."""
+    if gold is None or gold.kind in ("number", "choice", "text", "interval", "tuple", "matrix"):
+        return False
+    return gold.kind == "set" or _top_level_commas(gold.text) > 0
+
+
 _NUM_TOL = 1e-4
 
 
@@ -291,7 +334,13 @@ def fast_path(gold: ParsedGold | None, gold_raw: str, answer: str, options: Sequ
     if gold is not None and gold.kind == "choice":
         if re.fullmatch(r"[A-Z]", answer) and options and answer in choice_labels(options):
             return ("correct" if answer == gold.choice else "incorrect"), "fast: choice label"
-        gold_text = options[choice_labels(options).index(gold.choice)] if options else ""
+        if not options:
+            # a letter gold without its options: only a label can name it ("C", "(C)", "C.", "(C) 6\pi")
+            label = answer_label(answer)
+            if label is None:
+                return "incorrect", "fast: choice label (the answer names no label; no options to map a value)"
+            return ("correct" if label == gold.choice else "incorrect"), "fast: choice label"
+        gold_text = options[choice_labels(options).index(gold.choice)]
         if not _MATH_CHARS.search(normalize_answer(gold_text)):
             # the option is plain text ("A" - a label in the figure -, "P and R"): string comparison only,
             # math-verify would read "A, A, A" as the set {a} and accept it
