@@ -100,7 +100,7 @@ def main() -> None:
         mv_ok = [math_verify_passes(c) for c in cases]
     with Verifier(workers=2) as v:
         verdicts = v.verify_batch([c["gold"] for c in cases], [c["pred"] for c in cases], timeout=5.0,
-                                  **({"lenient": True} if args.lenient else {}))
+                                  lenient=args.lenient)
     ours_ok = [(vd.status == "correct") == bool(c["expected"]) for c, vd in zip(cases, verdicts)]
 
     print(f"math-verify {VERSION} suite: {len(every)} parametrised (gold, pred, expected) cases, "

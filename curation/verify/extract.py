@@ -3,16 +3,40 @@
 :func:`extract_answer` tries a list of *rules* in order and returns the first answer found together with
 the name of the rule that matched. The rules (``DEFAULT_RULES`` order):
 
-``boxed``       the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces; ``\\boxed 5`` too)
+``boxed``       the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces; ``\\boxed 5`` too) - unless a
+                "Final Answer: ..." statement follows it (Minerva format), whose answer is then taken
 ``answer_tag``  the last ``<answer>...</answer>`` (R1-style); a ``\\boxed{}`` inside it is unwrapped
 ``gsm8k``       the last ``#### x`` line (GSM8K reference format)
-``answer_is``   the last "the answer is x" / "final answer is x" / "answer: x" (rest of that line)
+``answer_is``   the last "the answer is x" / "final answer is x" / "answer: x" / "Answer $x$": a math span
+                right after the marker (``$..$``, ``\\(..\\)`` on the line; ``$$..$$``, ``\\[..\\]`` across
+                lines), else the rest of the line, where the phrase repeated ("Final Answer: The final
+                answer is 7." - the Minerva format) is dropped, the text stops at the first sentence end
+                ("7.78. I hope it is correct."), and a sentence ("The largest $n$ is 34") gives its
+                leading value, its only value, or what follows its last "is" / "="
 ``a_line``      the last line of the form ``A: x`` (GSM8K example solutions)
 ``choice``      only with ``options``: the last stand-alone choice label such as ``(C)`` / ``option C``
 ``bare``        a short one-line response is its own answer (``"10"``, ``"(B)"``, ``"$\\frac{1}{2}$"``)
 
-``last_number`` (the last number in the text) exists but is not in the default list: it is a weak guess
-and would turn every rambling response into some answer.
+Not in the default list (strict is the default, and the right one for rewards: a response without a
+final-answer marker gets ``no_answer``):
+
+``last_math``   *lenient*: the last math span (``$..$``, ``$$..$$``, ``\\(..\\)``, ``\\[..\\]``) of the final
+                sentence, else its last number ("Therefore $x \\geq 5$ is the solution." -> ``x \\geq 5``). The
+                final sentence is what follows the last ``.``/``!``/``?`` + space or line break; one without
+                math or a number gives nothing. Selected per call (``lenient=True`` or ``rules=LENIENT_RULES``
+                in :func:`extract_answer` / ``verify_batch``), per recipe (``rewards: {accuracy: {lenient:
+                true}}``) and on the CLI (``curate verify --lenient`` / ``--rules ...``); ``lenient`` appends it
+                after the rules in use.
+``last_number`` the last number anywhere in the text: a weak guess that would turn every rambling response
+                into some answer.
+
+Several boxed answers: :func:`final_boxes` returns the boxes of the final answer (the last box and the
+boxes just before it, separated only by short glue such as ``, `` / ``\\quad \\text{and}``). The verifier
+compares their union with the gold when the gold lists several values (a set, solution pairs, several
+equations); otherwise the last box alone is the answer.
+
+Numbers: ``1,000`` and ``10{,}000`` are thousands separators; a comma after a leading zero (``0,111``) is a
+decimal comma (a thousands group cannot follow ``0``); any other comma is left alone (``1,2`` may be a list).
 
 With ``options`` (multiple choice, labels ``A``, ``B``, ... in order) the found answer is mapped to a
 label: ``"(C)"``, ``"C."``, ``"C)"``, ``"option C"``, ``"(C) 6\\pi"`` and the literal text of option C all
@@ -325,9 +349,21 @@ def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     return last
 
 
+_FINAL_ANSWER = re.compile(r"\bfinal\s+answer\b", re.IGNORECASE)
+
+
 def _rule_boxed(text: str, options: Sequence[str] | None) -> str | None:
-    got = last_boxed(text)
-    return got if got is not None and got.strip() else None
+    spans = _box_spans(text, limit=1)
+    if not spans or not spans[-1][2].strip():
+        return None
+    after = text[spans[-1][1] :]
+    if _FINAL_ANSWER.search(after):
+        # "... = \\boxed{255} ... Final Answer: The final answer is $10,455$." (Minerva format): the stated
+        # final answer after the last box is the answer; the box was an intermediate result
+        stated = _rule_answer_is(after, options)
+        if stated is not None:
+            return stated
+    return spans[-1][2]
 
 
 def _rule_answer_tag(text: str, options: Sequence[str] | None) -> str | None:
@@ -400,6 +436,10 @@ def _answer_tail(s: str, depth: int = 0) -> str:
         last = _last_match(_CONNECTOR, _outside_math(s))
         if last is not None and s[last.end():].strip():
             return _answer_tail(s[last.end():], depth + 1)
+        values = [next(g for g in m.groups() if g) for m in _MATH_SPAN.finditer(s)]
+        values += _NUMBER.findall(_outside_math(s))
+        if len(values) == 1:  # "Jane started growing Sphere 3 hours ago": its only value
+            return values[0]
     return s
 
 
