@@ -149,10 +149,72 @@ def read_table(path: str | Path) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
+def _json_lines(rows: Iterable[dict], where: str) -> Iterator[bytes]:
+    """Each row as one line of UTF-8 JSON (non-ASCII kept); a row holding a lone surrogate is repaired to
+    U+FFFD (:func:`curation.core.text.repair_row`, logged) instead of failing."""
+    for row in rows:
+        line = json.dumps(row, ensure_ascii=False, default=str)
+        try:
+            yield line.encode("utf-8")
+        except UnicodeEncodeError:
+            row = dict(row)
+            T.log.warning("%s: a row held lone surrogates (%s)", where, "; ".join(T.repair_row(row)))
+            yield json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
+
+
+def _stringify_mixed(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Columns whose values Arrow cannot hold in one type (``1`` in one row, ``"x"`` in another) become text:
+    strings stay as they are, other values are stored as their JSON."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    mixed = []
+    for c in columns:
+        try:
+            pa.array([row.get(c) for row in rows])
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            mixed.append(c)
+    out = [dict(row) for row in rows]
+    for row in out:
+        for c in mixed:
+            v = row.get(c)
+            if v is not None and not isinstance(v, str):
+                row[c] = json.dumps(v, ensure_ascii=False, default=str)
+    return out, [f"column {c!r}: values of different types, stored as JSON text" for c in mixed]
+
+
 def table_from_rows(rows: list[dict], schema: pa.Schema | None = None, *, with_notes: bool = False) -> Any:
-    """``pa.Table.from_pylist(rows, schema)`` that repairs rows with lone surrogates instead of failing
-    (:func:`curation.core.text.table_from_rows`); ``with_notes=True`` returns ``(table, notes)``."""
-    table, notes = T.table_from_rows(rows, schema)
+    """The Arrow table of ``rows`` (``pa.Table.from_pylist`` semantics), never failing on a bad value:
+    lone surrogates are repaired (:func:`curation.core.text.table_from_rows`) and, without a ``schema``, a
+    column whose values have different types (``1`` and ``"x"``) is stored as JSON text. Columns are
+    those of the first row. Without a ``schema`` the table is parsed by Arrow's JSON reader from the rows'
+    JSON (fast, and it keeps ``pandas`` - a second of start-up - out of processes that never need it).
+    ``with_notes=True`` returns ``(table, notes)``."""
+    notes: list[str] = []
+    table = None
+    if schema is None and rows:
+        import io as _io
+
+        import pyarrow.json as pajson
+
+        first = list(rows[0])
+        data = b"\n".join(_json_lines(({c: row.get(c) for c in first} for row in rows), "table_from_rows"))
+        try:
+            table = pajson.read_json(_io.BytesIO(data), read_options=pajson.ReadOptions(block_size=len(data) + 1))
+            if table.column_names != first or table.num_rows != len(rows):
+                table = None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            table = None  # mixed types, or a type the JSON reader does not infer as from_pylist does
+    if table is None:
+        try:
+            table, notes = T.table_from_rows(rows, schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            if schema is not None:
+                raise
+            rows, notes = _stringify_mixed(list(rows))
+            T.log.warning("table_from_rows: %s", "; ".join(notes))
+            table, more = T.table_from_rows(rows)
+            notes += more
     return (table, notes) if with_notes else table
 
 
@@ -164,15 +226,8 @@ def write_jsonl_atomic(rows: Iterable[dict], path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            for row in rows:
-                line = json.dumps(row, ensure_ascii=False, default=str)
-                try:
-                    data = line.encode("utf-8")
-                except UnicodeEncodeError:
-                    row = dict(row)
-                    T.log.warning("%s: a row held lone surrogates (%s)", path, "; ".join(T.repair_row(row)))
-                    data = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
-                f.write(data + b"\n")
+            for line in _json_lines(rows, str(path)):
+                f.write(line + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
