@@ -24,7 +24,8 @@ writing results; the median of ``--repeats`` runs):
 - (b) ``pool2``: the same function mapped by a careful user's ``multiprocessing.Pool(2)``;
 - (c) ``curate``: ``curate verify IN.jsonl --out OUT.parquet`` (default workers).
 
-Prints the seconds, items/s, the ratios (a)/(c) and (b)/(c), each one's agreement with the labels, and
+Prints wall seconds and CPU seconds (the process and its waited-for descendants: a loaded machine inflates
+wall time far more than CPU time), items/s, the ratios (a)/(c) and (b)/(c), each one's agreement with the labels, and
 for reference ``Verifier().verify_batch`` in this process (fresh pool). The fixed overhead of the command
 is ``curate verify`` on a one-row file (settled by the fast path: no worker starts) minus a bare
 ``python -c pass``. The machine's load average is printed before and after: on a shared machine the
@@ -41,6 +42,7 @@ import json
 import logging
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -144,14 +146,22 @@ LOADERS = {"gsm8k": load_gsm8k, "long_cot": load_long_cot, "math_vision": load_m
 # --- runs -------------------------------------------------------------------------------------------------------
 
 
-def timed(cmd: list[str], env: dict) -> float:
-    t0 = time.perf_counter()
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (the process and every descendant it waited for) of one run."""
+    c0, t0 = _children_cpu(), time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _children_cpu() - c0
 
 
-def median_time(cmd: list[str], env: dict, repeats: int) -> float:
-    return statistics.median(timed(cmd, env) for _ in range(repeats))
+def median_time(cmd: list[str], env: dict, repeats: int) -> tuple[float, float]:
+    """Median wall and median CPU seconds over ``repeats`` runs."""
+    runs = [timed(cmd, env) for _ in range(repeats)]
+    return statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)
 
 
 def agreement(pred: list[bool], labels: list[bool]) -> float:
@@ -169,28 +179,30 @@ def bench_input(name: str, rows: list[dict], tmp: Path, env: dict, repeats: int,
             f.write(json.dumps(r) + "\n")
     labels = [r["label"] for r in rows]
     n = len(rows)
-    res: dict[str, tuple[float, float]] = {}
+    res: dict[str, tuple[float, float, float]] = {}  # wall, cpu, agreement
     for base in ("serial", "pool2"):
         out = tmp / f"{name}.{base}.json"
-        t = median_time([sys.executable, str(scripts[base]), str(src), str(out)], env, repeats)
-        res[base] = (t, agreement(json.loads(out.read_text()), labels))
+        t, c = median_time([sys.executable, str(scripts[base]), str(src), str(out)], env, repeats)
+        res[base] = (t, c, agreement(json.loads(out.read_text()), labels))
     out = tmp / f"{name}.curate.parquet"
-    t = median_time([sys.executable, "-m", "curation.cli", "verify", str(src), "--out", str(out)], env, repeats)
-    res["curate"] = (t, agreement(pq.read_table(out, columns=["correct"]).column("correct").to_pylist(), labels))
-    t0 = time.perf_counter()
+    t, c = median_time([sys.executable, "-m", "curation.cli", "verify", str(src), "--out", str(out)], env, repeats)
+    res["curate"] = (t, c, agreement(pq.read_table(out, columns=["correct"]).column("correct").to_pylist(), labels))
+    c0, p0, t0 = _children_cpu(), time.process_time(), time.perf_counter()
     with Verifier() as v:
         verdicts = v.verify_batch([r["answer"] for r in rows], [r["response"] for r in rows],
                                   options=[r["options"] for r in rows])
         stats = dict(v.stats)
-    res["in_process"] = (time.perf_counter() - t0, agreement([x.correct for x in verdicts], labels))
+    wall = time.perf_counter() - t0
+    res["in_process"] = (wall, time.process_time() - p0 + _children_cpu() - c0,
+                         agreement([x.correct for x in verdicts], labels))
 
     chars = sum(len(r["response"]) for r in rows) / n
     print(f"\n== {name}: {n} items, {chars:,.0f} characters per response on average")
     what = {"serial": "(a) serial math-verify loop", "pool2": "(b) multiprocessing.Pool(2)",
             "curate": "(c) curate verify (process)", "in_process": "    Verifier.verify_batch (in-process)"}
     for key, label in what.items():
-        t, agree = res[key]
-        print(f"{label:<38}: {t:7.2f} s  {n / t:8.0f} items/s  agreement {agree:.2%}")
+        t, c, agree = res[key]
+        print(f"{label:<38}: {t:7.2f} s wall {c:7.2f} s CPU  {n / t:7.0f} items/s  agreement {agree:.2%}")
     print(f"    in-process decisions: fast path {stats['fast_path']}, math-verify {stats['math_verify']}, "
           f"workers started {stats['started']}")
     ratios = {"serial": res["serial"][0] / res["curate"][0], "pool2": res["pool2"][0] / res["curate"][0]}
@@ -202,11 +214,12 @@ def bench_input(name: str, rows: list[dict], tmp: Path, env: dict, repeats: int,
 def cli_overhead(tmp: Path, env: dict, repeats: int) -> float:
     tiny = tmp / "tiny.jsonl"
     tiny.write_text(json.dumps({"answer": "42", "response": "so \\boxed{42}"}) + "\n")
-    bare = median_time([sys.executable, "-c", "pass"], env, repeats)
-    one = median_time([sys.executable, "-m", "curation.cli", "verify", str(tiny), "--out", str(tmp / "tiny.parquet")],
-                      env, repeats)
-    print(f"\n== fixed CLI overhead: curate verify on a 1-row file {one:.2f} s, bare interpreter {bare:.2f} s "
-          f"-> {one - bare:.2f} s (target < 0.5 s)")
+    bare, bare_cpu = median_time([sys.executable, "-c", "pass"], env, max(repeats, 5))
+    one, one_cpu = median_time([sys.executable, "-m", "curation.cli", "verify", str(tiny), "--out",
+                                str(tmp / "tiny.parquet")], env, max(repeats, 5))
+    print(f"\n== fixed CLI overhead: curate verify on a 1-row file {one:.2f} s wall / {one_cpu:.2f} s CPU, bare "
+          f"interpreter {bare:.2f} s / {bare_cpu:.2f} s -> {one - bare:.2f} s wall, {one_cpu - bare_cpu:.2f} s CPU "
+          "(target < 0.5 s)")
     return one - bare
 
 

@@ -285,7 +285,8 @@ def test_hard_kill_replaces_a_stuck_worker():
 
 
 def test_worker_killed_from_outside_costs_one_item(verifier):
-    assert verifier.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])[0].correct  # workers are up
+    warm = verifier.verify_batch(["x^2", "y^2"], ["\\boxed{x \\cdot x}", "\\boxed{y \\cdot y}"])  # workers are up
+    assert all(v.correct for v in warm)
     assert len(verifier.pids) == 2
     victim = verifier.pids[0]
 
@@ -446,6 +447,8 @@ def test_worker_address_space_limit():
 def test_workers_argument_resizes_the_pool():
     with Verifier(workers=2) as v:
         assert v.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])[0].correct
+        assert len(v.pids) == 1  # one item needed math-verify: one worker started
+        assert all(x.correct for x in v.verify_batch(["x^2", "y^2"], ["\\boxed{x x}", "\\boxed{y y}"]))
         assert len(v.pids) == 2
         assert v.verify_batch(["x^3"], ["\\boxed{x \\cdot x^2}"], workers=1)[0].correct
         assert len(v.pids) == 1 and v.workers == 1
@@ -548,3 +551,30 @@ def test_curate_verify_rules_and_lenient(tmp_path):
     assert got["rules"] == [("correct", "last_math"), ("incorrect", "answer_is")]
     res = runner.invoke(app, ["verify", str(src), "--out", str(tmp_path / "x.jsonl"), "--rules", "boxed,nope"])
     assert res.exit_code != 0 and "unknown extraction rule" in res.output
+
+
+def test_values_differ_shortcut():
+    """In a worker, a wrong answer with symbols is settled by evaluating both sides at two sample points
+    instead of math-verify's symbolic search; identities and numbers without symbols are left to it."""
+    import logging
+
+    from math_verify import parse
+
+    from curation.verify.pool import _values_differ
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+
+    def p(s):
+        return parse("\\boxed{" + s + "}", parsing_timeout=None)[0]
+
+    assert _values_differ(p("(1 - 3e^{-2t} + 2e^{-5t})"), p("(1 - 3e^{-2t} + 2e^{-6t})"))
+    assert _values_differ(p("\\frac{2}{5} g K^{-3/5} z"), p("\\frac{2}{6} g K^{-3/5} z"))
+    assert not _values_differ(p("\\sin^2 x + \\cos^2 x"), p("1"))  # an identity: equal at every point
+    assert not _values_differ(p("(x+1)^2"), p("x^2+2x+1"))
+    assert not _values_differ(p("\\frac{1}{3}"), p("0.3333"))  # no symbols: math-verify's rounding rules
+    assert not _values_differ(p("x = 1"), p("x = 2"))  # relations: math-verify
+    with Verifier(workers=1) as v:
+        wrong, right = v.verify_batch(["(1 - 3e^{-2t} + 2e^{-5t})", "(x+1)^2"],
+                                      ["\\boxed{1 - 3e^{-2t} + 2e^{-6t}}", "\\boxed{x^2+2x+1}"])
+    assert wrong.status == "incorrect" and "values differ" in wrong.detail
+    assert right.status == "correct" and right.detail == "math-verify"

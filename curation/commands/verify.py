@@ -48,7 +48,7 @@ def verify_file(
     options_col: str | None = "options",
     timeout: float = 5.0,
     workers: int | None = None,
-    batch_size: int = 2048,
+    batch_size: int = 50_000,
     rules: Sequence[str] | str | None = None,
     lenient: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -56,6 +56,8 @@ def verify_file(
     """Verify every row of ``path`` and write ``out`` (``.parquet``, else JSONL) atomically.
 
     ``rules`` / ``lenient``: the extraction rules (:func:`curation.verify.resolve_rules`; default strict).
+    Rows go to the verifier ``batch_size`` at a time (one batch for most files: the workers never wait
+    for the next batch to be read).
     Returns ``{"rows": n, "verdicts": {status: count}, "rules": {rule: count}, "repaired": n, "out": path}``.
     """
     from curation.core.io import read_records, table_from_rows, write_jsonl_atomic, write_parquet_atomic
@@ -73,13 +75,12 @@ def verify_file(
     def flush(verifier: Verifier) -> None:
         if not pending:
             return
-        verdicts = verifier.verify_batch(golds, responses, options=options, timeout=timeout, rules=rules)
+        verdicts = verifier.verify_batch(golds, responses, options=options, timeout=timeout, rules=rules,
+                                         progress=progress)
         for i, v in zip(pending, verdicts):
             detail = v.detail if i not in repaired else f"{v.detail}; {repaired[i]}"
             rows[i].update(extracted=v.extracted, extract_rule=v.rule, correct=v.correct, verdict=v.status,
                            verdict_detail=detail)
-        if progress:
-            progress(len(pending))
         pending.clear()
         golds.clear()
         responses.clear()

@@ -149,16 +149,19 @@ def read_table(path: str | Path) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def _json_lines(rows: Iterable[dict], where: str) -> Iterator[bytes]:
+def _json_lines(rows: Iterable[dict], where: str, notes: list[str] | None = None) -> Iterator[bytes]:
     """Each row as one line of UTF-8 JSON (non-ASCII kept); a row holding a lone surrogate is repaired to
-    U+FFFD (:func:`curation.core.text.repair_row`, logged) instead of failing."""
-    for row in rows:
+    U+FFFD (:func:`curation.core.text.repair_row`, logged, noted in ``notes``) instead of failing."""
+    for i, row in enumerate(rows):
         line = json.dumps(row, ensure_ascii=False, default=str)
         try:
             yield line.encode("utf-8")
         except UnicodeEncodeError:
             row = dict(row)
-            T.log.warning("%s: a row held lone surrogates (%s)", where, "; ".join(T.repair_row(row)))
+            note = f"row {i}: " + "; ".join(T.repair_row(row))
+            T.log.warning("%s: %s", where, note)
+            if notes is not None:
+                notes.append(note)
             yield json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
 
 
@@ -183,6 +186,20 @@ def _stringify_mixed(rows: list[dict]) -> tuple[list[dict], list[str]]:
     return out, [f"column {c!r}: values of different types, stored as JSON text" for c in mixed]
 
 
+def _temporal_as_string(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_temporal(t):
+        return pa.string()
+    if pa.types.is_list(t):
+        return pa.list_(_temporal_as_string(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _temporal_as_string(f.type)) for f in t])
+    return t
+
+
+def _has_temporal(schema: pa.Schema) -> bool:
+    return any(_temporal_as_string(f.type) != f.type for f in schema)
+
+
 def table_from_rows(rows: list[dict], schema: pa.Schema | None = None, *, with_notes: bool = False) -> Any:
     """The Arrow table of ``rows`` (``pa.Table.from_pylist`` semantics), never failing on a bad value:
     lone surrogates are repaired (:func:`curation.core.text.table_from_rows`) and, without a ``schema``, a
@@ -198,13 +215,20 @@ def table_from_rows(rows: list[dict], schema: pa.Schema | None = None, *, with_n
         import pyarrow.json as pajson
 
         first = list(rows[0])
-        data = b"\n".join(_json_lines(({c: row.get(c) for c in first} for row in rows), "table_from_rows"))
+        data = b"\n".join(_json_lines(({c: row.get(c) for c in first} for row in rows), "table_from_rows", notes))
+        read = pajson.ReadOptions(block_size=len(data) + 1)
         try:
-            table = pajson.read_json(_io.BytesIO(data), read_options=pajson.ReadOptions(block_size=len(data) + 1))
+            table = pajson.read_json(_io.BytesIO(data), read_options=read)
+            if _has_temporal(table.schema):  # the reader turns "2024-01-01" into a timestamp: keep the text
+                schema_ = pa.schema([pa.field(f.name, _temporal_as_string(f.type)) for f in table.schema])
+                table = pajson.read_json(_io.BytesIO(data), read_options=read,
+                                         parse_options=pajson.ParseOptions(explicit_schema=schema_))
             if table.column_names != first or table.num_rows != len(rows):
                 table = None
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            table = None  # mixed types, or a type the JSON reader does not infer as from_pylist does
+            table = None  # mixed types: the fallback below
+        if table is None:
+            notes = []
     if table is None:
         try:
             table, notes = T.table_from_rows(rows, schema)

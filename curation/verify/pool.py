@@ -2,13 +2,22 @@
 
 Pipeline for one (gold, response) item:
 
-1. **Extraction** (parent process, regex only, linear time): :func:`curation.verify.extract.extract_answer`.
-   Nothing found -> ``no_answer``.
+1. **Extraction** (parent process, regex only, linear time): :func:`curation.verify.extract.extract_answer`
+   with the batch's rules (strict by default; ``lenient=True`` adds ``last_math``). Nothing found ->
+   ``no_answer``. When the gold lists several values (:func:`curation.verify.rules.several_values`) and the
+   response boxes several, the union of its final boxes (:func:`curation.verify.extract.final_boxes`) is
+   the answer (the verdict's detail says so).
 2. **Fast path** (parent process, no IPC, no sympy): :func:`curation.verify.rules.fast_path` settles
-   choice labels, equal strings, plain numbers and plain words (rules in :mod:`curation.verify.rules`).
+   choice labels, equal strings, plain numbers, plain words and plain expressions in different variables
+   (rules in :mod:`curation.verify.rules`). Most items end here; a batch whose items all do starts no worker.
 3. **math-verify** (worker processes): ``verify(parse("\\boxed{gold}"), parse("\\boxed{answer}"))`` for
    everything else (expressions, intervals, sets, matrices, equations, units, MC answers given as option
-   text - compared with the gold option's text). Parsed golds are cached per worker.
+   text - compared with the gold option's text). Parsed golds are cached per worker. One shortcut, after
+   ``parse``: two plain expressions with free symbols whose values differ at two fixed sample points
+   (:func:`_values_differ`) are ``incorrect`` without math-verify's symbolic search (``simplify`` of the
+   difference, ~100 ms for a long wrong answer), which could only end in "not equal"; numbers without
+   symbols, relations, sets and anything that does not evaluate stay with math-verify. A batch starts at
+   most as many workers as it has items for them.
 
 **Deadlines.** Each item has a budget of ``timeout`` seconds inside its worker, enforced with
 ``signal.setitimer`` in the worker's main thread (math-verify's own ``signal.alarm`` timeouts are turned
@@ -24,13 +33,14 @@ processes such as ``DataLoader`` workers. A :class:`Verifier` inherited through 
 pid and starts its own workers. Items are sent to workers in chunks (amortising IPC) but every item
 reports back on its own, so the per-item deadline is measured from the end of the previous item.
 
-**Start method** (``start_method``): ``"forkserver"`` (default) forks workers from a small server process
-that has imported math-verify once - safe when the caller has threads (TRL, torch) and a replacement
-worker is ready in milliseconds; ``"fork"`` is slightly faster to start when math-verify is already
-imported, but forks the whole (possibly multi-threaded, GPU-holding) caller; ``"spawn"`` pays a full
-interpreter start per worker. Like any multiprocessing code, forkserver/spawn re-import the caller's
-``__main__`` module in each worker: scripts need the usual ``if __name__ == "__main__":`` guard.
-``bench/verify.py`` measures the three.
+**Start method** (``start_method``): ``"fork"`` (default where available) imports math-verify once in
+the caller, then forks the workers from a dedicated helper thread: the fastest start and the fastest
+replacement of a killed worker; like any fork it copies the caller's memory (only the helper thread
+carries over into a worker). ``"forkserver"`` forks workers from a small server process that has
+imported math-verify once - use it when the caller holds a GPU context or must not be forked;
+``"spawn"`` pays a full interpreter start per worker. forkserver/spawn re-import the caller's ``__main__``
+module in each worker: scripts need the usual ``if __name__ == "__main__":`` guard. ``bench/verify.py
+--start-methods`` measures the three.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from curation.verify.extract import _extract, choice_labels, final_boxes, normalize_answer, resolve_rules
 from curation.verify.rules import classify_gold, fast_path, latex_problem, several_values
@@ -158,9 +168,13 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
             if not pred:
                 return "error", "math-verify could not parse the answer"
             gold_ok = False
+            shortcut = False
             for g in golds:
                 gp = parsed(g)
                 gold_ok = gold_ok or any(isinstance(x, (Basic, MatrixBase)) for x in gp)
+                if gp and pred and _values_differ(gp[0], pred[0]):
+                    shortcut = True  # not equal: math-verify's symbolic search would end in "no"
+                    continue
                 if gp and verify(gp, pred, timeout_seconds=None):
                     return "correct", "math-verify"
             # parse() falls back to the raw string when LaTeX parsing fails: no sympy object = invalid
@@ -168,7 +182,7 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
                 return "error", "math-verify could not parse the answer"
             if not gold_ok:
                 return "error", "math-verify could not parse the gold answer"
-            return "incorrect", "math-verify"
+            return "incorrect", "math-verify (parsed; values differ at sample points)" if shortcut else "math-verify"
         except _Deadline:
             return "timeout", f"math-verify ran past {budget:g}s (soft deadline)"
         except MemoryError:
@@ -196,6 +210,44 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
                 conn.send((idx, status, detail))
             except (BrokenPipeError, OSError):
                 return
+
+
+# two fixed points (up to 8 symbols), in (1.1, 2.3): positive, away from 0, 1 and the usual poles
+_SAMPLE_POINTS = ((1.3137, 1.7213, 1.1529, 2.0411, 1.6182, 2.2279, 1.4821, 1.9023),
+                  (1.8862, 1.2345, 2.2719, 1.4471, 1.1917, 1.7707, 2.1351, 1.5563))
+_VALUE_RTOL = 1e-6  # about math-verify's float_rounding (6 digits); far above float error
+
+
+def _values_differ(a: Any, b: Any) -> bool:
+    """In a worker, after ``parse``: ``True`` when the parsed gold ``a`` and answer ``b`` are plain sympy
+    expressions with free symbols (no relation, set, matrix, tuple) whose values differ - relative
+    difference above ``_VALUE_RTOL`` - at each of two fixed sample points (symbols in sorted order get
+    values in (1.1, 2.3)). Two expressions that differ at a point are not identical, so math-verify's
+    symbolic comparison (``simplify`` of the difference: ~100 ms per wrong answer on long expressions)
+    could only say "no"; it is skipped. Numbers without symbols (math-verify's own rounding and percent
+    rules apply there), relations and anything that does not evaluate to a finite number return ``False``:
+    math-verify decides."""
+    import sympy
+    from sympy.core.relational import Relational
+
+    if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
+        return False
+    if isinstance(a, Relational) or isinstance(b, Relational):
+        return False
+    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    if not symbols or len(symbols) > len(_SAMPLE_POINTS[0]):
+        return False
+    for point in _SAMPLE_POINTS:
+        subs = {s: sympy.Float(v) for s, v in zip(symbols, point)}
+        try:
+            x, y = complex(a.evalf(subs=subs)), complex(b.evalf(subs=subs))
+        except (TypeError, ValueError, ArithmeticError, AttributeError):
+            return False
+        if not (math.isfinite(x.real) and math.isfinite(x.imag) and math.isfinite(y.real) and math.isfinite(y.imag)):
+            return False
+        if abs(x - y) <= _VALUE_RTOL * max(abs(x), abs(y)):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,7 +278,7 @@ class Verifier:
     """A pool of math-verify worker processes with a hard per-item deadline.
 
     ``workers``: pool size (default: the CPUs this process may use, at most 16); ``start_method``:
-    ``fork`` (default) | ``forkserver`` | ``spawn``; ``grace``: seconds past ``timeout`` before the hard
+    ``fork`` (default where available, see the module docstring) | ``forkserver`` | ``spawn``; ``grace``: seconds past ``timeout`` before the hard
     kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address space each
     worker may add to what it maps at start (``None``: no limit); ``max_answer_chars``: longer extracted
     answers get ``error`` without being parsed; ``start_timeout``: seconds a new worker may take to
@@ -371,14 +423,17 @@ class Verifier:
         self.stats["started"] += 1
         return w
 
-    def _ensure_pool(self) -> None:
+    def _ensure_pool(self, jobs: int | None = None) -> None:
+        """Start workers up to the pool size - or up to ``jobs`` when fewer items need one (a batch with
+        one math-verify item starts one worker; a later, larger batch grows the pool)."""
         if os.getpid() != self._pid:  # we are a fork child: forget the parent's workers and helper thread
             self._pool = []
             self._spawner = None
             self._pid = os.getpid()
         for w in [w for w in self._pool if not w.proc.is_alive()]:
             self._retire(w, kill=False)
-        while len(self._pool) < self.workers:
+        want = self.workers if jobs is None else max(1, min(self.workers, jobs))
+        while len(self._pool) < want:
             self._pool.append(self._start_worker())
 
     def _retire(self, w: _Worker, kill: bool) -> None:
@@ -408,12 +463,14 @@ class Verifier:
         workers: int | None = None,
         rules: Sequence[str] | None = None,
         lenient: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Verdict]:
         """One :class:`Verdict` per (gold, response), in order. ``options[i]`` (or ``None``) are the
         choices of item ``i``; ``timeout`` is the per-item budget in seconds; ``workers`` resizes the
         pool; ``rules`` / ``lenient``: the extraction rules (:func:`curation.verify.extract.resolve_rules`;
-        default strict, ``lenient=True`` adds ``last_math``). Never raises for a bad item: it gets
-        ``error`` / ``timeout`` / ``no_answer``."""
+        default strict, ``lenient=True`` adds ``last_math``); ``progress(k)`` is called as items are
+        decided (a progress bar for one large batch). Never raises for a bad item: it gets ``error`` /
+        ``timeout`` / ``no_answer``."""
         if len(golds) != len(responses):
             raise ValueError(f"verify_batch: {len(golds)} golds but {len(responses)} responses")
         if options is not None and len(options) != len(golds):
@@ -425,6 +482,7 @@ class Verifier:
         out: list[Verdict | None] = [None] * n
         jobs: list[tuple[int, list[str], str]] = []
         extractions: dict[int, tuple[str, str | None, str]] = {}
+        decided = reported = 0  # fast-path verdicts, and how many of them progress() was told about
         for i in range(n):
             opts = options[i] if options is not None else None
             opts = [str(o) for o in opts] if opts is not None and len(opts) else None
@@ -435,17 +493,21 @@ class Verifier:
             if verdict is not None:
                 out[i] = verdict
                 self.stats["fast_path"] += 1
+                decided += 1
             else:
                 assert job is not None
                 answer, rule, gold_texts, note = job
                 extractions[i] = (answer, rule, note)
                 jobs.append((i, gold_texts, answer))
+            if progress and (i % 256 == 255 or i == n - 1) and decided > reported:
+                progress(decided - reported)
+                reported = decided
         if jobs:
             with self._lock:
                 if workers and int(workers) != self.workers:
                     self.close()
                     self.workers = int(workers)
-                results = self._run_jobs(jobs, float(timeout))
+                results = self._run_jobs(jobs, float(timeout), progress)
             for i, (status, detail) in results.items():
                 answer, rule, note = extractions[i]
                 out[i] = Verdict(status, answer, rule, (detail or "") + note or None)
@@ -493,13 +555,14 @@ class Verifier:
         gold_texts = [g.replace("°", "^{\\circ}") for g in gold_texts]
         return None, (answer.replace("°", "^{\\circ}"), ext.rule, gold_texts, union)
 
-    def _run_jobs(self, jobs: list[tuple[int, list[str], str]], timeout: float) -> dict[int, tuple[str, str | None]]:
+    def _run_jobs(self, jobs: list[tuple[int, list[str], str]], timeout: float,
+                  progress: Callable[[int], None] | None = None) -> dict[int, tuple[str, str | None]]:
         """Distribute jobs over the pool with the hard per-item deadline (caller holds the lock).
 
         Each worker holds at most one chunk; it answers item by item, and the parent restarts the item
         clock at every answer, so a chunk of 16 items still gives each item ``timeout + grace`` seconds.
         """
-        self._ensure_pool()
+        self._ensure_pool(len(jobs))
         # items with the same gold go together: the worker's parse cache then hits
         queue: deque = deque(sorted(jobs, key=lambda j: j[1]))
         results: dict[int, tuple[str, str | None]] = {}
@@ -507,6 +570,7 @@ class Verifier:
         budget = timeout if self.soft_deadline else 0.0  # 0: no in-worker timer
         chunk = max(1, min(self.chunk_size, math.ceil(len(jobs) / (2 * max(1, self.workers)))))
         start_failures = 0
+        told = 0  # results reported to progress()
 
         def dispatch(w: _Worker) -> None:
             if not w.ready or w.items or not queue:
@@ -555,6 +619,9 @@ class Verifier:
                         if w.items and w.items[0][0] == idx:
                             w.items.popleft()
                         results[idx] = (status, detail)
+                        if progress:
+                            progress(1)
+                            told += 1
                         w.started = time.monotonic()
                         if not w.items:
                             break
@@ -577,6 +644,8 @@ class Verifier:
                 elif not w.ready and now - w.born > self.start_timeout:
                     self.stats["killed"] += 1
                     self._replace(w, kill=True)
+        if progress and len(results) > told:  # items settled by a kill or a failed start
+            progress(len(results) - told)
         return results
 
 
@@ -618,8 +687,8 @@ def verify_batch(
     workers: int | None = None,
     rules: Sequence[str] | None = None,
     lenient: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Verdict]:
     """:meth:`Verifier.verify_batch` on the shared verifier (:func:`get_verifier`)."""
-    return get_verifier().verify_batch(
-        golds, responses, options=options, timeout=timeout, workers=workers, rules=rules, lenient=lenient
-    )
+    return get_verifier().verify_batch(golds, responses, options=options, timeout=timeout, workers=workers,
+                                       rules=rules, lenient=lenient, progress=progress)
