@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -242,34 +243,15 @@ def table_from_rows(rows: list[dict], schema: pa.Schema | None = None, *, with_n
     return (table, notes) if with_notes else table
 
 
-def write_jsonl_atomic(rows: Iterable[dict], path: str | Path) -> Path:
-    """Write ``rows`` as JSON lines (UTF-8, non-ASCII kept as is) atomically; a value that cannot be
-    encoded (a lone surrogate) is repaired to U+FFFD (:func:`curation.core.text.repair_row`), not fatal."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for line in _json_lines(rows, str(path)):
-                f.write(line + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_parquet_atomic(table: pa.Table, path: str | Path, **kwargs: Any) -> Path:
-    """Write ``table`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
-    path = Path(path)
+@contextmanager
+def _atomic(path: Path) -> Iterator[str]:
+    """A temporary file in ``path``'s folder to write; fsynced and renamed onto ``path`` when the block
+    ends, removed if it raises - readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression=kwargs.pop("compression", "zstd"), **kwargs)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
@@ -277,20 +259,31 @@ def write_parquet_atomic(table: pa.Table, path: str | Path, **kwargs: Any) -> Pa
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl_atomic(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write ``rows`` as JSON lines (UTF-8, non-ASCII kept as is) atomically; a value that cannot be
+    encoded (a lone surrogate) is repaired to U+FFFD (:func:`curation.core.text.repair_row`), not fatal."""
+    path = Path(path)
+    with _atomic(path) as tmp, open(tmp, "wb") as f:
+        for line in _json_lines(rows, str(path)):
+            f.write(line + b"\n")
+    return path
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path, **kwargs: Any) -> Path:
+    """Write ``table`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
+    path = Path(path)
+    with _atomic(path) as tmp:
+        pq.write_table(table, tmp, compression=kwargs.pop("compression", "zstd"), **kwargs)
     return path
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with _atomic(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, _FILE_MODE)
-    os.replace(tmp, path)
     return path
 
 
