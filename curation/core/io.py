@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,6 +91,9 @@ def read_records(path: str | Path) -> Iterator[Record]:
                     yield Record(loc, data=row)
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
 def _read_jsonl(path: Path) -> Iterator[Record]:
     import gzip
 
@@ -109,7 +113,9 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
                 yield Record(loc, error=f"expected a JSON object, got {type(data).__name__}",
                              raw=T.repair_text(text[:2000])[0])
                 continue
-            yield Record(loc, data=data, repairs=tuple(T.repair_row(data)))
+            # json.loads makes lone surrogates only from "\\udXXX" escapes: most lines need no repair pass
+            repairs = tuple(T.repair_row(data)) if _SURROGATE_ESCAPE.search(raw) else ()
+            yield Record(loc, data=data, repairs=repairs)
 
 
 def _read_parquet_file(path: Path) -> Iterator[Record]:

@@ -169,10 +169,12 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
                 return "error", "math-verify could not parse the answer"
             gold_ok = False
             shortcut = False
+            texts = {x.strip() for x in pred if isinstance(x, str)}  # math-verify also compares the strings
             for g in golds:
                 gp = parsed(g)
                 gold_ok = gold_ok or any(isinstance(x, (Basic, MatrixBase)) for x in gp)
-                if gp and pred and _values_differ(gp[0], pred[0]):
+                same_text = any(isinstance(x, str) and x.strip() and x.strip() in texts for x in gp)
+                if gp and pred and not same_text and _values_differ(gp[0], pred[0]):
                     shortcut = True  # not equal: math-verify's symbolic search would end in "no"
                     continue
                 if gp and verify(gp, pred, timeout_seconds=None):
@@ -225,15 +227,15 @@ def _values_differ(a: Any, b: Any) -> bool:
     values in (1.1, 2.3)). Two expressions that differ at a point are not identical, so math-verify's
     symbolic comparison (``simplify`` of the difference: ~100 ms per wrong answer on long expressions)
     could only say "no"; it is skipped. Numbers without symbols (math-verify's own rounding and percent
-    rules apply there), relations and anything that does not evaluate to a finite number return ``False``:
-    math-verify decides."""
+    rules apply there), relations, lone symbols (math-verify reads ``east`` and ``e*a*s*t`` as the same
+    word) and anything that does not evaluate to a finite number return ``False``: math-verify decides."""
     import sympy
     from sympy.core.relational import Relational
 
     if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
         return False
-    if isinstance(a, Relational) or isinstance(b, Relational):
-        return False
+    if isinstance(a, (Relational, sympy.Symbol)) or isinstance(b, (Relational, sympy.Symbol)):
+        return False  # relations: solved by math-verify; a lone symbol may be a word ("\\text{east}" = e*a*s*t)
     symbols = sorted(a.free_symbols | b.free_symbols, key=str)
     if not symbols or len(symbols) > len(_SAMPLE_POINTS[0]):
         return False
