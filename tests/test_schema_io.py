@@ -162,3 +162,10 @@ def test_curate_verify_never_imports_pandas(tmp_path):
                          capture_output=True, text=True, check=True)
     assert "PANDAS False False" in out.stdout, out.stdout + out.stderr
     assert pq.read_table(tmp_path / "out.parquet").column("when").to_pylist() == ["2024-01-01"]
+
+
+def test_table_from_rows_keeps_every_column():
+    from curation.core.io import table_from_rows
+
+    rows = [{"a": 1}, {"a": 2, "b": "late"}]
+    assert table_from_rows(rows).to_pylist() == [{"a": 1, "b": None}, {"a": 2, "b": "late"}]

@@ -153,7 +153,7 @@ def read_table(path: str | Path) -> pa.Table:
         if rec.error:
             raise ValueError(f"{rec.locator}: {rec.error}")
         rows.append(rec.data)
-    return pa.Table.from_pylist(rows)
+    return table_from_rows(rows)
 
 
 def _json_lines(rows: Iterable[dict], where: str, notes: list[str] | None = None) -> Iterator[bytes]:
@@ -210,8 +210,8 @@ def _has_temporal(schema: pa.Schema) -> bool:
 def table_from_rows(rows: list[dict], schema: pa.Schema | None = None, *, with_notes: bool = False) -> Any:
     """The Arrow table of ``rows`` (``pa.Table.from_pylist`` semantics), never failing on a bad value:
     lone surrogates are repaired (:func:`curation.core.text.table_from_rows`) and, without a ``schema``, a
-    column whose values have different types (``1`` and ``"x"``) is stored as JSON text. Columns are
-    those of the first row. Without a ``schema`` the table is parsed by Arrow's JSON reader from the rows'
+    column whose values have different types (``1`` and ``"x"``) is stored as JSON text. Columns: every
+    key of any row, in first-seen order (``from_pylist`` keeps the first row's only), or ``schema``'s. Without a ``schema`` the table is parsed by Arrow's JSON reader from the rows'
     JSON (fast, and it keeps ``pandas`` - a second of start-up - out of processes that never need it).
     ``with_notes=True`` returns ``(table, notes)``."""
     notes: list[str] = []
@@ -221,7 +221,7 @@ def table_from_rows(rows: list[dict], schema: pa.Schema | None = None, *, with_n
 
         import pyarrow.json as pajson
 
-        first = list(rows[0])
+        first = list(dict.fromkeys(k for row in rows for k in row))  # every column, in first-seen order
         data = b"\n".join(_json_lines(({c: row.get(c) for c in first} for row in rows), "table_from_rows", notes))
         read = pajson.ReadOptions(block_size=len(data) + 1)
         try:
@@ -237,6 +237,9 @@ def table_from_rows(rows: list[dict], schema: pa.Schema | None = None, *, with_n
         if table is None:
             notes = []
     if table is None:
+        if schema is None and rows:
+            cols = dict.fromkeys(k for row in rows for k in row)
+            rows = [{c: row.get(c) for c in cols} for row in rows]
         try:
             table, notes = T.table_from_rows(rows, schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):

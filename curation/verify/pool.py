@@ -280,8 +280,8 @@ class Verifier:
     """A pool of math-verify worker processes with a hard per-item deadline.
 
     ``workers``: pool size (default: the CPUs this process may use, at most 16); ``start_method``:
-    ``fork`` (default where available, see the module docstring) | ``forkserver`` | ``spawn``; ``grace``: seconds past ``timeout`` before the hard
-    kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address space each
+    ``fork`` (default where available, see the module docstring) | ``forkserver`` | ``spawn``; ``grace``:
+    seconds past ``timeout`` before the hard kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address space each
     worker may add to what it maps at start (``None``: no limit); ``max_answer_chars``: longer extracted
     answers get ``error`` without being parsed; ``start_timeout``: seconds a new worker may take to
     import math-verify; ``soft_deadline=False`` turns off the in-worker timer so that only the parent's
