@@ -578,3 +578,14 @@ def test_values_differ_shortcut():
                                       ["\\boxed{1 - 3e^{-2t} + 2e^{-6t}}", "\\boxed{x^2+2x+1}"])
     assert wrong.status == "incorrect" and "values differ" in wrong.detail
     assert right.status == "correct" and right.detail == "math-verify"
+
+
+def test_identical_items_are_checked_once():
+    """16 rollouts of one prompt, three distinct answers: math-verify checks 3 items for all 16."""
+    with Verifier(workers=1) as v:
+        golds = ["\\frac{\\sqrt{3}}{2}"] * 16
+        responses = ["so \\boxed{\\frac{1}{2}\\sqrt{3}}"] * 12 + ["\\boxed{\\sqrt{3}/2}"] * 3 + ["\\boxed{7}"]
+        done = []
+        out = v.verify_batch(golds, responses, progress=done.append)
+    assert [x.status for x in out] == ["correct"] * 15 + ["incorrect"]
+    assert v.stats["math_verify"] == 16 and v.stats["duplicates"] == 13 and sum(done) == 16

@@ -16,8 +16,10 @@ Pipeline for one (gold, response) item:
    ``parse``: two plain expressions with free symbols whose values differ at two fixed sample points
    (:func:`_values_differ`) are ``incorrect`` without math-verify's symbolic search (``simplify`` of the
    difference, ~100 ms for a long wrong answer), which could only end in "not equal"; numbers without
-   symbols, relations, sets and anything that does not evaluate stay with math-verify. A batch starts at
-   most as many workers as it has items for them.
+   symbols, relations, sets and anything that does not evaluate stay with math-verify. Identical
+   (gold, answer) items of a batch - many rollouts of one prompt give the same answer - are checked once,
+   and each worker parses an answer string once. A batch starts at most as many workers as it has items
+   for them.
 
 **Deadlines.** Each item has a budget of ``timeout`` seconds inside its worker, enforced with
 ``signal.setitimer`` in the worker's main thread (math-verify's own ``signal.alarm`` timeouts are turned
@@ -164,7 +166,7 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
         if budget > 0:
             signal.setitimer(signal.ITIMER_REAL, budget)
         try:
-            pred = parse("\\boxed{" + answer + "}", parsing_timeout=None)
+            pred = parsed(answer)  # answers repeat too (N rollouts of one prompt): parsed once per worker
             if not pred:
                 return "error", "math-verify could not parse the answer"
             gold_ok = False
@@ -326,7 +328,7 @@ class Verifier:
         self._pool: list[_Worker] = []
         self._pid = os.getpid()
         self._spawner: Any = None
-        self.stats = {"fast_path": 0, "math_verify": 0, "killed": 0, "died": 0, "started": 0}
+        self.stats = {"fast_path": 0, "math_verify": 0, "duplicates": 0, "killed": 0, "died": 0, "started": 0}
         _INSTANCES.add(self)
 
     def _forget_after_fork(self) -> None:
@@ -505,11 +507,30 @@ class Verifier:
                 progress(decided - reported)
                 reported = decided
         if jobs:
+            # identical (gold, answer) items - many rollouts of one prompt give the same answer - are checked
+            # once; the others take the same result
+            first: dict[tuple, int] = {}
+            copies: dict[int, list[int]] = {}
+            unique = []
+            for job in jobs:
+                key = (tuple(job[1]), job[2])
+                if key in first:
+                    copies[first[key]].append(job[0])
+                else:
+                    first[key] = job[0]
+                    copies[job[0]] = []
+                    unique.append(job)
+            self.stats["duplicates"] += len(jobs) - len(unique)
             with self._lock:
                 if workers and int(workers) != self.workers:
                     self.close()
                     self.workers = int(workers)
-                results = self._run_jobs(jobs, float(timeout), progress)
+                results = self._run_jobs(unique, float(timeout), progress)
+            for i in list(results):
+                for j in copies.get(i, []):
+                    results[j] = results[i]
+                if progress and copies.get(i):
+                    progress(len(copies[i]))
             for i, (status, detail) in results.items():
                 answer, rule, note = extractions[i]
                 out[i] = Verdict(status, answer, rule, (detail or "") + note or None)
