@@ -39,7 +39,6 @@ bit-identical to an uninterrupted run (the table it draws from is the one saved 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -55,9 +54,11 @@ from trl import GRPOTrainer
 from .config import GRPORecipe
 from .sampler import VASSampler
 from .utils import (
+    DEBUG_ENV,
     FINAL_DIR,
     ProcessorSaveMixin,
     TrainResult,
+    debug_event,
     finish_run,
     freeze_vision_tower,
     last_checkpoint,
@@ -72,20 +73,6 @@ log = logging.getLogger(__name__)
 
 VPS_CKPT_FILE = "vps_table.parquet"
 VPS_FINAL_FILE = "vps_final.parquet"
-# Multi-process debugging/tests: when set, every rank appends JSON lines to <dir>/rank<R>.jsonl - the chunks
-# its VAS sampler draws, the dataset indices of its local batch slice, the gathered (keys, accuracy rewards,
-# texts) fed to the online VPS update (main process), its final VPS values and the files it saves.
-DEBUG_ENV = "RLCURATE_TRAIN_DEBUG_DIR"
-
-
-def debug_event(rank: int, event: str, **data: Any) -> None:
-    """Append ``{"event": event, **data}`` to ``$RLCURATE_TRAIN_DEBUG_DIR/rank<rank>.jsonl`` (no-op when unset)."""
-    d = os.environ.get(DEBUG_ENV)
-    if not d:
-        return
-    Path(d).mkdir(parents=True, exist_ok=True)
-    with open(Path(d) / f"rank{rank}.jsonl", "a") as f:
-        f.write(json.dumps({"event": event, **data}, default=float) + "\n")
 
 
 def completion_texts(completions: list) -> list[str]:
@@ -205,7 +192,7 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
 
         keys = gather_object([int(x[INDEX_COLUMN]) for x in inputs]) if INDEX_COLUMN in inputs[0] else None
         if keys is not None:
-            self._debug("batch", local_keys=[int(x[INDEX_COLUMN]) for x in inputs])
+            self._debug("batch", step=int(self.state.global_step), local_keys=[int(x[INDEX_COLUMN]) for x in inputs])
         if keys is not None and self.vas_sampler is not None:
             mix = self.vas_sampler.pop_matching(set(keys))
             if mix is not None:
@@ -264,6 +251,7 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
         from .vps import INDEX_COLUMN
 
         t0 = time.perf_counter()
+        self._debug("rescore", step=int(self.state.global_step))
         ds = self.train_dataset
         n = len(ds)
         world, rank = self.accelerator.num_processes, self.accelerator.process_index

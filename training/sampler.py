@@ -38,7 +38,7 @@ reaches the draw within about ``T + 1`` generation rounds (the dataloader looks 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence, Sized
+from typing import Any, Callable, Iterator, Sequence, Sized
 
 import numpy as np
 import torch
@@ -331,6 +331,7 @@ class VASEpochSampler(Sampler[int]):
         self.per_problem = per_problem
         self.epoch = 0
         self._stats: dict[str, Any] = {}
+        self.on_epoch: Callable[[int, list[int]], None] | None = None  # debug hook (epoch, row order)
         self.row_probabilities()  # validate now
 
     def set_epoch(self, epoch: int) -> None:
@@ -388,7 +389,10 @@ class VASEpochSampler(Sampler[int]):
         out = out[rng.permutation(out.size)]
         self._stats = {"epoch": epoch, "n_vas": int(n_vas), "n_uniform": int(n_uni),
                        "n_unique": int(np.unique(out).size), **probability_stats(p)}
-        return iter(out.tolist())
+        order = out.tolist()
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, order)
+        return iter(order)
 
     def last_epoch_stats(self) -> dict[str, Any]:
         """``n_vas``, ``n_uniform``, ``n_unique`` and the weight statistics of the last epoch drawn."""

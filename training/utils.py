@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 __all__ = [
+    "DEBUG_ENV",
     "FINAL_DIR",
     "RESULT_FILE",
     "ProcessorSaveMixin",
     "TrainResult",
+    "debug_event",
     "finish_run",
     "freeze_vision_tower",
     "is_vlm_processor",
@@ -34,11 +37,21 @@ __all__ = [
 
 
 RESULT_FILE = "result.json"
-
-
-
 FINAL_DIR = "final"
+# Multi-process debugging/tests: when set, every rank appends JSON lines to <dir>/rank<R>.jsonl (GRPO: the chunks
+# its VAS sampler draws, the dataset indices of its local batch slice, the gathered rollouts fed to the online
+# VPS update, re-scores, its final VPS values and the files it saves; SFT: the row order of every epoch).
+DEBUG_ENV = "RLCURATE_TRAIN_DEBUG_DIR"
 
+
+def debug_event(rank: int, event: str, **data: Any) -> None:
+    """Append ``{"event": event, **data}`` to ``$RLCURATE_TRAIN_DEBUG_DIR/rank<rank>.jsonl`` (no-op when unset)."""
+    d = os.environ.get(DEBUG_ENV)
+    if not d:
+        return
+    Path(d).mkdir(parents=True, exist_ok=True)
+    with open(Path(d) / f"rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({"event": event, **data}, default=float) + "\n")
 
 
 @dataclass
@@ -63,7 +76,6 @@ class TrainResult:
         return asdict(self)
 
 
-
 def load_parquet_dataset(path: str | Path, *, limit: int | None = None, required: tuple[str, ...] = ()):
     """A 🤗 ``Dataset`` from one Parquet file (images decode to PIL via the schema's feature metadata)."""
     from datasets import Dataset
@@ -82,17 +94,14 @@ def load_parquet_dataset(path: str | Path, *, limit: int | None = None, required
     return ds
 
 
-
 def is_vlm_processor(processing_class: Any) -> bool:
     from transformers import ProcessorMixin
 
     return isinstance(processing_class, ProcessorMixin)
 
 
-
 def tokenizer_of(processing_class: Any) -> Any:
     return processing_class.tokenizer if is_vlm_processor(processing_class) else processing_class
-
 
 
 def save_processing_class(processing_class: Any, out_dir: str | Path) -> None:
@@ -117,7 +126,6 @@ def save_processing_class(processing_class: Any, out_dir: str | Path) -> None:
     processing_class.save_pretrained(out_dir)
 
 
-
 class ProcessorSaveMixin:
     """Trainer mixin: save the processing class with :func:`save_processing_class` (checkpoints included)."""
 
@@ -130,7 +138,6 @@ class ProcessorSaveMixin:
             self.processing_class = proc
         if proc is not None and self.args.should_save:
             save_processing_class(proc, output_dir or self.args.output_dir)
-
 
 
 def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
@@ -151,7 +158,6 @@ def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
     return proc, vl
 
 
-
 def last_checkpoint(output_dir: str | Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -159,7 +165,6 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     if not output_dir.is_dir():
         return None
     return get_last_checkpoint(str(output_dir))
-
 
 
 def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
@@ -178,7 +183,6 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
     return result
 
 
-
 def last_logged(log_history: list[dict], key: str) -> float | None:
     for rec in reversed(log_history):
         if key in rec and rec[key] is not None:
@@ -186,11 +190,9 @@ def last_logged(log_history: list[dict], key: str) -> float | None:
     return None
 
 
-
 def mean_logged(log_history: list[dict], key: str) -> float | None:
     vals = [float(r[key]) for r in log_history if key in r and r[key] is not None and not math.isnan(float(r[key]))]
     return sum(vals) / len(vals) if vals else None
-
 
 
 def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None]] | None, label: str):
@@ -215,7 +217,6 @@ def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None
                 self.done = state.global_step
 
     return _Progress()
-
 
 
 def freeze_vision_tower(model: Any) -> int:
