@@ -90,6 +90,7 @@ class VASSampler(Sampler[int]):
         epsilon: float = 1e-3,
         power: float = 1.0,
         refresh_every: int | None = None,
+        shuffle: bool = True,
     ):
         self.num_samples = data_source if isinstance(data_source, int) else len(data_source)
         self.scores = scores
@@ -113,6 +114,7 @@ class VASSampler(Sampler[int]):
         self.power = float(power)
         vas_probabilities(arr, epsilon=self.epsilon, power=self.power)  # validate scores/epsilon/power now
         self.refresh_every = refresh_every
+        self.shuffle = bool(shuffle)
         self.epoch = 0
         self._perm_gen: torch.Generator | None = None
         self._perm_epoch = -1
@@ -131,6 +133,7 @@ class VASSampler(Sampler[int]):
         """
         args = trainer.args
         kwargs.setdefault("seed", args.seed)
+        kwargs.setdefault("shuffle", bool(getattr(trainer, "shuffle_dataset", getattr(args, "shuffle_dataset", True))))
         return cls(
             trainer.train_dataset if dataset is None else dataset,
             scores,
@@ -167,7 +170,10 @@ class VASSampler(Sampler[int]):
         return ((j + 1) * n_vas) // k - (j * n_vas) // k
 
     def _epoch_perm(self, epoch: int) -> np.ndarray:
-        """The ``(epoch+1)``-th ``torch.randperm(N)`` of a generator seeded with ``seed`` (RepeatSampler's)."""
+        """The epoch's uniform order: the ``(epoch+1)``-th ``torch.randperm(N)`` of a generator seeded with
+        ``seed`` (RepeatSampler's), or ``0..N-1`` with ``shuffle=False``."""
+        if not self.shuffle:
+            return np.arange(self.num_samples)
         if self._perm_gen is None or self._perm_epoch != epoch - 1:
             self._perm_gen = torch.Generator()
             self._perm_gen.manual_seed(self.seed)
@@ -253,8 +259,10 @@ class VASSampler(Sampler[int]):
                 stats["n_vas_fallback"] += short
                 allidx = np.concatenate([u, v])
                 flags = np.concatenate([np.zeros(u.size, dtype=bool), np.ones(v.size, dtype=bool)])
-                order = rng.permutation(B)  # mix VAS and uniform picks across positions (and ranks)
-                idx, is_vas = allidx[order].tolist(), flags[order].tolist()
+                if self.shuffle:  # mix VAS and uniform picks across positions (and ranks)
+                    order = rng.permutation(B)
+                    allidx, flags = allidx[order], flags[order]
+                idx, is_vas = allidx.tolist(), flags.tolist()
             stats["n_chunks"] += 1
             stats["n_vas"] += c
             stats["n_uniform"] += B - c
