@@ -42,6 +42,7 @@ from .utils import (
     DEBUG_ENV,
     FINAL_DIR,
     ProcessorSaveMixin,
+    SamplerEpochMixin,
     TrainResult,
     debug_event,
     finish_run,
@@ -245,8 +246,9 @@ def _training_chat_template(processing_class: Any) -> str | None:
 # --- the trainer -----------------------------------------------------------------------------------------
 
 
-class VASSFTTrainer(ProcessorSaveMixin, SFTTrainer):
-    """``SFTTrainer`` whose epoch order comes from a VAS epoch sampler when one is given."""
+class VASSFTTrainer(SamplerEpochMixin, ProcessorSaveMixin, SFTTrainer):
+    """``SFTTrainer`` whose epoch order comes from a VAS epoch sampler when one is given (told the epoch by
+    :class:`training.utils.SamplerEpochMixin`, also when a multi-process run resumes mid-epoch)."""
 
     def __init__(self, *args, vas_sampler=None, **kwargs):
         self.vas_sampler = vas_sampler

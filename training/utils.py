@@ -20,6 +20,7 @@ __all__ = [
     "FINAL_DIR",
     "RESULT_FILE",
     "ProcessorSaveMixin",
+    "SamplerEpochMixin",
     "TrainResult",
     "debug_event",
     "finish_run",
@@ -138,6 +139,39 @@ class ProcessorSaveMixin:
             self.processing_class = proc
         if proc is not None and self.args.should_save:
             save_processing_class(proc, output_dir or self.args.output_dir)
+
+
+class SamplerEpochMixin:
+    """Trainer mixin: tell our own sampler (``self.vas_sampler``) the epoch at the start of every epoch.
+
+    transformers calls ``train_dataloader.set_epoch(epoch)`` and accelerate's ``DataLoaderShard.set_epoch``
+    forwards it at most two wrappers deep (``batch_sampler.sampler``, ``batch_sampler.batch_sampler.sampler``).
+    When a run resumes mid-epoch with several processes the chain is three deep - ``SkipBatchSampler`` ->
+    ``BatchSamplerShard`` -> ``BatchSampler`` -> sampler - so neither accelerate nor transformers' own
+    fallback reaches the sampler, and a sampler that derives its order from the epoch (ours do) would replay
+    epoch 0.  We set the epoch ourselves, from the epoch the training loop is about to run
+    (``Trainer._run_epoch``'s ``epoch`` argument), before the dataloader is iterated; the later ``set_epoch``
+    calls that do get through set the same value.  One process was never affected (no ``BatchSamplerShard``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        import inspect
+
+        super().__init__(*args, **kwargs)
+        hook = getattr(super(), "_run_epoch", None)
+        if hook is None or "epoch" not in inspect.signature(hook).parameters:
+            raise RuntimeError("this transformers version has no Trainer._run_epoch(epoch=...) hook; the VAS "
+                               "samplers cannot be told the epoch on a multi-process resume")
+
+    def _run_epoch(self, *args: Any, **kwargs: Any):
+        import inspect
+
+        parent = super()._run_epoch
+        epoch = inspect.signature(parent).bind(*args, **kwargs).arguments["epoch"]
+        sampler = getattr(self, "vas_sampler", None)
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(int(epoch))
+        return parent(*args, **kwargs)
 
 
 def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
