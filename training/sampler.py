@@ -24,10 +24,22 @@ from the other prompts and counted as ``n_vas_fallback`` in :meth:`VASSampler.la
 
 **Determinism / ranks.** Nothing depends on the rank or on global RNG state.  The uniform permutation of epoch
 ``e`` is the ``(e+1)``-th ``torch.randperm`` of a generator seeded with ``seed`` - the very stream TRL's
-``RepeatSampler`` uses - so with ``lambda = 0`` the output equals ``RepeatSampler``'s, epoch by epoch.  The VAS
-draw of chunk ``j`` uses ``numpy.random.default_rng([seed, epoch, j])`` and the weight snapshot ``P``.  Every
-rank holds an identical :class:`~training.vps.VPSTable` (updates take gathered data) and consumes the dataloader
-in lockstep, so streams are identical on every rank.
+``RepeatSampler`` uses - so with ``lambda = 0`` the output equals ``RepeatSampler``'s, epoch by epoch (in a run
+that is not resumed: see **Epochs**).  The VAS draw of chunk ``j`` uses ``numpy.random.default_rng([seed,
+epoch, j])`` and the weight snapshot ``P``.  Every rank holds an identical :class:`~training.vps.VPSTable`
+(updates take gathered data) and consumes the dataloader in lockstep, so streams are identical on every rank.
+
+**Shuffle off** (``shuffle=False``; TRL's ``shuffle_dataset=False``, read by :meth:`VASSampler.for_grpo`).  The
+epoch's uniform order is the dataset order ``0..N-1`` instead of a permutation, restarting at row 0 every epoch
+as ``RepeatSampler(shuffle=False)`` does: with ``lambda = 0`` the stream is exactly RepeatSampler's.  With
+``lambda > 0`` the uniform slots still take the *first* ``n - n_vas`` entries of that order, so an epoch's
+uniform part walks rows ``0 .. n - n_vas - 1`` in order and the rows after them are reached by VAS draws only;
+each chunk lists its uniform picks first (in dataset order), then its VAS picks (no position shuffle).
+
+**Epochs.** :meth:`VASSampler.set_epoch` picks the epoch of the next ``__iter__``; the trainers call it at every
+epoch start (:class:`training.utils.SamplerEpochMixin`), which also covers a multi-process resume, where
+accelerate's own ``set_epoch`` does not reach the sampler.  TRL's ``RepeatSampler`` has no ``set_epoch``: on a
+resume it restarts its permutation stream, so a resumed run of stock TRL orders the resumed epoch as epoch 0.
 
 **Refresh.** ``refresh_every=None``: ``P`` is snapshotted from the table when an epoch starts.
 ``refresh_every=T``: re-snapshotted every ``T`` chunks (generation rounds) too - needed when training is
@@ -74,7 +86,8 @@ class VASSampler(Sampler[int]):
     steps_per_generation`` (:meth:`for_grpo` reads them from a trainer).
 
     ``scores``: a :class:`~training.vps.VPSTable` (shared with the trainer, updated online) or a static
-    array of VPS values, one per dataset row.  ``vas_fraction``: MMR1's lambda in [0, 1].
+    array of VPS values, one per dataset row.  ``vas_fraction``: MMR1's lambda in [0, 1].  ``shuffle``:
+    ``False`` keeps the uniform part in dataset order (module docstring).
     """
 
     def __init__(
