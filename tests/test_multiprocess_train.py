@@ -209,6 +209,18 @@ def _resume_copy(out: Path, step: int, out2: Path) -> None:
     shutil.copytree(out / f"checkpoint-{step}", out2 / f"checkpoint-{step}")
 
 
+def _full_and_resumed(tmp_path: Path, kind: str, model: Path, section: dict, step: int) -> tuple[Path, Path]:
+    """Run the recipe uninterrupted (debug events in ``dbg_full``), then again from a copy of its
+    ``checkpoint-<step>`` only (``dbg_resumed``); returns both output dirs."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": str(model), kind: section}))
+    out, out2 = tmp_path / "full", tmp_path / "resumed"
+    _launch([kind, "--config", str(recipe), f"{kind}.output_dir={out}"], tmp_path / "dbg_full", tmp_path)
+    _resume_copy(out, step, out2)
+    _launch([kind, "--config", str(recipe), f"{kind}.output_dir={out2}"], tmp_path / "dbg_resumed", tmp_path)
+    return out, out2
+
+
 def _same_weights(a: Path, b: Path) -> bool:
     from safetensors.torch import load_file
 
@@ -238,12 +250,7 @@ def test_two_process_grpo_resume_mid_epoch_draws_the_resumed_epoch(tmp_path):
         "save_strategy": "steps", "save_steps": 3, "report_to": "none", "seed": 0, "disable_tqdm": True,
         "data": {"train": str(data)}, "rewards": {"accuracy": 1.0}, "vas": vas,
     }
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"model": str(model), "grpo": grpo}))
-    out, out2 = tmp_path / "full", tmp_path / "resumed"
-    _launch(["grpo", "--config", str(recipe), f"grpo.output_dir={out}"], tmp_path / "dbg_full", tmp_path)
-    _resume_copy(out, 3, out2)
-    _launch(["grpo", "--config", str(recipe), f"grpo.output_dir={out2}"], tmp_path / "dbg_resumed", tmp_path)
+    out, out2 = _full_and_resumed(tmp_path, "grpo", model, grpo, 3)
 
     for rank in (0, 1):
         full = _events(tmp_path / "dbg_full" / f"rank{rank}.jsonl")
@@ -279,12 +286,7 @@ def test_two_process_sft_resume_mid_epoch_draws_the_resumed_epoch(tmp_path):
         "gradient_checkpointing": False, "bf16": False, "use_cpu": True, "dataset_num_proc": None, "seed": 0,
         "report_to": "none", "disable_tqdm": True, "data": {"train": str(data)}, "vas": {"lambda": 0.5},
     }
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"model": str(model), "sft": sft}))
-    out, out2 = tmp_path / "full", tmp_path / "resumed"
-    _launch(["sft", "--config", str(recipe), f"sft.output_dir={out}"], tmp_path / "dbg_full", tmp_path)
-    _resume_copy(out, 6, out2)
-    _launch(["sft", "--config", str(recipe), f"sft.output_dir={out2}"], tmp_path / "dbg_resumed", tmp_path)
+    out, out2 = _full_and_resumed(tmp_path, "sft", model, sft, 6)
 
     for rank in (0, 1):
         full = [(e["epoch"], e["indices"]) for e in _events(tmp_path / "dbg_full" / f"rank{rank}.jsonl")
