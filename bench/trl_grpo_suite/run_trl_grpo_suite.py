@@ -198,7 +198,8 @@ def summarize(runs: dict[str, dict], meta: dict) -> tuple[str, dict]:
     res = {"meta": meta, "runs": {}}
     for n in names:
         d = runs[n]
-        res["runs"][n] = {"trainer": d["trainer"], "counts": count(d), "wall_seconds": d.get("wall_seconds"),
+        res["runs"][n] = {"trainer": d["trainer"], "counts": count(d),
+                          "wall_seconds": d.get("wall_seconds") or d.get("seconds"),
                           "pytest_seconds": d.get("seconds"), "shims": d.get("shims"),
                           "deselected": d.get("deselected")}
     lines = ["# TRL GRPO test-suite: stock GRPOTrainer vs VASGRPOTrainer", ""]
@@ -206,7 +207,13 @@ def summarize(runs: dict[str, dict], meta: dict) -> tuple[str, dict]:
     lines += [f"- generated: {meta['generated']}", f"- upstream tests: {meta['upstream']}",
               f"- trl {meta['versions'].get('trl')}, transformers {meta['versions'].get('transformers')}, "
               f"torch {meta['versions'].get('torch')}, datasets {meta['versions'].get('datasets')}",
-              f"- rlcurate import root: {meta.get('import_root')} ({json.dumps(meta.get('repo'))})", ""]
+              f"- rlcurate import root: {meta.get('import_root')} ({json.dumps(meta.get('repo'))})",
+              f"- fixtures: {meta.get('fixtures')} (qwen vocab: {meta.get('qwen_vocab', 'small')}); jobs "
+              f"{meta.get('jobs')}, threads {meta.get('threads')}, nice {meta.get('nice')}; load average at start "
+              f"{[round(x, 1) for x in meta.get('loadavg_start', [])]}"]
+    if meta.get("note"):
+        lines.append(f"- note: {meta['note']}")
+    lines.append("")
     for n in names:
         r = res["runs"][n]
         lines.append(f"- **{LABEL.get(n, n)}** (`{r['trainer']}`): {fmt_counts(r['counts'])}; "
@@ -327,12 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         default_root = HERE / (".fixtures" if a.qwen_vocab == "small" else ".fixtures-fullvocab")
         fixtures = (a.fixtures or Path(os.environ.get("RLCURATE_TRL_FIXTURES", default_root))).resolve()
         out = (a.out or HERE / "results" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
-        out.mkdir(parents=True, exist_ok=True)
         repo = find_repo_root(a.repo_root)
         if repo is None:
             if any(t.startswith("vas") for t in trainers):
                 p.error("cannot find the rlcurate repo (training/grpo.py): pass --repo-root or set RLCURATE_REPO_ROOT")
             log("note: no rlcurate repo found; fixtures need curation.models, so they must exist already")
+        out.mkdir(parents=True, exist_ok=True)
         import_root = repo
         if repo is not None and a.repo_rev:
             import_root = export_rev(repo, a.repo_rev, out.parent / ".repo-exports")
