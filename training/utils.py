@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 __all__ = [
     "DEBUG_ENV",
+    "EmptyDatasetError",
     "FINAL_DIR",
     "RESULT_FILE",
     "ProcessorSaveMixin",
@@ -30,6 +31,7 @@ __all__ = [
     "last_logged",
     "load_parquet_dataset",
     "mean_logged",
+    "parquet_num_rows",
     "model_and_processor",
     "progress_callback",
     "save_processing_class",
@@ -77,13 +79,29 @@ class TrainResult:
         return asdict(self)
 
 
-def load_parquet_dataset(path: str | Path, *, limit: int | None = None, required: tuple[str, ...] = ()):
-    """A 🤗 ``Dataset`` from one Parquet file (images decode to PIL via the schema's feature metadata)."""
-    from datasets import Dataset
+class EmptyDatasetError(ValueError):
+    """The training file has no rows (for example ``curate cot`` accepted no solution): nothing to train on."""
+
+
+def parquet_num_rows(path: str | Path) -> int:
+    """Row count from the Parquet footer (no data read); ``FileNotFoundError`` naming ``data.train``."""
+    import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file (data.train)")
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def load_parquet_dataset(path: str | Path, *, limit: int | None = None, required: tuple[str, ...] = ()):
+    """A 🤗 ``Dataset`` from one Parquet file (images decode to PIL via the schema's feature metadata).
+    A file without rows raises :class:`EmptyDatasetError` (datasets itself fails on it with an opaque
+    ``DatasetGenerationError``)."""
+    from datasets import Dataset
+
+    path = Path(path)
+    if parquet_num_rows(path) == 0:
+        raise EmptyDatasetError(f"{path}: the file has no rows, nothing to train on (data.train)")
     ds = Dataset.from_parquet(str(path), keep_in_memory=False)
     missing = [c for c in required if c not in ds.column_names]
     if missing:
@@ -91,7 +109,7 @@ def load_parquet_dataset(path: str | Path, *, limit: int | None = None, required
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     if len(ds) == 0:
-        raise ValueError(f"{path}: no rows")
+        raise EmptyDatasetError(f"{path}: no rows selected (data.limit={limit}), nothing to train on")
     return ds
 
 
@@ -175,21 +193,15 @@ class SamplerEpochMixin:
 
 
 def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
-    """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id.  Local folders use
-    :func:`curation.core.models.load_processor` (works without torchvision); hub ids ``AutoProcessor`` (GPU
-    machines, where torchvision is installed)."""
-    if Path(model).is_dir():
-        from curation.core.models import is_vision_language, load_processor
+    """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id, both resolved by
+    :func:`curation.core.models.resolve_model` (the folder, else the huggingface_hub cache, else a download
+    of the metadata when online) and loaded by :func:`curation.core.models.load_processor` (``AutoProcessor``
+    where torchvision is installed, assembled from its parts without it).  The trainers hand the hub id
+    itself to TRL, which resolves the weights the same way."""
+    from curation.core.models import is_vision_language, load_processor, resolve_model
 
-        return load_processor(model, padding_side=padding_side), is_vision_language(model)
-    from transformers import AutoConfig, AutoProcessor
-
-    cfg = AutoConfig.from_pretrained(model)
-    vl = hasattr(cfg, "vision_config") and cfg.vision_config is not None
-    proc = AutoProcessor.from_pretrained(model, padding_side=padding_side)
-    if vl and hasattr(proc, "tokenizer"):
-        proc.tokenizer.padding_side = padding_side
-    return proc, vl
+    model_dir = resolve_model(model)
+    return load_processor(model_dir, padding_side=padding_side), is_vision_language(model_dir)
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
