@@ -38,8 +38,11 @@ def _reduced_data(dst: Path) -> Path:
 def test_reduced_demo_recipe_end_to_end(tmp_path):
     data = _reduced_data(tmp_path / "data")
     out = tmp_path / "out"
+    # the RL sets keep every pass rate (the reduced run is too short for a 0 < p < 1 band to keep prompts
+    # on every machine); whatever SmolLM2 writes, every assertion below holds
     cmd = [sys.executable, "-m", "curation.cli", "run", "pipelines/demo.yaml", "--set", f"out={out}",
-           "--set", f"data={data}", "--set", "n=2", "--set", "score_tokens=16", "--set", "train_steps=1"]
+           "--set", f"data={data}", "--set", "n=2", "--set", "score_tokens=16", "--set", "train_steps=1",
+           "--set", "min_pass=>=0", "--set", "max_pass=<=1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
@@ -59,10 +62,25 @@ def test_reduced_demo_recipe_end_to_end(tmp_path):
 
     rl_mm = pq.read_table(out / "rl/rl_multimodal.parquet")
     assert rl_mm.num_rows == 6 and all(r["images"] for r in rl_mm.to_pylist())
+    rl_text = pq.read_table(out / "rl/rl_text.parquet")
+    assert rl_text.num_rows == scores.num_rows  # the full band keeps every scored text prompt
 
+    # cold start: every generated solution is accounted for (kept or excluded with a reason); with none
+    # accepted, stage 1 is skipped (on_empty: skip) and stage 2 starts from the base model
+    cot = json.loads((out / "cot/stats.json").read_text())
+    sft_rows = pq.read_metadata(out / "cot/sft.parquet").num_rows
     summary = json.loads((out / "staged/summary.json").read_text())
     stages = summary["stages"] if isinstance(summary, dict) else summary
     assert [s["name"] for s in stages] == ["cold_start", "mm_rl", "text_rl"]
+    if sft_rows:
+        assert stages[0]["status"] == "trained" and stages[0]["steps"] == 1
+    else:
+        assert stages[0]["status"] == "skipped (no training rows)"
+        assert stages[1]["started_from"] == stages[0]["checkpoint"]
+    assert [s["status"] for s in stages[1:]] == ["trained", "trained"]
+    c = cot["counts"]
+    assert c["rows_read"] == pq.read_metadata(out / "cot_input/problems.parquet").num_rows
+    assert c["generated"] == 2 * c["problems_with_samples"] and c["kept"] == sft_rows <= c["accepted"]
     assert (out / "publish/README.md").exists()
 
     # the report's numbers are read from the tables

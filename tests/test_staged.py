@@ -113,3 +113,54 @@ def test_staged_end_to_end_freeze_skip_resume(tmp_path, tiny_qwen2_vl_dir):
     # a finished stage whose settings changed is refused, not silently reused
     with pytest.raises(StageConfigChanged, match="text_rl"):
         run_staged(load_staged_recipe(RECIPE, [*ov, "staged.stages.2.learning_rate=5e-4"]))
+
+
+def _empty_sft(path: Path) -> Path:
+    """An SFT table with the right schema and no rows (what `curate cot` writes when it accepts nothing)."""
+    from curation.core import schema as S
+    from curation.core.io import write_parquet_atomic
+
+    return write_parquet_atomic(S.to_table([], "sft_text"), path)
+
+
+def test_empty_stage_input_stops_before_any_training(tmp_path, tiny_qwen2_vl_dir):
+    """An empty stage-3 input is refused before stage 1 trains, naming the stage, the file and the fix."""
+    from training.config import load_staged_recipe
+    from training.stages import EmptyStageError, run_staged
+
+    sft = write_sft_text(tmp_path / "sft.parquet", n=4)
+    rl_mm = write_rl_mm(tmp_path / "rl_mm.parquet", n=4)
+    empty = _empty_sft(tmp_path / "rl_text_empty.parquet")
+    ov = _overrides(tmp_path, tiny_qwen2_vl_dir, sft, rl_mm, empty)
+    with pytest.raises(EmptyStageError, match=r"stage 3 'text_rl'.*rl_text_empty\.parquet has no rows.*"
+                                              r"staged\.stages\.2\.on_empty=skip"):
+        run_staged(load_staged_recipe(RECIPE, ov))
+    assert not (tmp_path / "staged" / "cold_start").exists()
+
+
+def test_empty_training_file_gets_a_clear_error(tmp_path):
+    from training.utils import EmptyDatasetError, load_parquet_dataset
+
+    with pytest.raises(EmptyDatasetError, match="has no rows, nothing to train on"):
+        load_parquet_dataset(_empty_sft(tmp_path / "sft.parquet"))
+
+
+@pytest.mark.slow
+def test_empty_stage_with_on_empty_skip_runs_the_other_stages(tmp_path, tiny_qwen2_vl_dir):
+    """`curate cot` accepted nothing: stage 1 is skipped, stage 2 starts from the base model, summary says so."""
+    from training.config import load_staged_recipe
+    from training.stages import run_staged
+
+    empty = _empty_sft(tmp_path / "sft.parquet")
+    rl_mm = write_rl_mm(tmp_path / "rl_mm.parquet", n=4)
+    rl_text = write_rl_text(tmp_path / "rl_text.parquet", n=4)
+    ov = [*_overrides(tmp_path, tiny_qwen2_vl_dir, empty, rl_mm, rl_text), "staged.stages.0.on_empty=skip",
+          "grpo.max_steps=1"]
+    notes: list[str] = []
+    summaries = run_staged(load_staged_recipe(RECIPE, ov), report=notes.append)
+    assert [s.status for s in summaries] == ["skipped (no training rows)", "trained", "trained"]
+    assert summaries[0].steps == 0 and summaries[1].started_from == str(tiny_qwen2_vl_dir)
+    assert any("skipped" in n and "has no rows" in n for n in notes)
+    summary = json.loads((tmp_path / "staged" / "summary.json").read_text())
+    assert summary["stages"][0]["status"] == "skipped (no training rows)"
+    assert summary["final_checkpoint"] == summaries[2].checkpoint

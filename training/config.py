@@ -21,6 +21,8 @@ A recipe's trainer sections use TRL's *own* field names, so a TRL YAML works unc
         - {name: cold_start, kind: sft, data: {train: sft.parquet}}
         - {name: mm_rl, kind: grpo, data: {train: rl_mm.parquet}}
         - {name: text_rl, kind: grpo, freeze_vision: true, data: {train: rl_text.parquet}}
+      # a stage may say `on_empty: skip` (default error): no training rows -> the stage is skipped, noted
+      # in summary.json, and the next stage starts from the previous model
 
 Unknown keys anywhere raise :class:`RecipeError` naming the key and the closest valid name, so a typo is never
 silently ignored.  Values are coerced to the field's type (PyYAML reads ``1e-6`` as a string: it is turned
@@ -66,7 +68,7 @@ __all__ = [
 # Keys a trainer section may carry besides the TRL config fields.
 _SFT_EXTRA = {"data", "vas"}
 _GRPO_EXTRA = {"data", "rewards", "vas", "pad"}
-_STAGE_KEYS = {"name", "kind", "model", "freeze_vision"}
+_STAGE_KEYS = {"name", "kind", "model", "freeze_vision", "on_empty"}
 _TOP_KEYS = {"model", "sft", "grpo", "staged", "description"}
 
 
@@ -123,6 +125,18 @@ class VASSpec:
     scores: Path | None = None
     tds_metric: str = "edit"  # curation.score.scores.trace_diversity metric (the one `curate score` used)
     seed: int | None = None  # default: the trainer's seed
+
+    def accuracy_uses(self) -> list[str]:
+        """The settings that read each prompt's accuracy reward (GRPO: they need an accuracy reward function;
+        the online refresh and every re-score set pass rates from it)."""
+        uses = []
+        if self.refresh == "online":
+            uses.append("refresh=online")
+        if self.rescore_every > 0:
+            uses.append(f"rescore_every={self.rescore_every}")
+        if self.score_at_start:
+            uses.append("score_at_start=true")
+        return uses
 
 
 @dataclass
@@ -279,6 +293,7 @@ class StageSpec:
     section: dict  # the merged raw trainer section (TRL fields + extras)
     model: str | None = None
     freeze_vision: bool = False
+    on_empty: str = "error"  # error | skip: what `train staged` does when the stage's data.train has no rows
 
 
 @dataclass
@@ -382,7 +397,11 @@ def build_staged_recipe(raw: dict) -> StagedRecipe:
         section = _deep_merge(raw.get(kind) or {}, own)
         section["output_dir"] = str(out_dir / name)
         freeze = _coerce(st.get("freeze_vision", False), bool, f"{where}.freeze_vision")
-        stages.append(StageSpec(name=name, kind=kind, section=section, model=st.get("model"), freeze_vision=freeze))
+        on_empty = st.get("on_empty", "error")
+        if on_empty not in {"error", "skip"}:
+            raise RecipeError(f"{where}.on_empty: must be 'error' or 'skip', got {on_empty!r}")
+        stages.append(StageSpec(name=name, kind=kind, section=section, model=st.get("model"), freeze_vision=freeze,
+                                on_empty=on_empty))
         # Validate now (unknown keys, types) so a typo in stage 3 fails before stage 1 trains for hours.
         builder = build_sft_recipe if kind == "sft" else build_grpo_recipe
         builder(section, st.get("model") or raw.get("model") or "<previous stage>", where=where)

@@ -17,6 +17,12 @@ Resumability:
 - an interrupted stage has ``checkpoint-*`` folders (TRL ``save_strategy``): the re-run resumes from the
   last one (optimizer, scheduler, RNG and - for GRPO with VAS - the VPS table).
 
+Empty inputs: a stage whose ``data.train`` has no rows (``curate cot`` accepted no solution, a pass band
+that kept nothing) stops the run before anything trains with an error naming the stage and the file, or -
+with ``on_empty: skip`` on the stage - is skipped: ``summary.json`` lists it as ``skipped (no training
+rows)`` and the next stage starts from the previous stage's model.  No marker is written for it, so a
+re-run with data trains it.
+
 At the end a summary of every stage (steps, final loss / reward, zero-variance fraction, checkpoint) is
 returned and written to ``<staged.output_dir>/summary.json``.
 """
@@ -32,7 +38,7 @@ from typing import Any, Callable
 
 from .config import StagedRecipe, build_grpo_recipe, build_sft_recipe
 
-__all__ = ["StageSummary", "StageConfigChanged", "run_staged", "STAGE_MARKER", "SUMMARY_FILE"]
+__all__ = ["StageSummary", "StageConfigChanged", "EmptyStageError", "run_staged", "STAGE_MARKER", "SUMMARY_FILE"]
 
 STAGE_MARKER = "stage_done.json"
 SUMMARY_FILE = "summary.json"
@@ -40,6 +46,10 @@ SUMMARY_FILE = "summary.json"
 
 class StageConfigChanged(RuntimeError):
     """A stage marked done was trained with other settings than the recipe now asks for."""
+
+
+class EmptyStageError(ValueError):
+    """A stage's training file has no rows and the stage does not say ``on_empty: skip``."""
 
 
 @dataclass
@@ -75,9 +85,20 @@ def run_staged(
 
     from .grpo import train_grpo
     from .sft import train_sft
+    from .utils import parquet_num_rows
 
     say = report or (lambda s: None)
     recipe.output_dir.mkdir(parents=True, exist_ok=True)
+    # empty inputs are found before stage 1 trains (an empty stage 3 must not waste stages 1 and 2)
+    empty = {i for i, st in enumerate(recipe.stages)
+             if not (Path(st.section["output_dir"]) / STAGE_MARKER).exists() and parquet_num_rows(_train_path(st)) == 0}
+    for i in sorted(empty):
+        st = recipe.stages[i]
+        if st.on_empty != "skip":
+            raise EmptyStageError(
+                f"stage {i + 1} {st.name!r}: {_train_path(st)} has no rows, nothing to train on; "
+                f"fix the input or set staged.stages.{i}.on_empty=skip to run the other stages without it"
+            )
     model = recipe.model
     summaries: list[StageSummary] = []
     for i, stage in enumerate(recipe.stages):
@@ -97,6 +118,15 @@ def run_staged(
             say(f"stage {i + 1} {stage.name}: already done -> {s.checkpoint}")
             summaries.append(s)
             model = s.checkpoint
+            continue
+        if i in empty:
+            say(f"stage {i + 1} {stage.name}: skipped, {_train_path(stage)} has no rows "
+                f"(on_empty: skip); the next stage starts from {start_model}")
+            summaries.append(StageSummary(
+                name=stage.name, kind=stage.kind, status="skipped (no training rows)", steps=0, final_loss=None,
+                final_reward=None, zero_variance_frac=None, checkpoint=str(start_model),
+                started_from=str(start_model), seconds=0.0, frozen_vision=stage.freeze_vision))
+            model = start_model
             continue
         if on_stage_start:
             on_stage_start(i, stage.name, stage.kind)
@@ -131,6 +161,11 @@ def run_staged(
         write_json_atomic({"stages": [asdict(s) for s in summaries], "final_checkpoint": str(model)},
                           recipe.output_dir / SUMMARY_FILE)
     return summaries
+
+
+def _train_path(stage: Any) -> str:
+    data = stage.section["data"]
+    return str(data["train"] if isinstance(data, dict) else data)
 
 
 def _is_main_process() -> bool:
