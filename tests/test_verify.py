@@ -151,6 +151,9 @@ def test_fast_path_decides_without_workers(gold, response, status):
         ("2 \\pi r", "\\boxed{2r\\pi}", "correct"),
         ("C_{1} e^{t}+C_{2}", "\\boxed{C_{2}+C_{1} e^{t}}", "correct"),
         ("9", "\\boxed{9 \\text{ km}}", "correct"),
+        # single-letter units are not variables
+        ("1.8 \\mathrm{~m}", "\\boxed{1.8}", "correct"),
+        ("1.8", "\\boxed{1.8 m}", "correct"),
     ],
 )
 def test_math_verify_comparisons(verifier, gold, response, status):
@@ -589,3 +592,12 @@ def test_identical_items_are_checked_once():
         out = v.verify_batch(golds, responses, progress=done.append)
     assert [x.status for x in out] == ["correct"] * 15 + ["incorrect"]
     assert v.stats["math_verify"] == 16 and v.stats["duplicates"] == 13 and sum(done) == 16
+
+
+def test_option_value_with_a_unit(verifier):
+    """MATH-Vision: the value of the gold option without its unit ("1.8" for option E "$1.8 \\mathrm{~m}$") is
+    right; a single-letter unit is not a variable."""
+    opts = ["$2 \\mathrm{~m}$", "$1.5 \\mathrm{~m}$", "$1.2 \\mathrm{~m}$", "$2.8 \\mathrm{~m}$", "$1.8 \\mathrm{~m}$"]
+    got = verifier.verify_batch(["E", "E", "C"], ["The answer is \\boxed{1.8}.", "\\boxed{1.5}", "\\boxed{1.2 m}"],
+                                options=[opts] * 3)
+    assert [v.status for v in got] == ["correct", "incorrect", "correct"]

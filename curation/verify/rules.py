@@ -340,6 +340,8 @@ _NEUTRAL_COMMANDS = frozenset(
     "frac dfrac tfrac cfrac sqrt sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh exp ln log cdot "
     "times div pi infty left right circ degree pm mp quad qquad dot ddot hat bar vec tilde prime".split()
 )
+# "1.8 m", "5 g", "9.8 m/s^2": a number and its unit, not a product with a variable
+_UNIT_AFTER_NUMBER = re.compile(r"^[-+]?[\d.,]+\s*[A-Za-z]+(?:\s*/\s*[A-Za-z]+)?(?:\^\{?\d\}?)?$")
 _TEXT_GROUP = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox|operatorname|mathbf)\s*\{[^{}]*\}")
 _TOKEN = re.compile(r"\\([A-Za-z]+)|([A-Za-z]+)(?:_(\{[^{}]*\}|[A-Za-z0-9]))?")
 _RELATION = re.compile(r"[=<>,;:|!]|\\(?:le|ge|ne|neq|leq|geq|lt|gt|in|cup|cap|to|begin|mid|\{)(?![a-zA-Z])")
@@ -348,12 +350,14 @@ _RELATION = re.compile(r"[=<>,;:|!]|\\(?:le|ge|ne|neq|leq|geq|lt|gt|in|cup|cap|t
 @_small_cache
 def variables(s: str) -> frozenset[str] | None:
     """The variables of a plain expression (``\\frac{x}{2} + C_{1}`` -> ``{x, C_1}``), or ``None`` when unsure:
-    relations, lists, intervals, matrices, function applications, units or words (any run of two or more
-    letters outside a known command) are left to math-verify."""
-    t = normalize_answer(s)
-    if not t or len(t) > 300 or _RELATION.search(t):
+    relations, lists, intervals, matrices, function applications, units (``\\text{}`` / ``\\mathrm{}``
+    groups, a number followed by letters only: ``1.8 m``, ``9.8 m/s^2``) or words (a run of two or more letters outside
+    a known command) are left to math-verify."""
+    if _TEXT_GROUP.search(s):  # "1.8 \\mathrm{~m}", "9 \\text{ km}": units, math-verify's to handle
         return None
-    t = _TEXT_GROUP.sub(" ", t)
+    t = normalize_answer(s)
+    if not t or len(t) > 300 or _RELATION.search(t) or _UNIT_AFTER_NUMBER.search(t):
+        return None
     out = set()
     for m in _TOKEN.finditer(t):
         cmd, letters, sub = m.groups()
