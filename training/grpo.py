@@ -419,7 +419,7 @@ def train_grpo(
 
     ``freeze_vision``: ``requires_grad_(False)`` on the vision tower before training (ReVisual-R1 stage 3)."""
     from .rewards import build_reward_funcs
-    from .utils import model_and_processor
+    from .utils import check_single_process_gpus, model_and_processor, resolve_attn_implementation
 
     say = report or (lambda s: log.info(s))
     t0 = time.perf_counter()
@@ -468,6 +468,8 @@ def train_grpo(
         table.load_state_dict({"table": saved.to_table(), "version": 0, "total_groups": 0, "total_zero_var": 0})
         say(f"restored the VPS table from {ckpt}")
 
+    check_single_process_gpus(args, "grpo")
+    resolve_attn_implementation(args, say)
     cbs = list(callbacks or [])
     if progress:
         cbs.append(progress_callback(progress, "grpo"))

@@ -41,6 +41,7 @@ from .utils import (
     FINAL_DIR,
     ProcessorSaveMixin,
     TrainResult,
+    check_single_process_gpus,
     finish_run,
     freeze_vision_tower,
     is_vlm_processor,
@@ -49,6 +50,7 @@ from .utils import (
     load_parquet_dataset,
     model_and_processor,
     progress_callback,
+    resolve_attn_implementation,
 )
 
 __all__ = [
@@ -337,6 +339,8 @@ def train_sft(
     if loss_mode == "completion":
         dataset = to_prompt_completion(dataset, str(recipe.data.train))
 
+    check_single_process_gpus(args, "sft")
+    resolve_attn_implementation(args, say)
     callbacks = [progress_callback(progress, "sft")] if progress else []
     trainer = VASSFTTrainer(
         model=model_dir,

@@ -16,6 +16,9 @@ from typing import Any, Callable
 
 __all__ = [
     "EmptyDatasetError",
+    "check_single_process_gpus",
+    "flash_attention_problem",
+    "resolve_attn_implementation",
     "FINAL_DIR",
     "RESULT_FILE",
     "ProcessorSaveMixin",
@@ -27,6 +30,7 @@ __all__ = [
     "last_logged",
     "load_parquet_dataset",
     "mean_logged",
+    "param_numel",
     "parquet_num_rows",
     "model_and_processor",
     "progress_callback",
@@ -238,7 +242,12 @@ def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None
 
 def freeze_vision_tower(model: Any) -> int:
     """``requires_grad_(False)`` on the vision tower (Qwen2-VL family: ``model.model.visual``, merger
-    included); returns the number of frozen parameters."""
+    included); returns the number of frozen parameters.
+
+    Call it before ``trainer.train()``: the optimizer (and DeepSpeed's ZeRO partitions) are built inside
+    ``train()`` from the parameters that require grad, so frozen ones get no fp32 master or Adam state.  Under
+    ZeRO-3 the parameters are already partitioned (``numel()`` is 0 on every rank); DeepSpeed keeps the full
+    size in ``ds_numel``, which is what is counted then."""
     inner = getattr(model, "model", None)
     visual = getattr(inner, "visual", None) if inner is not None else None
     if visual is None:
@@ -246,4 +255,80 @@ def freeze_vision_tower(model: Any) -> int:
     if visual is None:
         raise ValueError(f"{type(model).__name__} has no vision tower (model.model.visual) to freeze")
     visual.requires_grad_(False)
-    return sum(p.numel() for p in visual.parameters())
+    return sum(param_numel(p) for p in visual.parameters())
+
+
+def param_numel(p: Any) -> int:
+    """Full size of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (``ds_numel``)."""
+    return int(getattr(p, "ds_numel", None) or p.numel())
+
+
+_FLASH_CHECKS = {"flash_attention_2": ("flash_attn", "is_flash_attn_2_available"),
+                 "flash_attention_3": ("flash_attn_interface", "is_flash_attn_3_available")}
+
+
+def flash_attention_problem(attn_implementation: str) -> str | None:
+    """Why ``attn_implementation`` (flash_attention_2 / _3) cannot run here, or None when it can
+    (transformers' own check: the package installed, recent enough, and a CUDA device)."""
+    import importlib.util
+
+    module, check = _FLASH_CHECKS[attn_implementation]
+    try:
+        present = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        present = False
+    if not present:
+        pkg = "flash-attn" if module == "flash_attn" else "flash-attn 3 (hopper build)"
+        return (f"{pkg} is not installed (`make gpu-setup` builds it, or `pip install --no-build-isolation "
+                "flash-attn==2.8.3.post2`)")
+    import transformers.utils as tu
+
+    if not getattr(tu, check)():
+        import torch
+
+        return "no CUDA device" if not torch.cuda.is_available() else f"transformers' {check}() is False"
+    return None
+
+
+def resolve_attn_implementation(args: Any, say: Callable[[str], None] | None = None) -> str | None:
+    """The one place that decides ``model_init_kwargs.attn_implementation`` before a trainer loads the
+    model: a recipe's ``flash_attention_2`` is kept where flash-attn can run, and replaced by ``sdpa`` - with
+    one warning naming the reason - where it cannot (not installed, no CUDA), instead of transformers'
+    ImportError.  Returns the implementation the trainer will use (None: transformers' default)."""
+    import warnings
+
+    mik = dict(args.model_init_kwargs or {})
+    want = mik.get("attn_implementation")
+    if want not in _FLASH_CHECKS:
+        return want
+    why = flash_attention_problem(want)
+    if why is None:
+        return want
+    msg = f"attn_implementation {want} requested but {why}: using sdpa (PyTorch's fused attention) instead"
+    warnings.warn(msg, stacklevel=2)
+    if say is not None:
+        say(msg)
+    mik["attn_implementation"] = "sdpa"
+    args.model_init_kwargs = mik
+    return "sdpa"
+
+
+def check_single_process_gpus(args: Any, command: str) -> None:
+    """A plain (not launched) run on a machine with several visible GPUs: TRL would load the model with
+    ``device_map="auto"`` and spread it over all of them, one GPU busy at a time.  Refused with the launch
+    line to use, unless the recipe sets ``model_init_kwargs.device_map`` itself."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or getattr(args, "use_cpu", False):
+        return
+    if "device_map" in (args.model_init_kwargs or {}):
+        return
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n > 1:
+        raise ValueError(
+            f"{n} GPUs are visible to this single process: TRL would spread the model over all of them with "
+            f"device_map='auto' (one GPU busy at a time). Launch one process per GPU: `accelerate launch "
+            f"--config_file pipelines/accelerate/zero3.yaml --num_processes {n} -m training.cli {command} ...`, "
+            f"or use one GPU: `CUDA_VISIBLE_DEVICES=0 train {command} ...`")
