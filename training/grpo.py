@@ -149,7 +149,7 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
                           "rescores": 0}
         super().__init__(*args, **kwargs)
         self._pad_gen = torch.Generator().manual_seed(int(self.args.seed) + 1)
-        self._debug("start", world_size=self.accelerator.num_processes)
+        self._debug("start", world_size=self.accelerator.num_processes, pid=os.getpid())
 
     def _debug(self, event: str, **data: Any) -> None:
         debug_event(self.accelerator.process_index, event, **data)

@@ -57,7 +57,9 @@ gradient: ``4 T_completion V`` bytes.
 
 vLLM colocate (TRL ``vllm_mode: colocate``): vLLM takes ``vllm_gpu_memory_utilization x`` the GPU's memory
 for itself (weights ``2 Psi / tp``, its activation peak - estimated at 2 GiB - and the KV cache), the
-trainer gets the rest.  KV cache per token: ``2 (k and v) x L x kv / tp x d x 2 bytes`` (bf16), so the cache
+trainer gets the rest: peak = training step + share.  With ``vllm_enable_sleep_mode`` vLLM frees its share
+while the trainer steps, so the peak is the larger of the training step and generation (model states +
+share).  Plus ~0.75 GiB per process for the CUDA context, NCCL and allocator slack (estimate).  KV cache per token: ``2 (k and v) x L x kv / tp x d x 2 bytes`` (bf16), so the cache
 holds ``(share x mem - weights - 2 GiB) / (4 L kv d / tp)`` tokens; vLLM refuses to start unless that is at
 least one ``max_model_len`` sequence.
 """
@@ -211,16 +213,25 @@ class MemoryEstimate:
     activations_gc: float
     logits: float
     vllm: float  # colocate share (0 without vLLM colocate)
+    vllm_sleep: bool = False  # vllm_enable_sleep_mode: vLLM releases its share while the trainer steps
     context: float = CUDA_CONTEXT_BYTES
     notes: list[str] = field(default_factory=list)
 
     @property
+    def states(self) -> float:
+        """What stays on the GPU the whole time: model states, reference, buffers, CUDA context."""
+        return self.weights + self.grads + self.optimizer + self.reference + self.buffers + self.context
+
+    @property
     def training(self) -> float:
-        return (self.weights + self.grads + self.optimizer + self.reference + self.buffers + self.activations
-                + self.logits + self.context)
+        return self.states + self.activations + self.logits
 
     @property
     def total(self) -> float:
+        """The peak: the training step and vLLM's share together - or, with sleep mode, the larger of the
+        training step and generation (the model states + vLLM's share)."""
+        if self.vllm_sleep:
+            return max(self.training, self.states + self.vllm)
         return self.training + self.vllm
 
     def to_json(self) -> dict:
@@ -320,7 +331,8 @@ def kv_cache_tokens(dims: ModelDims, gpu_bytes: float, share: float, tensor_para
 def stage_memory(dims: ModelDims, *, kind: str, strategy: str, gpus: int, gpu_bytes: float | None,
                  per_device_batch: int, seq_tokens: int, completion_tokens: int | None,
                  gradient_checkpointing: bool, param_bytes: int, frozen_params: int = 0, beta: float = 0.0,
-                 vllm_share: float = 0.0, fused_loss: bool = False, peft: bool = False) -> MemoryEstimate:
+                 vllm_share: float = 0.0, vllm_sleep: bool = False, fused_loss: bool = False,
+                 peft: bool = False) -> MemoryEstimate:
     """Per-GPU estimate of one stage (module docstring): ``seq_tokens`` is the longest sequence a micro-batch
     can hold (SFT ``max_length``; GRPO prompt + ``max_completion_length``), ``completion_tokens`` the part
     the GRPO loss runs over."""
@@ -338,7 +350,7 @@ def stage_memory(dims: ModelDims, *, kind: str, strategy: str, gpus: int, gpu_by
     est = MemoryEstimate(strategy=strategy, gpus=n, weights=w, grads=g, optimizer=o, reference=ref,
                          buffers=strategy_buffers_bytes(dims, strategy),
                          activations=a_gc if gradient_checkpointing else a_full, activations_no_gc=a_full,
-                         activations_gc=a_gc, logits=logits, vllm=vllm)
+                         activations_gc=a_gc, logits=logits, vllm=vllm, vllm_sleep=vllm_sleep)
     if frozen_params:
         est.notes.append(f"{frozen_params:,} frozen parameters: no gradients or optimizer states for them")
     return est

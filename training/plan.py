@@ -203,7 +203,7 @@ def launch_from_env(environ: Mapping[str, str] | None = None, *, gpu_bytes: floa
     zero = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     gas = env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
     visible, mem = detect_gpu_memory()
-    cpu = env.get("ACCELERATE_USE_CPU", "false").lower() == "true" or visible == 0
+    cpu = env.get("ACCELERATE_USE_CPU", "false").lower() == "true" or (visible == 0 and gpu_bytes is None)
     return Launch(strategy=_strategy_from(dt, int(zero) if zero else None, world), gpus=world,
                   gpu_bytes=gpu_bytes if gpu_bytes is not None else (None if cpu else mem),
                   mixed_precision=env.get("ACCELERATE_MIXED_PRECISION"),
@@ -491,14 +491,14 @@ def plan_recipe(raw: dict, *, launch: Launch | None = None, gpus: int | None = N
         else:
             comp, seq = None, int(a.max_length)
         share = float(a.vllm_gpu_memory_utilization) if (st.kind == "grpo" and a.use_vllm and
-                                                         a.vllm_mode == "colocate" and
-                                                         not a.vllm_enable_sleep_mode) else 0.0
+                                                         a.vllm_mode == "colocate") else 0.0
         for s in candidates:
             est = stage_memory(dims, kind=st.kind, strategy=s, gpus=W, gpu_bytes=target.gpu_bytes,
                                per_device_batch=B, seq_tokens=seq, completion_tokens=comp,
                                gradient_checkpointing=bool(a.gradient_checkpointing), param_bytes=pbytes,
                                frozen_params=frozen, beta=float(getattr(a, "beta", 0.0) or 0.0),
-                               vllm_share=share, fused_loss=bool(getattr(a, "use_liger_kernel", False)))
+                               vllm_share=share, vllm_sleep=bool(getattr(a, "vllm_enable_sleep_mode", False)),
+                               fused_loss=bool(getattr(a, "use_liger_kernel", False)))
             if s.startswith("zero") and not bf16:
                 est.weights *= 2
                 est.grads *= 2

@@ -34,6 +34,7 @@ __all__ = [
     "parquet_num_rows",
     "model_and_processor",
     "progress_callback",
+    "run_info",
     "save_processing_class",
     "tokenizer_of",
 ]
@@ -191,6 +192,7 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
     writes.  All ranks then wait for it, so no rank returns - and, in ``train staged``, loads ``final/`` as
     the next stage's model - before the checkpoint is complete."""
     final = Path(result.final_dir)
+    result.extra.setdefault("run", run_info(trainer))
     trainer.save_model(str(final))
     if trainer.args.should_save:
         from curation.core.io import write_json_atomic
@@ -199,6 +201,33 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
     trainer.accelerator.wait_for_everyone()
     return result
 
+
+
+def run_info(trainer: Any) -> dict:
+    """How a run actually trained (``result.json``'s ``extra.run``): device, distributed type, world size,
+    mixed precision, the dtype of the parameters the forward runs in and of the optimizer's master copy (the
+    innermost torch optimizer's parameters: the model's own under DDP, DeepSpeed's fp32 partitions under
+    ZeRO), gradient checkpointing and the attention implementation."""
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    opt = trainer.optimizer
+    while opt is not None and hasattr(opt, "optimizer"):  # AcceleratedOptimizer / DeepSpeed wrappers
+        opt = opt.optimizer
+    master = None
+    if opt is not None:
+        ps = [p for g in opt.param_groups for p in g["params"]]
+        master = str(ps[0].dtype) if ps else None
+    param = next(iter(model.parameters()), None)
+    return {
+        "device": str(trainer.args.device),
+        "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+        "world_size": int(acc.num_processes),
+        "mixed_precision": str(acc.mixed_precision),
+        "param_dtype": str(param.dtype) if param is not None else None,
+        "master_dtype": master,
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
 
 
 def last_logged(log_history: list[dict], key: str) -> float | None:
