@@ -43,7 +43,9 @@ done
 if [ -n "$FETCH" ]; then
   # Resolve the project's dependencies for the image, then download every wheel the image does not have.
   mkdir -p "$FETCH"
-  IMAGE_HAS='^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*|transformers|tokenizers|safetensors|huggingface-hub|huggingface_hub|numpy|pillow|filelock|fsspec|jinja2|markupsafe|networkx|sympy|mpmath|typing-extensions|typing_extensions|packaging|pyyaml|regex|requests|tqdm|certifi|charset-normalizer|idna|urllib3|hf-xet|hf_xet)$'
+  # only what the image is known to have is left out (anything else is downloaded: pip keeps an installed
+  # package that satisfies the requirement, and a missing one would stop the offline install)
+  IMAGE_HAS='^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*|transformers)$'
   "$PY" - "$FETCH" "$IMAGE_HAS" "$PYVER" <<'PYEOF'
 import json, os, re, subprocess, sys, tomllib
 folder, image_has, pyver = sys.argv[1], re.compile(sys.argv[2], re.I), sys.argv[3]
@@ -54,7 +56,10 @@ deps = [d for d in project["dependencies"] if not re.match(r"(torch|transformers
 deps += ["trl>=1.16,<1.17", "hjson", "ninja", "py-cpuinfo", "pydantic>=2", "msgpack", "einops", "psutil",
          "setuptools>=68", "wheel", "torch==2.11.0", "transformers==5.17.0"]
 base = [sys.executable, "-m", "pip"]
-plat = ["--python-version", pyver, "--platform", "manylinux_2_28_x86_64", "--only-binary=:all:"]
+# glibc >= 2.28 (torch's own wheels need it): every manylinux tag up to 2_28
+tags = [f"manylinux_2_{i}_x86_64" for i in range(28, 16, -1)] + ["manylinux2014_x86_64", "manylinux2010_x86_64",
+                                                                 "manylinux1_x86_64", "linux_x86_64"]
+plat = ["--python-version", pyver, "--only-binary=:all:", *(x for t in tags for x in ("--platform", t))]
 rep = f"{folder}/report.json"
 subprocess.run([*base, "install", "--dry-run", "--ignore-installed", "--quiet", "--report", rep, *plat,
                 "--target", f"{folder}/.t", *deps], check=True)
@@ -82,7 +87,7 @@ if [ -z "$DEVICE" ]; then
 fi
 WORK=${WORK:-$(mktemp -d /tmp/rlcurate-smoke.XXXXXX)}
 mkdir -p "$WORK"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false COLUMNS=200
 export HF_DATASETS_CACHE="$WORK/hf_datasets" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" DS_BUILD_OPS=0
 note "device: $DEVICE  python: $PY  work: $WORK"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__)"

@@ -469,7 +469,7 @@ def train_grpo(
         say(f"restored the VPS table from {ckpt}")
 
     check_single_process_gpus(args, "grpo")
-    resolve_attn_implementation(args, say)
+    resolve_attn_implementation(args)
     cbs = list(callbacks or [])
     if progress:
         cbs.append(progress_callback(progress, "grpo"))

@@ -340,7 +340,7 @@ def train_sft(
         dataset = to_prompt_completion(dataset, str(recipe.data.train))
 
     check_single_process_gpus(args, "sft")
-    resolve_attn_implementation(args, say)
+    resolve_attn_implementation(args)
     callbacks = [progress_callback(progress, "sft")] if progress else []
     trainer = VASSFTTrainer(
         model=model_dir,

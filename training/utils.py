@@ -325,7 +325,7 @@ def flash_attention_problem(attn_implementation: str) -> str | None:
     return None
 
 
-def resolve_attn_implementation(args: Any, say: Callable[[str], None] | None = None) -> str | None:
+def resolve_attn_implementation(args: Any) -> str | None:
     """The one place that decides ``model_init_kwargs.attn_implementation`` before a trainer loads the
     model: a recipe's ``flash_attention_2`` is kept where flash-attn can run, and replaced by ``sdpa`` - with
     one warning naming the reason - where it cannot (not installed, no CUDA), instead of transformers'
@@ -339,10 +339,8 @@ def resolve_attn_implementation(args: Any, say: Callable[[str], None] | None = N
     why = flash_attention_problem(want)
     if why is None:
         return want
-    msg = f"attn_implementation {want} requested but {why}: using sdpa (PyTorch's fused attention) instead"
-    warnings.warn(msg, stacklevel=2)
-    if say is not None:
-        say(msg)
+    warnings.warn(f"attn_implementation {want} requested but {why}: using sdpa (PyTorch's fused attention) "
+                  "instead", stacklevel=3)
     mik["attn_implementation"] = "sdpa"
     args.model_init_kwargs = mik
     return "sdpa"
