@@ -9,6 +9,7 @@ CUDA cannot be installed here either: where a plan must see it installed, a stub
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -435,3 +436,34 @@ def test_flash_attention_falls_back_to_sdpa_with_one_warning(tmp_path, tiny_qwen
     assert res.steps == 1 and r.args.model_init_kwargs["attn_implementation"] == "sdpa"
     assert sum("using sdpa" in str(w.message) for w in rec) == 1
     assert res.extra["run"]["attn_implementation"] == "sdpa"
+
+
+def test_checks_leave_the_launch_state_alone(tmp_path):
+    """The up-front checks build TRL configs detached from the launcher; transformers resets accelerate's
+    process-wide state whenever it builds one, so without care a check made after the real config would leave
+    a single-process CPU state for the trainer.  Run as a one-rank launch (gloo) in a fresh process."""
+    import subprocess
+    import textwrap
+
+    from test_train_grpo import write_rl_text
+
+    data = write_rl_text(tmp_path / "rl.parquet", n=4)
+    code = textwrap.dedent(f"""
+        import os
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
+        from accelerate.state import PartialState
+        from training.config import build_grpo_recipe
+        sec = {{"output_dir": "{tmp_path / 'out'}", "data": {{"train": "{data}"}}, "use_cpu": True, "bf16": False,
+               "per_device_train_batch_size": 4, "num_generations": 4, "report_to": "none"}}
+        real = build_grpo_recipe(sec, "m").args
+        before = dict(PartialState._shared_state)
+        build_grpo_recipe(sec, "m", validate_only=True)
+        assert dict(PartialState._shared_state) == before, "the check replaced accelerate's state"
+        assert PartialState().distributed_type == real.distributed_state.distributed_type
+        assert os.environ["MASTER_ADDR"] == "127.0.0.1"  # the launcher's environment is back
+        print("STATE KEPT", PartialState().distributed_type)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "STATE KEPT DistributedType.MULTI_CPU" in proc.stdout, proc.stdout + proc.stderr

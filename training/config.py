@@ -315,16 +315,24 @@ _LAUNCH_ENV_KEYS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GRO
 def detached_from_launch():
     """Hide the launcher's environment while a config is built only to be validated (``validate_only``):
     the driver of ``train staged`` checks every stage up front and must not join the run's process group,
-    create a CUDA context or reset the accelerate state of a stage that is running."""
+    create a CUDA context or change the accelerate state a real config has set up (it is restored)."""
     import os
 
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
     saved = {k: v for k, v in os.environ.items() if k in _LAUNCH_ENV_KEYS or k.startswith(_LAUNCH_ENV_PREFIXES)}
+    # TrainingArguments resets accelerate's process-wide (Borg) state and builds its own: put back what was
+    # there, so a check made after a real config was built does not leave a CPU-only state behind for it
+    states = [(cls, dict(cls._shared_state)) for cls in (PartialState, AcceleratorState, GradientState)]
     for k in saved:
         del os.environ[k]
     try:
         yield
     finally:
         os.environ.update(saved)
+        for cls, state in states:
+            cls._shared_state.clear()
+            cls._shared_state.update(state)
 
 
 def _trl_config(cls: type, raw: dict, where: str, *, cpu_defaults: bool = True, validate_only: bool = False):

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._shared import OVERRIDES_ARG, SET_OPT, console_on_main_only, run_guarded
+from ._shared import OVERRIDES_ARG, SET_OPT, console_on_main_only, preflight, run_guarded
 
 
 def register(app: typer.Typer) -> None:
@@ -30,32 +30,15 @@ def register(app: typer.Typer) -> None:
 
         from curation.core.console import console, progress_factory
 
-        from ..config import load_raw
-        from ..plan import launch_from_env, plan_recipe
+        from ..config import build_staged_recipe, load_raw
         from ..stages import SUMMARY_FILE, StageConfigChanged, StageFailed, run_staged, stage_isolation
-        from .plan import render_plan
 
         console_on_main_only()
         ov = [*(overrides or []), *(set_ or [])]
 
-        def load():
-            from ..config import build_staged_recipe
-
-            raw = load_raw(config, ov)
-            return raw, build_staged_recipe(raw)
-
-        raw, recipe = run_guarded(load)
+        recipe = run_guarded(lambda: build_staged_recipe(load_raw(config, ov)))
         console.print(f"[bold]train staged[/] {len(recipe.stages)} stages from {recipe.model} -> {recipe.output_dir}")
-        plan = run_guarded(lambda: plan_recipe(raw, launch=launch_from_env(), kind="staged",
-                                               recipe_path=str(config), overrides=ov))
-        render_plan(plan, full=dry_run)
-        if plan.refused and not skip_plan:
-            from curation.core.console import fail
-
-            fail("the run was refused before training (see above); fix the settings named, or pass --skip-plan "
-                 "to start anyway")
-        if plan.refused:
-            console.print("[yellow]--skip-plan: starting although the checks refused the run[/]")
+        preflight(config, ov, "staged", full=dry_run, skip=skip_plan)
         if dry_run:
             return
         mode = run_guarded(lambda: stage_isolation(isolation))
