@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml constraints.txt
 gpu-setup:
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PIP) install -q --upgrade pip
-	DS_BUILD_OPS=0 $(PIP) install -e ".[gpu,dev,embed,ray]"
+	DS_BUILD_OPS=0 $(PIP) install -c constraints-gpu.txt -e ".[gpu,dev,embed,ray]"
 	echo "torch==$$($(PY) -c "$(TORCH_VERSION)")" > $(TORCH_PIN)
 	$(PIP) install -q -c $(TORCH_PIN) packaging psutil ninja wheel
 	MAX_JOBS=$(FLASH_ATTN_JOBS) $(PIP) install -c $(TORCH_PIN) --no-build-isolation "$(FLASH_ATTN)" || \
