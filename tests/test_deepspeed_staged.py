@@ -68,6 +68,11 @@ def test_three_stages_one_zero3_launch_each_stage_its_own_process(tmp_path, tiny
     assert [s["status"] for s in summary["stages"]] == ["trained"] * 3
     assert [s["steps"] for s in summary["stages"]] == [2, 2, 2]
 
+    # every stage reports a DeepSpeed run over 2 ranks with the fp32 master in the ZeRO optimizer
+    for s in summary["stages"]:
+        run = json.loads((Path(s["checkpoint"]) / "result.json").read_text())["extra"]["run"]
+        assert (run["distributed_type"], run["world_size"], run["master_dtype"]) == ("DEEPSPEED", 2, "torch.float32"), run
+
     # ZeRO: every checkpoint holds DeepSpeed's optimizer partitions of both ranks
     for name in ("cold_start", "mm_rl", "text_rl"):
         parts = sorted(p.name for p in (staged / name / "checkpoint-1").rglob("*optim_states.pt"))

@@ -211,13 +211,20 @@ def run_info(trainer: Any) -> dict:
     ZeRO), gradient checkpointing and the attention implementation."""
     acc = trainer.accelerator
     model = acc.unwrap_model(trainer.model)
-    opt = trainer.optimizer
-    while opt is not None and hasattr(opt, "optimizer"):  # AcceleratedOptimizer / DeepSpeed wrappers
-        opt = opt.optimizer
     master = None
-    if opt is not None:
-        ps = [p for g in opt.param_groups for p in g["params"]]
-        master = str(ps[0].dtype) if ps else None
+    opt = trainer.optimizer if trainer.optimizer is not None else getattr(trainer.model_wrapped, "optimizer", None)
+    while opt is not None and master is None:  # AcceleratedOptimizer / DeepSpeed wrappers -> torch optimizer
+        # DeepSpeed's ZeRO optimizers keep the master partitions here (stage 3 / stages 1-2 / BF16_Optimizer);
+        # the torch optimizer inside only holds them during step()
+        for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+            flat = getattr(opt, attr, None)
+            if flat:
+                master = str(flat[0].dtype)
+                break
+        if master is None and not hasattr(opt, "optimizer"):
+            ps = [p for g in getattr(opt, "param_groups", []) for p in g["params"]]
+            master = str(ps[0].dtype) if ps else None
+        opt = getattr(opt, "optimizer", None)
     param = next(iter(model.parameters()), None)
     return {
         "device": str(trainer.args.device),
