@@ -187,7 +187,7 @@ def test_plan_refuses_the_7b_ddp_launch_and_accepts_zero3(tmp_path, vl7b, rl_set
     ov = _overrides(vl7b, rl_sets, tmp_path / "run")
     common = ["--config", str(STAGED_7B), *ov, "--gpus", "8", "--gpu-mem", "80"]
     ddp = _run_plan([*common, "--accelerate-config", str(REPO / "pipelines/accelerate/ddp_gpu.yaml")])
-    assert ddp.exit_code == 1, ddp.output
+    assert ddp.exit_code == 1 and isinstance(ddp.exception, SystemExit), repr(ddp.exception)  # refused, no crash
     out = " ".join(ddp.output.split())
     # every stage is named with its estimate and the reason, and the launch that passes is given
     for stage in ("stage 1 cold_start", "stage 2 mm_rl", "stage 3 text_rl"):
@@ -292,6 +292,26 @@ def test_plan_catches_the_launcher_recipe_mismatch(tmp_path, tiny_qwen2_vl_dir):
     msgs = [str(f) for f in plan_recipe(raw, launch=launch_from_accelerate_config(tmp_path / "z3.yaml")).failures]
     assert not any("mixed_precision" in m for m in msgs)
     assert any("gradient_accumulation_steps=4 but staged.stages.1 uses 2" in m for m in msgs), msgs
+
+
+def test_plan_applies_the_trainers_start_up_rules(tmp_path, tiny_qwen2_vl_dir):
+    """VASGRPOTrainer refuses PAD with a row-averaged loss when a generation batch does not split into whole
+    optimizer steps - at stage 3's start, after stages 1 and 2 trained; the plan says so before stage 1."""
+    from test_train_grpo import write_rl_mm, write_rl_text
+    from test_train_sft import write_sft_text
+
+    from training.config import load_raw
+    from training.plan import Launch, plan_recipe
+
+    sets = {"sft": write_sft_text(tmp_path / "sft.parquet", n=4), "rl": write_rl_text(tmp_path / "rl.parquet", n=8)}
+    ov = [*_overrides(tiny_qwen2_vl_dir, sets, tmp_path / "run", mm=write_rl_mm(tmp_path / "mm.parquet", 8)),
+          "staged.stages.2.pad.enabled=true", "staged.stages.2.generation_batch_size=12", "grpo.loss_type=grpo"]
+    plan = plan_recipe(load_raw(REPO / "pipelines" / "staged_cpu.yaml", ov),
+                       launch=Launch(strategy="single", gpus=1, origin="environment", cpu=True))
+    msgs = [str(f) for f in plan.failures]
+    assert msgs == ["stage 3 text_rl: PAD with loss_type='grpo' needs steps_per_generation (3 at 1 processes) to be a "
+                    "multiple of gradient_accumulation_steps (2); change staged.stages.2.gradient_accumulation_steps "
+                    "or generation_batch_size"], msgs
 
 
 def test_grpo_geometry_follows_trl(tmp_path):

@@ -127,6 +127,18 @@ class VASSpec:
     tds_metric: str = "edit"  # curation.score.scores.trace_diversity metric (the one `curate score` used)
     seed: int | None = None  # default: the trainer's seed
 
+    def accuracy_uses(self) -> list[str]:
+        """The settings that read each prompt's accuracy reward (GRPO: they need an accuracy reward function;
+        the online refresh and every re-score set pass rates from it)."""
+        uses = []
+        if self.refresh == "online":
+            uses.append("refresh=online")
+        if self.rescore_every > 0:
+            uses.append(f"rescore_every={self.rescore_every}")
+        if self.score_at_start:
+            uses.append("score_at_start=true")
+        return uses
+
 
 @dataclass
 class PADSpec:

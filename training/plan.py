@@ -464,6 +464,20 @@ def plan_recipe(raw: dict, *, launch: Launch | None = None, gpus: int | None = N
             sp.geometry = geo
             for e in errs:
                 say(Finding("fail", sp.label, f"{e} (at {W} processes)"))
+            from .pad import MICROBATCH_TOKEN_MEAN_LOSSES, ROW_MEAN_LOSSES
+
+            # the trainer's own start-up rules (VASGRPOTrainer._check_setup), found before earlier stages train
+            if r.pad.enabled and a.loss_type in ROW_MEAN_LOSSES | MICROBATCH_TOKEN_MEAN_LOSSES \
+                    and geo["steps_per_generation"] % gas:
+                say(Finding("fail", sp.label, (
+                    f"PAD with loss_type={a.loss_type!r} needs steps_per_generation ({geo['steps_per_generation']} at "
+                    f"{W} processes) to be a multiple of gradient_accumulation_steps ({gas}); change "
+                    f"{where}.gradient_accumulation_steps or generation_batch_size")))
+            names = list(r.rewards)
+            if r.vas.enabled and r.vas.accuracy_uses() and not any("accuracy" in n for n in names):
+                say(Finding("fail", sp.label, (
+                    f"vas.{' and vas.'.join(r.vas.accuracy_uses())} needs an accuracy reward ({where}.rewards: "
+                    f"{{accuracy: 1.0, ...}}); the recipe's rewards are {names}")))
             need = geo["prompts_per_generation"]
             if sp.rows is not None and sp.rows < need:
                 say(Finding("fail", sp.label, (

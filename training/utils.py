@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 __all__ = [
+    "DEBUG_ENV",
     "EmptyDatasetError",
     "check_single_process_gpus",
     "flash_attention_problem",
@@ -23,7 +25,9 @@ __all__ = [
     "FINAL_DIR",
     "RESULT_FILE",
     "ProcessorSaveMixin",
+    "SamplerEpochMixin",
     "TrainResult",
+    "debug_event",
     "finish_run",
     "freeze_vision_tower",
     "is_vlm_processor",
@@ -42,11 +46,21 @@ __all__ = [
 
 
 RESULT_FILE = "result.json"
-
-
-
 FINAL_DIR = "final"
+# Multi-process debugging/tests: when set, every rank appends JSON lines to <dir>/rank<R>.jsonl (GRPO: the chunks
+# its VAS sampler draws, the dataset indices of its local batch slice, the gathered rollouts fed to the online
+# VPS update, re-scores, its final VPS values and the files it saves; SFT: the row order of every epoch).
+DEBUG_ENV = "RLCURATE_TRAIN_DEBUG_DIR"
 
+
+def debug_event(rank: int, event: str, **data: Any) -> None:
+    """Append ``{"event": event, **data}`` to ``$RLCURATE_TRAIN_DEBUG_DIR/rank<rank>.jsonl`` (no-op when unset)."""
+    d = os.environ.get(DEBUG_ENV)
+    if not d:
+        return
+    Path(d).mkdir(parents=True, exist_ok=True)
+    with open(Path(d) / f"rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({"event": event, **data}, default=float) + "\n")
 
 
 @dataclass
@@ -69,7 +83,6 @@ class TrainResult:
 
     def to_json(self) -> dict:
         return asdict(self)
-
 
 
 class EmptyDatasetError(ValueError):
@@ -106,17 +119,14 @@ def load_parquet_dataset(path: str | Path, *, limit: int | None = None, required
     return ds
 
 
-
 def is_vlm_processor(processing_class: Any) -> bool:
     from transformers import ProcessorMixin
 
     return isinstance(processing_class, ProcessorMixin)
 
 
-
 def tokenizer_of(processing_class: Any) -> Any:
     return processing_class.tokenizer if is_vlm_processor(processing_class) else processing_class
-
 
 
 def save_processing_class(processing_class: Any, out_dir: str | Path) -> None:
@@ -141,7 +151,6 @@ def save_processing_class(processing_class: Any, out_dir: str | Path) -> None:
     processing_class.save_pretrained(out_dir)
 
 
-
 class ProcessorSaveMixin:
     """Trainer mixin: save the processing class with :func:`save_processing_class` (checkpoints included)."""
 
@@ -156,24 +165,49 @@ class ProcessorSaveMixin:
             save_processing_class(proc, output_dir or self.args.output_dir)
 
 
+class SamplerEpochMixin:
+    """Trainer mixin: tell our own sampler (``self.vas_sampler``) the epoch at the start of every epoch.
+
+    transformers calls ``train_dataloader.set_epoch(epoch)`` and accelerate's ``DataLoaderShard.set_epoch``
+    forwards it at most two wrappers deep (``batch_sampler.sampler``, ``batch_sampler.batch_sampler.sampler``).
+    When a run resumes mid-epoch with several processes the chain is three deep - ``SkipBatchSampler`` ->
+    ``BatchSamplerShard`` -> ``BatchSampler`` -> sampler - so neither accelerate nor transformers' own
+    fallback reaches the sampler, and a sampler that derives its order from the epoch (ours do) would replay
+    epoch 0.  We set the epoch ourselves, from the epoch the training loop is about to run
+    (``Trainer._run_epoch``'s ``epoch`` argument), before the dataloader is iterated; the later ``set_epoch``
+    calls that do get through set the same value.  One process was never affected (no ``BatchSamplerShard``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        import inspect
+
+        super().__init__(*args, **kwargs)
+        hook = getattr(super(), "_run_epoch", None)
+        if hook is None or "epoch" not in inspect.signature(hook).parameters:
+            raise RuntimeError("this transformers version has no Trainer._run_epoch(epoch=...) hook; the VAS "
+                               "samplers cannot be told the epoch on a multi-process resume")
+
+    def _run_epoch(self, *args: Any, **kwargs: Any):
+        import inspect
+
+        parent = super()._run_epoch
+        epoch = inspect.signature(parent).bind(*args, **kwargs).arguments["epoch"]
+        sampler = getattr(self, "vas_sampler", None)
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(int(epoch))
+        return parent(*args, **kwargs)
+
 
 def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
-    """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id.  Local folders use
-    :func:`curation.core.models.load_processor` (works without torchvision); hub ids ``AutoProcessor`` (GPU
-    machines, where torchvision is installed)."""
-    if Path(model).is_dir():
-        from curation.core.models import is_vision_language, load_processor
+    """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id, both resolved by
+    :func:`curation.core.models.resolve_model` (the folder, else the huggingface_hub cache, else a download
+    of the metadata when online) and loaded by :func:`curation.core.models.load_processor` (``AutoProcessor``
+    where torchvision is installed, assembled from its parts without it).  The trainers hand the hub id
+    itself to TRL, which resolves the weights the same way."""
+    from curation.core.models import is_vision_language, load_processor, resolve_model
 
-        return load_processor(model, padding_side=padding_side), is_vision_language(model)
-    from transformers import AutoConfig, AutoProcessor
-
-    cfg = AutoConfig.from_pretrained(model)
-    vl = hasattr(cfg, "vision_config") and cfg.vision_config is not None
-    proc = AutoProcessor.from_pretrained(model, padding_side=padding_side)
-    if vl and hasattr(proc, "tokenizer"):
-        proc.tokenizer.padding_side = padding_side
-    return proc, vl
-
+    model_dir = resolve_model(model)
+    return load_processor(model_dir, padding_side=padding_side), is_vision_language(model_dir)
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -183,7 +217,6 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     if not output_dir.is_dir():
         return None
     return get_last_checkpoint(str(output_dir))
-
 
 
 def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
@@ -246,11 +279,9 @@ def last_logged(log_history: list[dict], key: str) -> float | None:
     return None
 
 
-
 def mean_logged(log_history: list[dict], key: str) -> float | None:
     vals = [float(r[key]) for r in log_history if key in r and r[key] is not None and not math.isnan(float(r[key]))]
     return sum(vals) / len(vals) if vals else None
-
 
 
 def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None]] | None, label: str):
@@ -275,7 +306,6 @@ def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None
                 self.done = state.global_step
 
     return _Progress()
-
 
 
 def freeze_vision_tower(model: Any) -> int:
