@@ -71,6 +71,7 @@ import torch
 from trl import GRPOTrainer
 
 from .config import GRPORecipe
+from .pad import MICROBATCH_TOKEN_MEAN_LOSSES, ROW_MEAN_LOSSES
 from .sampler import VASSampler
 from .utils import (
     DEBUG_ENV,
@@ -95,12 +96,8 @@ VPS_CKPT_FILE = "vps_table.parquet"
 VPS_FINAL_FILE = "vps_final.parquet"
 RUN_STATE_FILE = "vas_state.json"  # per checkpoint: re-score schedule, run statistics, PAD generators, VPS counters
 
-# TRL 1.16 loss types by how they normalise (GRPOTrainer._compute_loss): a mean over the micro-batch's rows
-# (grpo, sapo: per-sequence token mean, then mean over rows; luspo: per-sequence sum, mean over rows; dr_grpo:
-# sum / (rows * max_completion_length)), a token mean over the micro-batch (bnpo), or a sum over the
-# generation batch's global token count num_items_in_batch (dapo, cispo, vespo).
-ROW_MEAN_LOSSES = frozenset({"grpo", "sapo", "dr_grpo", "luspo"})
-MICROBATCH_TOKEN_MEAN_LOSSES = frozenset({"bnpo"})
+# ROW_MEAN_LOSSES / MICROBATCH_TOKEN_MEAN_LOSSES (TRL 1.16 loss types by how they normalise) live in
+# training/pad.py, which `train plan` imports without loading TRL's trainer
 PAD_KEPT_KEY = "pad_kept"  # per-row flag PAD adds to the generation batch (False = loss-masked filler)
 
 
@@ -171,7 +168,7 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
         super().__init__(*args, **kwargs)
         self._pad_gen = torch.Generator().manual_seed(int(self.args.seed) + 1)
         self._check_setup()
-        self._debug("start", world_size=self.accelerator.num_processes)
+        self._debug("start", world_size=self.accelerator.num_processes, pid=os.getpid())
 
     def _check_setup(self) -> None:
         """Refuse configurations that would train on wrong numbers instead of failing T steps in."""
@@ -618,7 +615,7 @@ def build_grpo_trainer(
     plus resume, start-of-run scoring and the final checkpoint; use it directly to drive the trainer yourself
     (``trainer.train(resume_from_checkpoint=...)`` restores the VPS table and run state)."""
     from .rewards import build_reward_funcs
-    from .utils import model_and_processor
+    from .utils import check_single_process_gpus, model_and_processor, resolve_attn_implementation
 
     say = report or (lambda s: log.info(s))
     args = recipe.args
@@ -660,6 +657,8 @@ def build_grpo_trainer(
     if recipe.pad.enabled:
         p = recipe.pad
         say(f"PAD: rho={p.rho}, |A| in ({p.t_low}, {p.t_high}], tau {p.tau_start} -> {p.tau_end} ({p.schedule})")
+    check_single_process_gpus(args, "grpo")
+    resolve_attn_implementation(args)
     return VASGRPOTrainer(
         model=model_dir,
         reward_funcs=funcs,

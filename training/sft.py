@@ -44,6 +44,7 @@ from .utils import (
     ProcessorSaveMixin,
     SamplerEpochMixin,
     TrainResult,
+    check_single_process_gpus,
     debug_event,
     finish_run,
     freeze_vision_tower,
@@ -53,6 +54,7 @@ from .utils import (
     load_parquet_dataset,
     model_and_processor,
     progress_callback,
+    resolve_attn_implementation,
 )
 
 __all__ = [
@@ -345,6 +347,8 @@ def train_sft(
     if loss_mode == "completion":
         dataset = to_prompt_completion(dataset, str(recipe.data.train))
 
+    check_single_process_gpus(args, "sft")
+    resolve_attn_implementation(args)
     callbacks = [progress_callback(progress, "sft")] if progress else []
     trainer = VASSFTTrainer(
         model=model_dir,

@@ -18,6 +18,10 @@ from typing import Any, Callable
 __all__ = [
     "DEBUG_ENV",
     "EmptyDatasetError",
+    "check_single_process_gpus",
+    "flash_attention_problem",
+    "module_installed",
+    "resolve_attn_implementation",
     "FINAL_DIR",
     "RESULT_FILE",
     "ProcessorSaveMixin",
@@ -31,9 +35,11 @@ __all__ = [
     "last_logged",
     "load_parquet_dataset",
     "mean_logged",
+    "param_numel",
     "parquet_num_rows",
     "model_and_processor",
     "progress_callback",
+    "run_info",
     "save_processing_class",
     "tokenizer_of",
 ]
@@ -220,6 +226,7 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
     writes.  All ranks then wait for it, so no rank returns - and, in ``train staged``, loads ``final/`` as
     the next stage's model - before the checkpoint is complete."""
     final = Path(result.final_dir)
+    result.extra.setdefault("run", run_info(trainer))
     trainer.save_model(str(final))
     if trainer.args.should_save:
         from curation.core.io import write_json_atomic
@@ -227,6 +234,42 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
         write_json_atomic(result.to_json(), final / RESULT_FILE)
     trainer.accelerator.wait_for_everyone()
     return result
+
+
+
+def run_info(trainer: Any) -> dict:
+    """How a run actually trained (``result.json``'s ``extra.run``): device, distributed type, world size,
+    mixed precision, the dtype of the parameters the forward runs in and of the optimizer's master copy (the
+    innermost torch optimizer's parameters: the model's own under DDP, DeepSpeed's fp32 partitions under
+    ZeRO), gradient checkpointing and the attention implementation."""
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    master = None
+    opt = trainer.optimizer if trainer.optimizer is not None else getattr(trainer.model_wrapped, "optimizer", None)
+    while opt is not None and master is None:  # AcceleratedOptimizer / DeepSpeed wrappers -> torch optimizer
+        # DeepSpeed's ZeRO optimizers keep the master partitions here (stage 3 / stages 1-2 / BF16_Optimizer);
+        # the torch optimizer inside only holds them during step()
+        for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+            flat = getattr(opt, attr, None)
+            if flat:
+                master = str(flat[0].dtype)
+                break
+        if master is None and not hasattr(opt, "optimizer"):
+            ps = [p for g in getattr(opt, "param_groups", []) for p in g["params"]]
+            master = str(ps[0].dtype) if ps else None
+        opt = getattr(opt, "optimizer", None)
+    param = next(iter(model.parameters()), None)
+    return {
+        "device": str(trainer.args.device),
+        "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+        "world_size": int(acc.num_processes),
+        "mixed_precision": str(acc.mixed_precision),
+        "param_dtype": str(param.dtype) if param is not None else None,
+        "master_dtype": master,
+        "gradient_checkpointing": bool(getattr(model, "is_activation_checkpointing" if hasattr(
+            type(model), "is_activation_checkpointing") else "is_gradient_checkpointing", False)),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
 
 
 def last_logged(log_history: list[dict], key: str) -> float | None:
@@ -267,7 +310,12 @@ def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None
 
 def freeze_vision_tower(model: Any) -> int:
     """``requires_grad_(False)`` on the vision tower (Qwen2-VL family: ``model.model.visual``, merger
-    included); returns the number of frozen parameters."""
+    included); returns the number of frozen parameters.
+
+    Call it before ``trainer.train()``: the optimizer (and DeepSpeed's ZeRO partitions) are built inside
+    ``train()`` from the parameters that require grad, so frozen ones get no fp32 master or Adam state.  Under
+    ZeRO-3 the parameters are already partitioned (``numel()`` is 0 on every rank); DeepSpeed keeps the full
+    size in ``ds_numel``, which is what is counted then."""
     inner = getattr(model, "model", None)
     visual = getattr(inner, "visual", None) if inner is not None else None
     if visual is None:
@@ -275,4 +323,82 @@ def freeze_vision_tower(model: Any) -> int:
     if visual is None:
         raise ValueError(f"{type(model).__name__} has no vision tower (model.model.visual) to freeze")
     visual.requires_grad_(False)
-    return sum(p.numel() for p in visual.parameters())
+    return sum(param_numel(p) for p in visual.parameters())
+
+
+def param_numel(p: Any) -> int:
+    """Full size of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (``ds_numel``)."""
+    return int(getattr(p, "ds_numel", None) or p.numel())
+
+
+_FLASH_CHECKS = {"flash_attention_2": ("flash_attn", "is_flash_attn_2_available"),
+                 "flash_attention_3": ("flash_attn_interface", "is_flash_attn_3_available")}
+
+
+def module_installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (found on the path; not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # sys.modules[module] = None (import blocked), broken package
+        return False
+
+
+def flash_attention_problem(attn_implementation: str) -> str | None:
+    """Why ``attn_implementation`` (flash_attention_2 / _3) cannot run here, or None when it can
+    (transformers' own check: the package installed, recent enough, and a CUDA device)."""
+    module, check = _FLASH_CHECKS[attn_implementation]
+    if not module_installed(module):
+        pkg = "flash-attn" if module == "flash_attn" else "flash-attn 3 (hopper build)"
+        return (f"{pkg} is not installed (`make gpu-setup` builds it, or `pip install --no-build-isolation "
+                "flash-attn==2.8.3.post2`)")
+    import transformers.utils as tu
+
+    if not getattr(tu, check)():
+        import torch
+
+        return "no CUDA device" if not torch.cuda.is_available() else f"transformers' {check}() is False"
+    return None
+
+
+def resolve_attn_implementation(args: Any) -> str | None:
+    """The one place that decides ``model_init_kwargs.attn_implementation`` before a trainer loads the
+    model: a recipe's ``flash_attention_2`` is kept where flash-attn can run, and replaced by ``sdpa`` - with
+    one warning naming the reason - where it cannot (not installed, no CUDA), instead of transformers'
+    ImportError.  Returns the implementation the trainer will use (None: transformers' default)."""
+    import warnings
+
+    mik = dict(args.model_init_kwargs or {})
+    want = mik.get("attn_implementation")
+    if want not in _FLASH_CHECKS:
+        return want
+    why = flash_attention_problem(want)
+    if why is None:
+        return want
+    warnings.warn(f"attn_implementation {want} requested but {why}: using sdpa (PyTorch's fused attention) "
+                  "instead", stacklevel=3)
+    mik["attn_implementation"] = "sdpa"
+    args.model_init_kwargs = mik
+    return "sdpa"
+
+
+def check_single_process_gpus(args: Any, command: str) -> None:
+    """A plain (not launched) run on a machine with several visible GPUs: TRL would load the model with
+    ``device_map="auto"`` and spread it over all of them, one GPU busy at a time.  Refused with the launch
+    line to use, unless the recipe sets ``model_init_kwargs.device_map`` itself."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or getattr(args, "use_cpu", False):
+        return
+    if "device_map" in (args.model_init_kwargs or {}):
+        return
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n > 1:
+        raise ValueError(
+            f"{n} GPUs are visible to this single process: TRL would spread the model over all of them with "
+            f"device_map='auto' (one GPU busy at a time). Launch one process per GPU: `accelerate launch "
+            f"--config_file pipelines/accelerate/zero3.yaml --num_processes {n} -m training.cli {command} ...`, "
+            f"or use one GPU: `CUDA_VISIBLE_DEVICES=0 train {command} ...`")
