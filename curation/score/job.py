@@ -63,6 +63,7 @@ from curation.core.io import (
     open_chunk_job,
     read_records,
     read_table,
+    repair_summary,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -305,7 +306,8 @@ def run_score_job(
         "writing_s": cw_s + t_read,
     }
     return _finish(out, rollouts, scores, excluded, settings, counts, timing, t_start,
-                   title=f"curate score: {name}", posterior=post_info)
+                   title=f"curate score: {name}", posterior=post_info,
+                   repaired=repair_summary(excl))
 
 
 def _job_counts(n_read: int, in_shard: int, scores: pa.Table, excluded: pa.Table, rollouts: pa.Table) -> dict:
@@ -442,7 +444,7 @@ def _run_adaptive(rows: list[dict], excl: ExclusionWriter, n_read: int, out: Pat
     timing = {"engine_load_s": sum(i.engine_load_s for i in info_runs), "generation_s": gen_s,
               "verification_s": ver_s, "tds_scoring_s": t_tds, "writing_s": cw_s + t_read}
     return _finish(out, rollouts, scores, excluded, settings, counts, timing, t_start, title=title,
-                   posterior=post_info, adaptive=policy)
+                   posterior=post_info, adaptive=policy, repaired=repair_summary(excl))
 
 
 def _with_outcome(scores: pa.Table, oc) -> pa.Table:
@@ -481,10 +483,12 @@ def _finish(
     title: str,
     posterior: dict | None = None,
     adaptive: AdaptivePolicy | None = None,
+    repaired: dict | None = None,
 ) -> ScoreResult:
     """Write rollouts/scores/excluded/stats/report (atomically) and return the result.  ``posterior``: what
     the prior resolved to (stats ``posterior``); ``adaptive``: the policy of an adaptive run (stats
-    ``adaptive``: rollouts spent against ``n_max`` for every prompt, stop reasons)."""
+    ``adaptive``: rollouts spent against ``n_max`` for every prompt, stop reasons); ``repaired``: the input
+    rows kept after a text repair (:func:`curation.core.io.repair_summary`), for ``stats.json``."""
     t0 = time.perf_counter()
     write_parquet_atomic(rollouts, out / "rollouts.parquet")
     write_parquet_atomic(scores, out / "scores.parquet")
@@ -516,6 +520,7 @@ def _finish(
         "mean_pass_rate": (sum(p) / len(p)) if p else None,
         "models": models,
         "posterior": _posterior_stats(scores, posterior),
+        "repaired": repaired or {"rows": 0, "examples": []},
         "timing": timing,
     }
     if adaptive is not None:
@@ -578,6 +583,7 @@ def gsm8k_examples_to_long(path: str | Path, *, model: str = "gsm8k-examples") -
             excl.add(None, step=STEP, reason="malformed_row", detail=f"{rec.locator}: {rec.error}",
                      locator=rec.locator, raw=rec.raw)
             continue
+        excl.note_repair(rec)
         d = rec.data
         pid = f"gsm8k-test-{i:04d}"
         gold = gsm8k_gold(d.get("ground_truth", ""))
@@ -621,6 +627,7 @@ def read_long_rollouts(
             excl.add(None, step=STEP, reason="malformed_row", detail=f"{rec.locator}: {rec.error}",
                      locator=rec.locator, raw=rec.raw)
             continue
+        excl.note_repair(rec)
         d = rec.data
         pid = d.get("problem_id", d.get("id"))
         pid = None if pid is None else str(pid)
@@ -777,7 +784,7 @@ def score_pregenerated(
     title = (f"curate score --adaptive (replay of {Path(rollouts).name})" if adaptive is not None
              else f"curate score (pre-generated): {Path(rollouts).name}")
     return _finish(out, table, scores, excl.table(), settings, counts, timing, t_start, title=title,
-                   posterior=post_info, adaptive=adaptive)
+                   posterior=post_info, adaptive=adaptive, repaired=repair_summary(excl))
 
 
 # --- merge ----------------------------------------------------------------------------------------------------
