@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from procs import kill_when
 
 from curation.core import schema as S
 from curation.cot import (
@@ -334,19 +333,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_qwen2_dir):
     assert r.returncode == 0, r.stderr[-3000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(CURATE + _cli_args(tiny_qwen2_dir, data, out), env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     parts = out / "_work" / "parts"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if len(list(parts.glob("samples-*.parquet"))) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_when(CURATE + _cli_args(tiny_qwen2_dir, data, out), lambda: len(list(parts.glob("samples-*.parquet"))) >= 2,
+              env=env, cwd=ROOT)
     assert 2 <= len(list(parts.glob("samples-*.parquet"))) < 10 and not (out / "sft.parquet").exists()
 
     r = subprocess.run(CURATE + _cli_args(tiny_qwen2_dir, data, out), env=env, cwd=ROOT, capture_output=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -166,6 +167,54 @@ def test_hf_engine_seeds_reproducible_and_batch_independent(tiny_qwen2_dir: Path
     # another base seed changes the samples
     changed = tiny_engine.generate(reqs[:2], SamplingConfig(n=2, temperature=0.9, top_p=0.95, max_tokens=8, seed=12))
     assert [c.token_ids for c in changed[0]] != [c.token_ids for c in first[0]]
+
+
+def check_sample_offsets(engine, req: GenRequest, params: SamplingConfig, *, exact: bool = True) -> list:
+    """n = 2 at offsets 0, 2, 4 gives the 6 samples of one n = 6 request (shared with the vLLM tests).
+
+    ``exact=False`` (vLLM): its kernels are not batch-invariant, so a call with another batch shape may flip a
+    near-tied token and a sample diverge from there: most samples must agree, and far more than with the wrong
+    offsets (1, 3, 5), which draw other samples."""
+    whole = engine.generate([req], params)[0]
+
+    def rounds(offsets):
+        out = []
+        for o in offsets:
+            out += engine.generate([dataclasses.replace(req, sample_offset=o)], dataclasses.replace(params, n=2))[0]
+        return [c.token_ids for c in out]
+
+    want = [c.token_ids for c in whole]
+    got = rounds((0, 2, 4))
+    assert len({tuple(t) for t in want}) > 1  # the offsets give different samples, not copies
+    if exact:
+        assert got == want
+    else:
+        same = sum(a == b for a, b in zip(got, want))
+        wrong = sum(a == b for a, b in zip(rounds((1, 3, 5)), want))
+        assert same >= len(want) // 2 and same > wrong, (same, wrong)
+    return whole
+
+
+def test_hf_engine_sample_offsets_continue_a_request(tiny_qwen2_dir: Path, tiny_engine: HFEngine):
+    """Sample j of a request at ``sample_offset = o`` is sample o + j of the prompt (adaptive scoring's rounds),
+    and n > batch_size is drawn in slices of batch_size samples with the same seeds."""
+    req = GenRequest(user("What is 2 + 5?"))
+    params = SamplingConfig(n=6, temperature=1.0, max_tokens=6, seed=4)
+    whole = check_sample_offsets(tiny_engine, req, params)
+    small = HFEngine(tiny_qwen2_dir, batch_size=4, num_threads=1)
+    rows_per_call = []
+    orig = small._generate_batch
+
+    def spy(prompts, requests, seeds, p, torch, offsets):
+        rows_per_call.append((p.n * len(prompts), list(offsets)))
+        return orig(prompts, requests, seeds, p, torch, offsets)
+
+    small._generate_batch = spy
+    sliced = small.generate([req], params)[0]
+    assert rows_per_call == [(4, [0]), (2, [4])]  # never more than batch_size sequences in one call
+    assert [c.token_ids for c in sliced] == [c.token_ids for c in whole]
+    with pytest.raises(ValueError, match="sample_offset"):
+        GenRequest(user("x"), sample_offset=-1)
 
 
 def test_hf_engine_greedy_and_stop_strings(tiny_engine: HFEngine):

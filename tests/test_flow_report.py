@@ -90,3 +90,15 @@ def test_report_reads_numbers_from_tables(tmp_path):
     assert "10 rows in = 7 kept + 3 excluded" in text and "exact_duplicate: 3" in text
     assert "prompts scored: 3;" in text and "66.7%" in text  # p in {0, 1} for 2 of 3 prompts
     assert "Not in this run folder: rl, cot, staged" in text
+    assert "credible interval" not in text  # a scores table without the posterior columns
+    # an adaptive run: rollouts per prompt vary, posterior widths and why prompts stopped are reported
+    pq.write_table(pa.table({"problem_id": list("abcdef"), "model": ["m"] * 6, "n": [4, 8, 12, 16, 32, 4],
+                             "pass_rate": [0.0, 0.5, 0.25, 0.0, 0.1, 1.0], "vps": [0.1] * 6,
+                             "post_lo": [0.0, 0.2, 0.1, 0.0, 0.05, 0.6], "post_hi": [0.5, 0.8, 0.5, 0.2, 0.2, 1.0]}),
+                   run / "score/scores.parquet")
+    (run / "score/stats.json").write_text(json.dumps({"settings": {"credible": 0.9}, "adaptive": {
+        "rollouts": 76, "fraction_of_n_max": 76 / 192, "stopped_because": {"in_band": 3, "out_of_band": 3}}}))
+    text = write_run_report(run).read_text()
+    assert "rollouts per prompt: mean 12.67 (min 4, max 32)" in text
+    assert "mean width of the 90% credible interval 0.3750" in text
+    assert "adaptive scoring: 76 rollouts (39.6% of n_max for every prompt); stopped because in_band 3" in text

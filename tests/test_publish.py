@@ -254,6 +254,12 @@ def test_card_numbers_match_stats_and_tables(run_dir, dry):
     scores = pq.read_table(run_dir / "score" / "scores.parquet")
     assert f"groups: **{scores.num_rows}**, rollouts: **{4 * scores.num_rows}**" in card
     assert f"**{100 * sstats['zero_variance_frac']:.1f}%**" in card
+    # the pass-rate posterior: its prior and level, the mean credible-interval width from the scores table
+    assert settings["pass-rate prior"] == "uniform" and settings["credible interval"] == "90% equal-tailed"
+    assert settings["VPS from"] == "pass_rate"
+    width = sum(h - lo for h, lo in zip(scores.column("post_hi").to_pylist(), scores.column("post_lo").to_pylist()))
+    assert f"mean interval width **{width / scores.num_rows:.4g}**" in card
+    assert "rollouts per prompt: mean 4" in card and "adaptive scoring (rollouts in rounds" not in card
     for png in ("assets/pass_rate_hist.png", "assets/vps_hist.png"):
         assert f"]({png})" in card
         assert (out / png).read_bytes().startswith(b"\x89PNG")

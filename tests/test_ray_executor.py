@@ -251,3 +251,30 @@ def test_ray_llm_processor_config_forwards_every_engine_option():
             dataclasses.replace(spec, engine_options={"vllm_python": "/x/python"}), {0: [{"id": "a"}]})
     assert RayExecutor(gpus_per_worker=1)._use_llm(
         dataclasses.replace(spec, engine_options={"vllm_python": "/x/python"}), {0: [{"id": "a"}]}) is False
+
+
+@pytest.mark.slow
+def test_adaptive_on_ray_equals_local(setup, cluster):
+    """`curate score --adaptive --executor ray`: the rounds run on one pool of engine actors (built once, not per
+    round) and give exactly the local executor's rollouts, scores and plans."""
+    from curation.score.adaptive import AdaptivePolicy
+    from curation.score.posterior import PriorSpec
+
+    pol = AdaptivePolicy(n_max=6, round_size=2, band=(">=0.5", None), prior=PriorSpec())  # uniform: several rounds
+    gen = {k: v for k, v in GEN.items() if k != "n"}
+    loc = run_score_job(setup["data"], setup["root"] / "ad_local", model=str(setup["model"]), adaptive=pol, **gen)
+    res = run_score_job(setup["data"], setup["root"] / "ad_ray", model=str(setup["model"]), executor="ray",
+                        num_workers=2, adaptive=pol, **gen)
+    assert loc.stats["counts"]["rounds"] >= 2
+    _same(res.rollouts, loc.rollouts)
+    _same(res.scores, loc.scores)
+    _same(res.excluded, loc.excluded)
+    assert pq.read_table(setup["root"] / "ad_ray" / "rounds.parquet").equals(
+        pq.read_table(setup["root"] / "ad_local" / "rounds.parquet"))
+    ex = res.stats["settings"]["executor"]
+    assert ex["executor"] == "ray" and ex["persistent_actors"] is True
+    workers = set()
+    for r in range(res.stats["counts"]["rounds"]):
+        for f in (setup["root"] / "ad_ray" / "_work" / f"round-{r:03d}" / "parts").glob("timing-*.json"):
+            workers.add(json.loads(f.read_text())["worker"])
+    assert workers and all(not w.endswith(f":{os.getpid()}") for w in workers) and len(workers) <= 2

@@ -265,3 +265,31 @@ def test_unscored_rows_kept_or_excluded_explicitly(inputs, tmp_path):
     assert keep.rl_text.num_rows == default.rl_text.num_rows  # scored rows still obey the band
     with pytest.raises(ValueError, match="--unscored"):
         build_rl_set(inputs["problems"], tmp_path / "x", unscored="maybe", **kw)
+
+
+def test_posterior_columns_and_the_band_on_the_posterior_mean(inputs, tmp_path):
+    """The scores' posterior columns travel into the RL set; --pass-column post_mean applies the band (and the
+    difficulty bins) to E[p] instead of c / N."""
+    scores = {r["problem_id"]: r for r in inputs["score_table"].to_pylist()}
+    res = build_rl_set(inputs["problems"], tmp_path / "post", scores=inputs["scores"], min_pass=">=0.3",
+                       pass_column="post_mean")
+    kept = _by_id(res.rl)
+    assert kept and all(r["post_mean"] >= 0.3 for r in kept.values())
+    for pid, r in kept.items():
+        for c in ("post_a", "post_b", "post_mean", "post_lo", "post_hi", "post_ovs"):
+            assert r[c] == pytest.approx(scores[pid][c])
+    ex = [r for r in res.excluded.to_pylist() if r["reason"] == "pass_rate_out_of_band"]
+    assert ex and all("post_mean" in r["detail"] for r in ex)
+    plain = build_rl_set(inputs["problems"], tmp_path / "plain", scores=inputs["scores"], min_pass=">=0.3")
+    # with 4 rollouts a problem at 1 of 4 (p = 0.25) has E[p] = 2/6 >= 0.3 under the uniform prior: kept only here
+    assert set(kept) != set(_by_id(plain.rl)) and res.stats["settings"]["pass_column"] == "post_mean"
+    with pytest.raises(ValueError, match="--pass-column"):
+        build_rl_set(inputs["problems"], tmp_path / "x", scores=inputs["scores"], pass_column="mean")
+    # a scores table from before the posterior columns: pass_rate works, post_mean says what is missing
+    old = tmp_path / "old_scores.parquet"
+    pq.write_table(inputs["score_table"].select(["problem_id", "model", "n", "n_correct", "pass_rate", "ovs", "tds",
+                                                 "vps"]), old)
+    ok = build_rl_set(inputs["problems"], tmp_path / "old", scores=old, min_pass=">0")
+    assert ok.rl.num_rows and all(r["post_mean"] is None for r in ok.rl.to_pylist())
+    with pytest.raises(ValueError, match="no post_mean"):
+        build_rl_set(inputs["problems"], tmp_path / "old2", scores=old, min_pass=">0", pass_column="post_mean")

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from itertools import combinations
 from pathlib import Path
 
@@ -19,6 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from procs import kill_when  # noqa: E402
 
 from curation.cli import app  # noqa: E402
 from curation.core import schema as S  # noqa: E402
@@ -259,19 +259,10 @@ def test_full_run_outputs_and_exclusions(tiny):
 def test_kill_9_then_resume_equals_uninterrupted(tiny):
     out = tiny["root"] / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(CURATE + _cli_args(tiny["model"], tiny["data"], out), env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     parts = out / "_work" / "parts"
-    deadline = time.time() + 180
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if len(list(parts.glob("rollouts-*.parquet"))) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        os.killpg(proc.pid, signal.SIGKILL)  # the job and the verifier workers it started
-    finally:
-        proc.wait(timeout=60)
+    # kill -9 the job and the verifier workers it started
+    kill_when(CURATE + _cli_args(tiny["model"], tiny["data"], out),
+              lambda: len(list(parts.glob("rollouts-*.parquet"))) >= 2, env=env, cwd=ROOT)
     n_parts = len(list(parts.glob("rollouts-*.parquet")))
     assert 2 <= n_parts < 10 and not (out / "rollouts.parquet").exists()
 

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 # Shared with the hf engine tests: the same output contract for every engine.
-from test_engines import check_schema, last_number, user  # noqa: E402,F401
+from test_engines import check_sample_offsets, check_schema, last_number, user  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,14 @@ def test_vllm_seeded_reproducibility_independent_of_order(smol_engine: VLLMEngin
     other_seed = smol_engine.generate(reqs, SamplingConfig(n=3, temperature=1.0, top_p=0.95, max_tokens=24, seed=8))
     other = [c.token_ids for r in other_seed for c in r]
     assert sum(a != b for a, b in zip(other, [a for a, _ in pairs])) >= len(pairs) // 2
+
+
+def test_vllm_sample_offsets_continue_a_request(smol_engine: VLLMEngine):
+    """Adaptive scoring's rounds: n=2 at offsets 0, 2, 4 draws the 6 samples of one n=6 request (vLLM seeds
+    child j with seed + j; an offset o sends seed + o) - up to vLLM's batch-dependent rounding (the engine
+    docstring), so most, not necessarily all, samples are token-identical."""
+    check_sample_offsets(smol_engine, arithmetic_requests()[1], SamplingConfig(n=6, temperature=1.0, max_tokens=24,
+                                                                              seed=5), exact=False)
 
 
 def test_vllm_stop_strings_and_chunked_progress(smol_engine: VLLMEngine):
@@ -155,3 +163,33 @@ def test_vllm_many_seeded_prompts_beyond_one_step_budget(smol_engine: VLLMEngine
     reqs = [GenRequest(user(q)) for q in questions]
     out = smol_engine.generate(reqs, SamplingConfig(n=4, temperature=0.7, max_tokens=4, seed=0))
     check_schema(out, 16, 4, 4)
+
+
+def test_vllm_adaptive_scoring_draws_the_fixed_n_samples(smol_engine: VLLMEngine, tmp_path: Path):
+    """`curate score --adaptive` on the vLLM engine: the samples an adaptive run drew (rounds of 2 at offsets 0,
+    2) are those of a fixed n = 4 run, sample for sample - up to vLLM's batch-dependent rounding (other batch
+    shapes), so most of them are identical and every (problem, sample) key is the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation.core import schema as S
+    from curation.score.adaptive import AdaptivePolicy
+    from curation.score.job import run_score_job
+    from curation.score.posterior import PriorSpec
+
+    rows = [{"id": f"add-{a}-{b}", "source": "t", "problem": f"Compute {a} + {b}.", "images": [], "answer": str(a + b),
+             "options": [], "solution": None, "meta": None} for a, b in PROBLEMS]
+    data = tmp_path / "problems.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=S.PROBLEMS), data)
+    kw = {"model": "smollm2", "engine": "vllm", "engine_obj": smol_engine, "max_tokens": 24, "temperature": 1.0,
+          "seed": 5, "prompt_template": "plain", "chunk_size": 2}
+    fixed = run_score_job(data, tmp_path / "fixed", n=4, **kw)
+    # whatever the model writes, no prompt can stop after 2 (uniform prior: P_out <= 0.6 < 1 - delta; a VPS
+    # precision no posterior reaches), so every prompt is drawn in two rounds of 2 samples
+    ad = run_score_job(data, tmp_path / "adaptive", adaptive=AdaptivePolicy(
+        n_max=4, round_size=2, band=(">0", "<1"), prior=PriorSpec(), delta=0.3, vps_precision=1e-6), **kw)
+    assert ad.stats["counts"]["prompts_per_round"] == [4, 4]
+    a, b = ad.rollouts.to_pylist(), fixed.rollouts.to_pylist()
+    assert [(r["problem_id"], r["sample"]) for r in a] == [(r["problem_id"], r["sample"]) for r in b]
+    same = sum(x == y for x, y in zip(a, b))
+    assert same >= len(b) // 2, f"only {same}/{len(b)} rollouts identical"

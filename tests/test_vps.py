@@ -253,3 +253,62 @@ def test_from_a_shuffled_hf_dataset_follows_its_row_order():
     for i, row in enumerate(ds):
         assert t.get(i)["problem_id"] == row["problem_id"]
         assert t.get(i)["pass_rate"] == pytest.approx(row["pass_rate"])
+
+
+# --- posterior mode: the Beta posterior of curate score's scores -------------------------------------------------
+
+
+def test_posterior_mode_reads_the_scores_posterior_and_matches_curate_score(groups):
+    """``vps_from='posterior'``: VPS = alpha * E[p(1-p)] + beta * TDS from post_a / post_b - exactly the vps
+    `curate score --vps-from posterior` stored (so no "recomputed" warning); unscored rows take Beta(1, 1)."""
+    import warnings
+
+    import pyarrow as pa
+
+    from curation.core import schema as S
+    from curation.score.scores import score_rollouts
+
+    recs = [{"problem_id": g["problem_id"], "model": "m", "sample": j, "text": t, "extracted": None, "verdict": "x",
+             "correct": r > 0.5, "num_tokens": None, "finish_reason": None}
+            for g in groups[:60] for j, (r, t) in enumerate(zip(g["rewards"], g["texts"]))]
+    scores = score_rollouts(pa.Table.from_pylist(recs, schema=S.ROLLOUTS), vps_from="posterior")
+    dataset = [{"problem_id": g["problem_id"]} for g in groups[:70]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = VPSTable.from_dataset(dataset, scores=scores, config=VPSConfig(vps_from="posterior"))
+    v = t.vps_by_index()
+    by_id = {r["problem_id"]: r for r in scores.to_pylist()}
+    np.testing.assert_allclose(v[:60], [by_id[d["problem_id"]]["vps"] for d in dataset[:60]], rtol=0, atol=1e-12)
+    row = by_id[dataset[0]["problem_id"]]
+    a, b = row["post_a"], row["post_b"]
+    assert v[0] == pytest.approx(0.8 * a * b / ((a + b) * (a + b + 1)) + 0.2 * row["tds"])
+    assert t.get(0)["pass_rate"] == pytest.approx(a / (a + b)) and t.get(0)["post_a"] == a
+    assert v[65] == pytest.approx(0.8 * (1 / 6) + 0.2 * 0.5)  # the prior Beta(1, 1): E[p(1-p)] = 1/6
+    # the MMR1 mode on the same table recomputes from p_hat: different numbers, one warning
+    with pytest.warns(UserWarning, match="recomputed"):
+        plain = VPSTable.from_dataset(dataset, scores=scores)
+    assert plain.vps_by_index()[0] != pytest.approx(v[0])
+    # posterior mode needs the posterior of every scored prompt
+    with pytest.raises(ValueError, match="post_a / post_b"):
+        VPSTable.from_dataset([{"problem_id": "x", "pass_rate": 0.5}], config=VPSConfig(vps_from="posterior"))
+    with pytest.raises(ValueError, match="vps_from"):
+        VPSConfig(vps_from="mean")
+
+
+def test_posterior_mode_online_update_is_the_discounted_beta(tmp_path):
+    rows = [{"problem_id": "a", "pass_rate": 0.25, "tds": 0.3, "post_a": 2.0, "post_b": 6.0},
+            {"problem_id": "b", "pass_rate": None, "tds": None}]
+    cfg = VPSConfig(vps_from="posterior", momentum=0.5)
+    t = VPSTable.from_dataset(rows, config=cfg)
+    t.update(["a", "b"], [[1.0, 1.0, 0.0, 1.0], [0.0, 1.0]])
+    ga, gb = t.get("a"), t.get("b")
+    assert (ga["post_a"], ga["post_b"]) == pytest.approx((0.5 * 2 + 3, 0.5 * 6 + 1))  # a <- m a + k, b <- m b + G - k
+    assert ga["pass_rate"] == pytest.approx(4 / 8)
+    assert (gb["post_a"], gb["post_b"]) == pytest.approx((1 + 1, 1 + 1))  # on the prior: the conjugate update
+    a, b = 4.0, 4.0
+    assert ga["vps"] == pytest.approx(0.8 * a * b / ((a + b) * (a + b + 1)) + 0.2 * ga["tds"])
+    # persisted and restored with the posterior
+    path = t.save(tmp_path / "vps.parquet")
+    back = VPSTable.load(path, config=cfg)
+    np.testing.assert_allclose(back.vps_by_index(), t.vps_by_index(), rtol=0, atol=1e-15)
+    assert back.get("a")["post_b"] == pytest.approx(4.0)

@@ -126,6 +126,7 @@ class VASSpec:
     scores: Path | None = None
     tds_metric: str = "edit"  # curation.score.scores.trace_diversity metric (the one `curate score` used)
     seed: int | None = None  # default: the trainer's seed
+    vps_from: str = "pass_rate"  # pass_rate (MMR1) | posterior: E[p(1-p)] of the scores' Beta posterior (training.vps)
 
     def accuracy_uses(self) -> list[str]:
         """The settings that read each prompt's accuracy reward (GRPO: they need an accuracy reward function;
@@ -265,6 +266,8 @@ def _vas_spec(raw: Any, where: str) -> VASSpec:
         raise RecipeError(f"{where}.refresh: must be 'online' or 'none', got {spec.refresh!r}")
     if spec.rescore_every < 0:
         raise RecipeError(f"{where}.rescore_every: must be >= 0, got {spec.rescore_every}")
+    if spec.vps_from not in {"pass_rate", "posterior"}:
+        raise RecipeError(f"{where}.vps_from: must be 'pass_rate' or 'posterior', got {spec.vps_from!r}")
     return spec
 
 

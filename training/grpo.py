@@ -591,7 +591,7 @@ def build_vps_table(dataset: Any, recipe: GRPORecipe):
     from .vps import VPSConfig, VPSTable
 
     v = recipe.vas
-    cfg = VPSConfig(alpha=v.alpha, beta=v.beta, momentum=v.momentum, tds_metric=v.tds_metric)
+    cfg = VPSConfig(alpha=v.alpha, beta=v.beta, momentum=v.momentum, tds_metric=v.tds_metric, vps_from=v.vps_from)
     return VPSTable.from_dataset(dataset, config=cfg, scores=str(v.scores) if v.scores else None)
 
 

@@ -36,6 +36,19 @@ Every rank then applies the same update to its own copy and the tables stay iden
 across ranks is thus never seen partially.
 
 Rows sharing a ``problem_id`` share one state ("slot"): an update through any of them moves all of them.
+
+**Posterior mode** (``VPSConfig(vps_from="posterior")``, recipe ``vas.vps_from: posterior``): each slot keeps the
+Beta posterior of its pass rate, ``Beta(post_a, post_b)`` from ``curate score``'s posterior columns
+(:mod:`curation.score.posterior`; prompts on the prior: ``Beta(s p0, s (1 - p0))`` with ``s = prior_strength``,
+default 2 = uniform for ``p0 = 0.5``), and
+
+    VPS_i = alpha * E[p (1 - p)] + beta * TDS_i,      E[p (1 - p)] = a b / ((a + b)(a + b + 1))
+
+so an unsure 0-of-4 prompt is not read as certainly variance-free.  The online update is the discounted
+Beta-Bernoulli update (exponential forgetting with the same momentum ``m``): ``a <- m a + k``,
+``b <- m b + (G - k)`` for ``k`` correct of ``G``; a prompt still on its prior takes the plain conjugate update
+``a <- a + k``, ``b <- b + (G - k)``.  ``pass_rate`` then reads ``a / (a + b)``.  (A deviation from MMR1, whose
+EMA acts on the point estimate; off by default.)
 """
 
 from __future__ import annotations
@@ -69,8 +82,14 @@ class VPSConfig:
     tds_metric: str = "edit"  # curation.score.scores.trace_diversity metric; use the one the scores were made with
     normalize_ovs: bool = False
     replace_prior: bool = True
+    vps_from: str = "pass_rate"  # pass_rate (MMR1) | posterior: alpha * E[p (1 - p)] + beta * TDS under Beta(a, b)
+    prior_strength: float = 2.0  # posterior mode: a prompt on the prior is Beta(s * p0, s * (1 - p0))
 
     def __post_init__(self) -> None:
+        if self.vps_from not in ("pass_rate", "posterior"):
+            raise ValueError(f"vps_from must be 'pass_rate' or 'posterior', got {self.vps_from!r}")
+        if not (self.prior_strength > 0 and math.isfinite(self.prior_strength)):
+            raise ValueError(f"prior_strength must be finite and > 0, got {self.prior_strength}")
         if not (0.0 <= self.momentum < 1.0):
             if self.momentum == 1.0:
                 raise ValueError(
@@ -90,6 +109,16 @@ class VPSConfig:
     def vps(self, pass_rate: np.ndarray, tds: np.ndarray) -> np.ndarray:
         """``alpha * OVS + beta * TDS`` with ``OVS = p (1 - p)`` (``4 p (1 - p)`` with ``normalize_ovs``)."""
         ovs = pass_rate * (1.0 - pass_rate)
+        if self.normalize_ovs:
+            ovs = 4.0 * ovs
+        return self.alpha * ovs + self.beta * tds
+
+    def vps_posterior(self, a: np.ndarray, b: np.ndarray, tds: np.ndarray) -> np.ndarray:
+        """``alpha * E[p (1 - p)] + beta * TDS`` under ``Beta(a, b)`` (:func:`curation.score.posterior.ovs_mean`,
+        ``a b / ((a + b)(a + b + 1))``; times 4 with ``normalize_ovs``)."""
+        from curation.score.posterior import ovs_mean
+
+        ovs = ovs_mean(a, b)
         if self.normalize_ovs:
             ovs = 4.0 * ovs
         return self.alpha * ovs + self.beta * tds
@@ -145,13 +174,18 @@ class VPSTable:
         pass_rate: Sequence[float | None] | None = None,
         tds: Sequence[float | None] | None = None,
         config: VPSConfig | None = None,
+        post_a: Sequence[float | None] | None = None,
+        post_b: Sequence[float | None] | None = None,
     ):
         self.config = config or VPSConfig()
         n = len(problem_ids)
         pr = [None] * n if pass_rate is None else list(pass_rate)
         td = [None] * n if tds is None else list(tds)
-        if len(pr) != n or len(td) != n:
-            raise ValueError(f"{n} problem ids but {len(pr)} pass rates and {len(td)} tds values")
+        pa_ = [None] * n if post_a is None else list(post_a)
+        pb_ = [None] * n if post_b is None else list(post_b)
+        if len(pr) != n or len(td) != n or len(pa_) != n or len(pb_) != n:
+            raise ValueError(f"{n} problem ids but {len(pr)} pass rates, {len(td)} tds, {len(pa_)} post_a and "
+                             f"{len(pb_)} post_b values")
         slot_of_id: dict[str, int] = {}
         index_to_slot = np.empty(n, dtype=np.int64)
         slot_ids: list[str | None] = []
@@ -189,6 +223,28 @@ class VPSTable:
         self._slot_of_id = slot_of_id
         self._index_to_slot = index_to_slot
         self._p = np.asarray(slot_p, dtype=np.float64)
+        # the Beta posterior of each slot's pass rate (posterior mode): from post_a / post_b where given, else
+        # the prior Beta(s * p0, s * (1 - p0)) for slots on the prior; a scored slot without one is an error
+        s0, p0 = self.config.prior_strength, self.config.prior_pass_rate
+        self._a = np.full(len(slot_ids), s0 * p0 if p0 > 0 else s0 * 1e-3)
+        self._b = np.full(len(slot_ids), s0 * (1 - p0) if p0 < 1 else s0 * 1e-3)
+        missing = []
+        for i in range(n):
+            s = int(index_to_slot[i])
+            if pa_[i] is not None and pb_[i] is not None:
+                if not (float(pa_[i]) > 0 and float(pb_[i]) > 0):
+                    raise ValueError(f"row {i} (problem_id={problem_ids[i]!r}): post_a/post_b must be > 0, got "
+                                     f"{pa_[i]!r}, {pb_[i]!r}")
+                self._a[s], self._b[s] = float(pa_[i]), float(pb_[i])
+            elif pr[i] is not None and self.config.vps_from == "posterior":
+                missing.append(i)
+        if missing:
+            raise ValueError(
+                f"vps_from='posterior' needs post_a / post_b for every scored prompt; row {missing[0]} (problem_id="
+                f"{problem_ids[missing[0]]!r}) has a pass rate but no posterior (re-score with this version of "
+                "`curate score`, or use vps_from='pass_rate')")
+        if self.config.vps_from == "posterior":
+            self._p = self._a / (self._a + self._b)
         self._tds = np.asarray(slot_t, dtype=np.float64)
         self._scored = np.asarray(slot_scored, dtype=bool)  # False = still on the prior
         self._observed = np.zeros(len(slot_ids), dtype=np.int64)  # online samples seen
@@ -228,10 +284,11 @@ class VPSTable:
         """
         cfg = config or VPSConfig()
         n = _num_rows(dataset)
-        cols = _columns(dataset, [id_column, "pass_rate", "tds", "vps"])
+        cols = _columns(dataset, [id_column, "pass_rate", "tds", "vps", "post_a", "post_b"])
         ids = cols.get(id_column, [None] * n)
         if scores is None:
             pr, td, stored = cols.get("pass_rate"), cols.get("tds"), cols.get("vps")
+            pa_, pb_ = cols.get("post_a"), cols.get("post_b")
             if pr is None and stored is not None and any(v is not None for v in stored):
                 raise ValueError(
                     "the dataset has a 'vps' column but no 'pass_rate': the online update needs the pass rate "
@@ -244,7 +301,7 @@ class VPSTable:
                 from curation.core.io import read_table
 
                 scores = read_table(scores)
-            scols = _columns(scores, ["problem_id", "model", "pass_rate", "tds", "vps"])
+            scols = _columns(scores, ["problem_id", "model", "pass_rate", "tds", "vps", "post_a", "post_b"])
             if "problem_id" not in scols or "pass_rate" not in scols:
                 raise ValueError(f"scores table needs 'problem_id' and 'pass_rate' columns (has {sorted(scols)})")
             keep = list(range(len(scols["problem_id"])))
@@ -262,13 +319,15 @@ class VPSTable:
                 if pid in by_id:
                     raise ValueError(f"scores row {i}: problem_id {pid!r} appears twice")
                 by_id[pid] = i
-            pr, td, stored = [], [], []
+            pr, td, stored, pa_, pb_ = [], [], [], [], []
             for pid in ids:
                 j = by_id.get(pid)
                 pr.append(None if j is None else scols["pass_rate"][j])
                 td.append(None if j is None or "tds" not in scols else scols["tds"][j])
                 stored.append(None if j is None or "vps" not in scols else scols["vps"][j])
-        table = cls(ids, pass_rate=pr, tds=td, config=cfg)
+                pa_.append(None if j is None or "post_a" not in scols else scols["post_a"][j])
+                pb_.append(None if j is None or "post_b" not in scols else scols["post_b"][j])
+        table = cls(ids, pass_rate=pr, tds=td, config=cfg, post_a=pa_, post_b=pb_)
         if stored is not None:
             table._check_stored_vps(stored)
         return table
@@ -283,7 +342,8 @@ class VPSTable:
         if (diff > 1e-6).any():
             i = int(np.flatnonzero(have)[int(np.argmax(diff))])
             warnings.warn(
-                f"{int((diff > 1e-6).sum())} stored vps values differ from alpha*OVS+beta*TDS with "
+                f"{int((diff > 1e-6).sum())} stored vps values differ from alpha*OVS+beta*TDS "
+                f"(vps_from={self.config.vps_from}) with "
                 f"alpha={self.config.alpha}, beta={self.config.beta} (e.g. row {i}: stored {stored[i]:.6g}, "
                 f"recomputed {self.vps_by_index()[i]:.6g}); using the recomputed values",
                 stacklevel=3,
@@ -313,10 +373,15 @@ class VPSTable:
                 raise KeyError(f"problem_id {key!r} is not in the VPS table") from None
         raise TypeError(f"key must be a dataset index (int) or problem id (str), got {type(key).__name__}")
 
+    def _slot_vps(self) -> np.ndarray:
+        if self.config.vps_from == "posterior":
+            return self.config.vps_posterior(self._a, self._b, self._tds)
+        return self.config.vps(self._p, self._tds)
+
     def vps_by_index(self) -> np.ndarray:
         """VPS of every dataset row, shape ``(len(self),)`` (cached per :attr:`version`; do not modify)."""
         if self._cache is None or self._cache[0] != self.version:
-            slot_vps = self.config.vps(self._p, self._tds)
+            slot_vps = self._slot_vps()
             arr = slot_vps[self._index_to_slot]
             arr.setflags(write=False)
             self._cache = (self.version, arr)
@@ -331,7 +396,9 @@ class VPSTable:
             "pass_rate": p,
             "ovs": p * (1 - p),
             "tds": t,
-            "vps": float(self.config.vps(np.array([p]), np.array([t]))[0]),
+            "vps": float(self._slot_vps()[s]),
+            "post_a": float(self._a[s]),
+            "post_b": float(self._b[s]),
             "n_observed": int(self._observed[s]),
             "n_groups": int(self._groups[s]),
             "scored": bool(self._scored[s]),
@@ -340,10 +407,15 @@ class VPSTable:
     def vps_for_ids(self, ids: Sequence[str | None], default: float | None = None) -> np.ndarray:
         """VPS for each id (e.g. the ``problem_id`` of SFT rows); ids not in the table (or None) get ``default``
         (the prior's VPS when ``default`` is None)."""
-        slot_vps = self.config.vps(self._p, self._tds)
+        slot_vps = self._slot_vps()
         if default is None:
-            default = float(self.config.vps(np.array([self.config.prior_pass_rate]),
-                                            np.array([self.config.prior_tds]))[0])
+            p0, s0 = self.config.prior_pass_rate, self.config.prior_strength
+            if self.config.vps_from == "posterior":
+                default = float(self.config.vps_posterior(np.array([max(s0 * p0, s0 * 1e-3)]),
+                                                          np.array([max(s0 * (1 - p0), s0 * 1e-3)]),
+                                                          np.array([self.config.prior_tds]))[0])
+            else:
+                default = float(self.config.vps(np.array([p0]), np.array([self.config.prior_tds]))[0])
         return np.array(
             [slot_vps[self._slot_of_id[i]] if i in self._slot_of_id else default for i in ids], dtype=np.float64
         )
@@ -387,7 +459,16 @@ class VPSTable:
             if tds_fn is not None and len(completions[g]) >= 2:
                 tds_hat = float(tds_fn(list(completions[g]), cfg.tds_metric))
             fresh = cfg.replace_prior and not self._scored[s]
-            self._p[s] = p_hat if fresh else m * self._p[s] + (1.0 - m) * p_hat
+            if cfg.vps_from == "posterior":
+                # discounted Beta: a <- m a + k, b <- m b + (G - k); a prompt still on its prior takes the plain
+                # conjugate update a <- a + k, b <- b + (G - k)
+                k = float((valid > cfg.correct_threshold).sum())
+                keep = 1.0 if fresh else m
+                self._a[s] = keep * self._a[s] + k
+                self._b[s] = keep * self._b[s] + (valid.size - k)
+                self._p[s] = self._a[s] / (self._a[s] + self._b[s])
+            else:
+                self._p[s] = p_hat if fresh else m * self._p[s] + (1.0 - m) * p_hat
             if tds_hat is not None:
                 self._tds[s] = tds_hat if fresh else m * self._tds[s] + (1.0 - m) * tds_hat
             self._scored[s] = True
@@ -447,7 +528,7 @@ class VPSTable:
     def stats(self) -> dict[str, float]:
         """For logging: VPS mean/min/max over prompts, mean pass rate, fraction of prompts observed online,
         zero-variance fraction of the last update and over all updates."""
-        v = self.config.vps(self._p, self._tds)
+        v = self._slot_vps()
         out = {
             "vps_mean": float(v.mean()) if v.size else float("nan"),
             "vps_min": float(v.min()) if v.size else float("nan"),
@@ -473,7 +554,9 @@ class VPSTable:
                 "pass_rate": pa.array(p),
                 "ovs": pa.array(p * (1 - p)),
                 "tds": pa.array(t),
-                "vps": pa.array(self.config.vps(p, t)),
+                "vps": pa.array(self._slot_vps()[s]),
+                "post_a": pa.array(self._a[s]),
+                "post_b": pa.array(self._b[s]),
                 "n_observed": pa.array(self._observed[s]),
                 "n_groups": pa.array(self._groups[s]),
                 "scored": pa.array(self._scored[s]),
@@ -508,11 +591,16 @@ class VPSTable:
         scored = tbl.column("scored").to_pylist()
         p = tbl.column("pass_rate").to_pylist()
         t = tbl.column("tds").to_pylist()
+        has_post = "post_a" in tbl.column_names and "post_b" in tbl.column_names
+        pa_ = tbl.column("post_a").to_pylist() if has_post else None
+        pb_ = tbl.column("post_b").to_pylist() if has_post else None
         out = cls(
             tbl.column("problem_id").to_pylist(),
             pass_rate=[pv if sc else None for pv, sc in zip(p, scored)],
             tds=[tv if sc else None for tv, sc in zip(t, scored)],
             config=config,
+            post_a=[v if sc else None for v, sc in zip(pa_, scored)] if has_post else None,
+            post_b=[v if sc else None for v, sc in zip(pb_, scored)] if has_post else None,
         )
         # exact state (the constructor put the prior where ``scored`` is False)
         s = out._index_to_slot
@@ -520,6 +608,9 @@ class VPSTable:
         out._tds[s] = np.asarray(t, dtype=np.float64)
         out._observed[s] = tbl.column("n_observed").to_numpy()
         out._groups[s] = tbl.column("n_groups").to_numpy()
+        if "post_a" in tbl.column_names and "post_b" in tbl.column_names:
+            out._a[s] = np.asarray(tbl.column("post_a").to_pylist(), dtype=np.float64)
+            out._b[s] = np.asarray(tbl.column("post_b").to_pylist(), dtype=np.float64)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -533,6 +624,7 @@ class VPSTable:
         if len(other) != len(self) or other._ids != self._ids:
             raise ValueError("state_dict is from a VPS table over a different dataset")
         self._p, self._tds, self._scored = other._p, other._tds, other._scored
+        self._a, self._b = other._a, other._b
         self._observed, self._groups = other._observed, other._groups
         self.version = int(state["version"])
         self._cache = None

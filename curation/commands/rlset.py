@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed of the balancing draw.")] = 0,
         template: Annotated[str, typer.Option("--template", help="Prompt template (name in pipelines/prompts or YAML path); default r1: <think> + \\boxed{}.")] = "r1",
         unscored: Annotated[str, typer.Option("--unscored", help="With a pass band: problems with no score row are 'exclude'd (no_score) or 'keep' (null VPS; the sampler uses its prior).")] = "exclude",
+        pass_column: Annotated[str, typer.Option("--pass-column", help="What the band and difficulty bins read: pass_rate (c/N) | post_mean (posterior mean).")] = "pass_rate",
     ) -> None:
         """Build RL question-answer sets in TRL GRPO format (conversational prompt, images, answer, VPS columns)."""
         from curation.rlset import build_rl_set
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
                     p, out, scores=scores, model=model, min_pass=min_pass, max_pass=max_pass, balance=balance,
                     per_group=per_group, difficulty_bins=difficulty_bins, modality=modality,
                     max_answer_chars=max_answer_chars, seed=seed, template=template, unscored=unscored,
-                    progress=new_task,
+                    pass_column=pass_column, progress=new_task,
                 )
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))

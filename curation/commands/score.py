@@ -38,8 +38,20 @@ def _summary(result, title: str) -> None:
     console.print("time: " + ", ".join(parts))
     if tm.get("overhead_frac_of_generation") is not None:
         console.print(f"time outside generation / generation: {tm['overhead_frac_of_generation']:.2%}")
+    ad = s.get("adaptive")
+    if ad:
+        console.print(f"adaptive: {ad['rollouts']} rollouts = {ad['mean_rollouts_per_prompt']:.2f} per prompt, "
+                      f"{ad['fraction_of_n_max']:.1%} of n_max for every prompt; stopped: "
+                      + ", ".join(f"{k} {v}" for k, v in ad["stopped_because"].items()))
+        pool = s.get("counts", {}).get("pool_rollouts")
+        if pool:
+            console.print(f"replay: used {ad['rollouts']} of the pool's {pool} rollouts ({ad['rollouts'] / pool:.1%})")
+    w = (s.get("posterior") or {}).get("interval_width")
+    if w:
+        console.print(f"posterior ({(s.get('posterior') or {}).get('prior')}): credible interval width mean "
+                      f"{w['mean']:.3f}, median {w['median']:.3f}")
     console.print(f"wrote [bold]{result.out_dir}[/] (rollouts.parquet, scores.parquet, excluded.parquet, "
-                  "stats.json, report/)")
+                  "stats.json, report/" + (", rounds.parquet" if ad else "") + ")")
 
 
 def register(app: typer.Typer) -> None:
@@ -72,13 +84,43 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray executor: GPUs per engine actor (0 on CPU clusters).")] = 0.0,
         data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", help=DATA_PARALLEL_HELP)] = 1,
         max_retries: Annotated[int, typer.Option("--max-retries", help=MAX_RETRIES_HELP)] = 2,
+        prior: Annotated[Optional[str], typer.Option("--prior", help="Prior of the pass-rate posterior: uniform | jeffreys | eb (empirical Bayes, fitted to the data) | beta:A,B. Default: uniform, eb with --adaptive.")] = None,
+        prior_scores: Annotated[Optional[Path], typer.Option("--prior-scores", help="Another model's scores.parquet: its pass rate counts as --prior-strength pseudo-rollouts per prompt.")] = None,
+        prior_strength: Annotated[float, typer.Option("--prior-strength", help="K: pseudo-rollouts the --prior-scores pass rate is worth (0 = the base prior).")] = 0.0,
+        prior_model: Annotated[Optional[str], typer.Option("--prior-model", help="Which model of --prior-scores (when it holds several).")] = None,
+        credible: Annotated[float, typer.Option("--credible", help="Level of the equal-tailed credible interval post_lo..post_hi.")] = 0.9,
+        vps_from: Annotated[str, typer.Option("--vps-from", help="pass_rate (MMR1: alpha*p(1-p)+beta*TDS) | posterior (alpha*E[p(1-p)]+beta*TDS).")] = "pass_rate",
+        adaptive: Annotated[bool, typer.Option("--adaptive", help="Rollouts in rounds; a prompt stops once its posterior decides the band (and its VPS precision).")] = False,
+        n_max: Annotated[int, typer.Option("--n-max", help="Adaptive: most rollouts per prompt.")] = 32,
+        round_size: Annotated[int, typer.Option("--round", help="Adaptive: rollouts per prompt per round.")] = 4,
+        band: Annotated[tuple[str, str], typer.Option("--band", help="Adaptive: the pass-rate band to decide, MIN MAX (e.g. '>0' '<1'; 'none' for no bound).")] = (">0", "<1"),
+        delta: Annotated[float, typer.Option("--delta", help="Adaptive: decided when in / out of band with probability >= 1 - delta.")] = 0.1,
+        vps_precision: Annotated[float, typer.Option("--vps-precision", help="Adaptive: an in-band prompt stops when the posterior sd of its VPS is at most this.")] = 0.03,
+        budget: Annotated[Optional[int], typer.Option("--budget", help="Adaptive: total rollouts of the job (per shard); the last ones go to the least-decided prompts.")] = None,
     ) -> None:
-        """Sample N rollouts per prompt, verify them, and score pass rate, OVS, TDS and VPS (MMR1).
+        """Sample N rollouts per prompt, verify them, and score pass rate, OVS, TDS and VPS (MMR1), with the
+        Beta posterior of every pass rate (post_mean, 90 % interval, E[p(1-p)]).
 
-        Resumable: re-run the same command after a crash; finished chunks are kept.
+        --adaptive draws rollouts in rounds and stops each prompt once its posterior has decided the band;
+        with --rollouts it replays that policy over pre-generated rollouts.  Resumable: re-run the same
+        command after a crash; finished chunks (and rounds) are kept.
         """
+        from curation.score.adaptive import AdaptivePolicy
         from curation.score.job import run_score_job, score_pregenerated
+        from curation.score.posterior import PriorSpec
 
+        try:
+            prior_spec = PriorSpec.parse(prior or ("eb" if adaptive else "uniform"),
+                                         scores=str(prior_scores) if prior_scores else None,
+                                         strength=prior_strength, model=prior_model)
+            policy = None
+            if adaptive:
+                bounds = tuple(None if b.strip().lower() in ("", "none") else b for b in band)
+                policy = AdaptivePolicy(n_max=n_max, round_size=round_size, band=bounds, delta=delta,
+                                        vps_precision=vps_precision, budget=budget, prior=prior_spec)
+            post_kw = {"prior": prior_spec, "credible": credible, "vps_from": vps_from, "adaptive": policy}
+        except ValueError as e:
+            fail(str(e))
         try:
             with progress_factory() as new_task:
                 if rollouts is not None:
@@ -88,7 +130,7 @@ def register(app: typer.Typer) -> None:
                         fail(f"{rollouts}: no such file")
                     result = score_pregenerated(rollouts, out, problems=problems, model_name=model_name, tds=tds,
                                                 alpha=alpha, beta=beta, normalize_ovs=normalize_ovs,
-                                                verify_timeout=verify_timeout, progress=new_task)
+                                                verify_timeout=verify_timeout, progress=new_task, **post_kw)
                 else:
                     if model is None or data is None:
                         fail("give --model and --data (or --rollouts FILE to score pre-generated rollouts)")
@@ -104,7 +146,7 @@ def register(app: typer.Typer) -> None:
                         model_name=model_name, verify_timeout=verify_timeout, progress=new_task,
                         engine_options=parse_engine_options(engine_opt, data_parallel_size), executor=executor, ray_address=ray_address,
                         num_workers=num_workers, gpus_per_worker=gpus_per_worker,
-                        executor_options={"max_retries": max_retries} if executor == "ray" else None,
+                        executor_options={"max_retries": max_retries} if executor == "ray" else None, **post_kw,
                     )
         except (ValueError, FileNotFoundError, ImportError) as e:
             fail(str(e))
@@ -117,13 +159,17 @@ def register(app: typer.Typer) -> None:
         tds: Annotated[Optional[str], typer.Option("--tds", help="Override the TDS metric used to re-score.")] = None,
         alpha: Annotated[Optional[float], typer.Option("--alpha")] = None,
         beta: Annotated[Optional[float], typer.Option("--beta")] = None,
+        prior: Annotated[Optional[str], typer.Option("--prior", help="Override the prior (uniform | jeffreys | eb | beta:A,B).")] = None,
+        vps_from: Annotated[Optional[str], typer.Option("--vps-from", help="Override the VPS variant (pass_rate | posterior).")] = None,
     ) -> None:
         """Join shard (or per-model) outputs: checks that no (problem_id, model, sample) repeats, recomputes
         scores and report; several models also give scores_wide.parquet (pass_rate__<model>, ...)."""
         from curation.score.job import merge_score_dirs
+        from curation.score.posterior import PriorSpec
 
         try:
-            result = merge_score_dirs(dirs, out, tds=tds, alpha=alpha, beta=beta)
+            result = merge_score_dirs(dirs, out, tds=tds, alpha=alpha, beta=beta,
+                                      prior=PriorSpec.parse(prior) if prior else None, vps_from=vps_from)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
         _summary(result, f"curate merge -> {out}")

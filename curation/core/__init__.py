@@ -7,4 +7,5 @@
 - ``plots``: histograms and Markdown tables for reports and cards
 - ``models``: local model helpers (tiny test models, SmolLM2 from PyPI, processors without torchvision)
 - ``console``: the rich console and progress bars of the CLIs
+- ``bands``: pass-rate bands (``">0"``, ``"<=0.9"``) shared by rl-set and adaptive scoring
 """

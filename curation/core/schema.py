@@ -8,7 +8,8 @@ Data flows one way as Parquet tables (see README "Data flow"):
 Contracts:
 - A problem has a stable ``id`` derived from its source and content; every later table joins on it.
 - A rollout row is unique on (``problem_id``, ``model``, ``sample``).
-- Scores keep their components (``pass_rate``, ``ovs``, ``tds``, ``vps``) so users can recombine them.
+- Scores keep their components (``pass_rate``, ``ovs``, ``tds``, ``vps``) so users can recombine them, and the
+  Beta posterior of the pass rate (``post_a``, ``post_b``, ``post_mean``, ``post_lo``, ``post_hi``, ``post_ovs``).
 
 Images travel *inside* the tables as ``list<struct<bytes: binary, path: string>>`` - the storage type of
 🤗 datasets' ``Image`` feature - so a Parquet file is self-contained and ``datasets.load_dataset`` decodes
@@ -108,6 +109,11 @@ EXCLUDED = _schema(
     ]
 )
 
+# The Beta posterior of a pass rate (curation.score.posterior): Beta(post_a, post_b), its mean, the equal-tailed
+# credible interval [post_lo, post_hi] and E[p (1 - p)]; null in tables from before 0.2.  In scores and RL tables.
+POSTERIOR_FIELDS = [pa.field(name, pa.float64()) for name in
+                    ("post_a", "post_b", "post_mean", "post_lo", "post_hi", "post_ovs")]
+
 ROLLOUTS = _schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),
@@ -134,6 +140,11 @@ SCORES = _schema(
         pa.field("vps", pa.float64(), nullable=False),
         pa.field("mean_tokens", pa.float64()),
         pa.field("truncated_frac", pa.float64()),
+        *POSTERIOR_FIELDS,
+        # adaptive scoring (curate score --adaptive): rounds of rollouts the prompt got and why it stopped
+        # (in_band | out_of_band | n_max | budget | pool_exhausted | generation_error); null for fixed N
+        pa.field("rounds", pa.int32()),
+        pa.field("stopped_because", pa.string()),
     ]
 )
 
@@ -160,7 +171,7 @@ SFT_MM = _schema(
 )
 
 # TRL GRPO format: conversational ``prompt``, gold ``answer`` (+ ``options``) for the reward functions, and
-# the VPS components when scores were given so the trainer's sampler can draw by VPS.
+# the VPS components and the pass-rate posterior when scores were given so the trainer's sampler can draw by VPS.
 _RL_COMMON = [
     pa.field("problem_id", pa.string(), nullable=False),
     pa.field("source", pa.string()),
@@ -170,6 +181,7 @@ _RL_COMMON = [
     pa.field("ovs", pa.float64()),
     pa.field("tds", pa.float64()),
     pa.field("vps", pa.float64()),
+    *POSTERIOR_FIELDS,
 ]
 RL_TEXT = _schema([pa.field("prompt", pa.list_(TEXT_MESSAGE), nullable=False), *_RL_COMMON])
 RL_MM = _schema(
@@ -189,6 +201,10 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 # --- validation ---------------------------------------------------------------------------------------
+
+# columns whose values are rates or probabilities: they must lie in [0, 1]
+RATE_COLUMNS = frozenset({"pass_rate", "ovs", "tds", "vps", "truncated_frac", "post_mean", "post_lo", "post_hi",
+                          "post_ovs"})
 
 
 @dataclass(frozen=True)
@@ -276,7 +292,7 @@ def validate_rows(rows: Iterable[dict], kind: str) -> list[RowError]:
             err = _check_value(value, field.type, field.nullable, field.name)
             if err is None and not field.nullable and isinstance(value, str) and not value.strip():
                 err = "is empty"
-            if err is None and field.name in {"pass_rate", "ovs", "tds", "vps", "truncated_frac"} and value is not None:
+            if err is None and field.name in RATE_COLUMNS and value is not None:
                 if not 0.0 <= float(value) <= 1.0:
                     err = f"must lie in [0, 1], got {value}"
             if err is None and field.name == "images" and value:

@@ -12,6 +12,11 @@ Seeding (both engines): each request gets its own seed, ``GenRequest.seed`` when
 bytes).  A request's samples therefore do not depend on its position in the list or on the other requests
 (up to floating-point effects of batching, see each engine's notes).  Identical requests in one call get
 identical samples; ask for more samples with ``n`` instead of repeating a request.
+
+Sample offsets: sample ``j`` of a request with ``GenRequest.sample_offset = o`` is seeded as sample ``o + j``
+of that prompt (hf: ``sample_seed(seed, o + j)``; vLLM: ``seed + o + j``, vLLM's own seeding of child
+``o + j`` of an n-sample request), so ``n = 4`` at offsets 0, 4, 8 gives the samples of one ``n = 12`` call
+(up to floating-point effects of a different batch shape, see each engine's notes).
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class GenRequest:
     prompt_messages: list[dict]
     images: list[Image.Image] | None = None
     seed: int | None = None  # overrides the derived per-request seed
+    # index of this request's first sample: sample j of the call is sample ``sample_offset + j`` of the prompt
+    # and is seeded as such (adaptive scoring draws samples [r*k, (r+1)*k) in round r and gets the same
+    # samples as one call with n = (r+1)*k)
+    sample_offset: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt_messages, list) or not self.prompt_messages:
@@ -44,6 +53,8 @@ class GenRequest:
         for i, m in enumerate(self.prompt_messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"GenRequest.prompt_messages[{i}] must be a dict with 'role' and 'content': {m!r}")
+        if not isinstance(self.sample_offset, int) or self.sample_offset < 0:
+            raise ValueError(f"GenRequest.sample_offset must be an integer >= 0, got {self.sample_offset!r}")
         n_parts = count_image_parts(self.prompt_messages)
         n_images = len(self.images or [])
         if n_parts != n_images:

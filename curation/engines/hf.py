@@ -1,11 +1,14 @@
 """Rollout engine on transformers ``generate`` (CPU or GPU; the reference and fallback engine).
 
 Batching: requests are sorted by prompt length and grouped so that one ``generate`` call holds at most
-``batch_size`` sequences (``batch_size // n`` requests, ``n`` return sequences each), left-padded.
+``batch_size`` sequences (``batch_size // n`` requests, ``n`` return sequences each), left-padded.  With
+``n > batch_size`` a request's samples are drawn in slices of ``batch_size`` (one prompt per call), so
+``batch_size`` is always the most sequences in one call.
 
 Determinism: sampling is done by :class:`SeededSampler`, a logits processor that draws every row's next
 token from that row's own ``torch.Generator``, seeded from the request's seed (see
-:func:`curation.engines.base.request_seed`) and the sample index.  A request's samples therefore do not
+:func:`curation.engines.base.request_seed`) and the sample index ``GenRequest.sample_offset + j``
+(:func:`sample_seed`).  A request's samples therefore do not
 depend on the batch it lands in, its position, or the other requests; what can still differ between
 batchings are floating-point rounding effects of padding/batch shape on the logits (rare flips between
 near-tied tokens).  Same requests + same ``batch_size`` + same machine give identical results.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -197,28 +201,42 @@ class HFEngine(RolloutEngine):
         seeds = [request_seed(params.seed, r) for r in requests]
         lengths = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         order = sorted(range(len(requests)), key=lambda i: -lengths[i])
-        per_batch = max(1, self.batch_size // params.n)
         results: list[list[Completion] | None] = [None] * len(requests)
         done = 0
         old_threads = torch.get_num_threads()
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         try:
-            for start in range(0, len(order), per_batch):
-                idx = order[start : start + per_batch]
-                batch = self._generate_batch(
-                    [prompts[i] for i in idx], [requests[i] for i in idx], [seeds[i] for i in idx], params, torch
-                )
-                for i, comps in zip(idx, batch, strict=True):
+            if params.n <= self.batch_size:
+                per_batch = self.batch_size // params.n
+                for start in range(0, len(order), per_batch):
+                    idx = order[start : start + per_batch]
+                    batch = self._generate_batch(
+                        [prompts[i] for i in idx], [requests[i] for i in idx], [seeds[i] for i in idx], params,
+                        torch, [requests[i].sample_offset for i in idx],
+                    )
+                    for i, comps in zip(idx, batch, strict=True):
+                        results[i] = comps
+                    done += len(idx)
+                    if progress is not None:
+                        progress(done, len(requests))
+            else:  # more samples than fit one call: slices of batch_size samples, each seeded by its offset
+                for i in order:
+                    comps: list[Completion] = []
+                    for s0 in range(0, params.n, self.batch_size):
+                        k = min(self.batch_size, params.n - s0)
+                        comps += self._generate_batch([prompts[i]], [requests[i]], [seeds[i]], replace(params, n=k),
+                                                      torch, [requests[i].sample_offset + s0])[0]
                     results[i] = comps
-                done += len(idx)
-                if progress is not None:
-                    progress(done, len(requests))
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(requests))
         finally:
             torch.set_num_threads(old_threads)
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts, requests, seeds, params: SamplingConfig, torch) -> list[list[Completion]]:
+    def _generate_batch(self, prompts, requests, seeds, params: SamplingConfig, torch,
+                        offsets: Sequence[int]) -> list[list[Completion]]:
         from transformers import GenerationConfig, LogitsProcessorList
 
         if self.vision:
@@ -231,7 +249,7 @@ class HFEngine(RolloutEngine):
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         prompt_len = inputs["input_ids"].shape[1]
         n = params.n
-        row_seeds = [sample_seed(s, j) for s in seeds for j in range(n)]
+        row_seeds = [sample_seed(s, o + j) for s, o in zip(seeds, offsets) for j in range(n)]
         gen_config = GenerationConfig(
             max_new_tokens=params.max_tokens,
             do_sample=True,  # the SeededSampler already chose the token; sampling a one-hot is exact

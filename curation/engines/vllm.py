@@ -37,7 +37,9 @@ guarantees: the same requests in the same batch on the same machine give identic
 random draws do not depend on the other requests.  What it does not: vLLM's kernels are not batch-invariant,
 so another batch (other requests, another order, another data-parallel split) changes floating-point
 reductions in the logits and can flip a near-tied token, after which that sample diverges - as with the hf
-engine (see :mod:`curation.engines.hf`), and in practice for a small fraction of samples.  Prompts are rendered with the model's
+engine (see :mod:`curation.engines.hf`), and in practice for a small fraction of samples.  A request starting
+at sample ``GenRequest.sample_offset = o`` is sent with ``seed + o``, so its sample ``j`` is seeded
+``seed + o + j`` (adaptive scoring's rounds draw the samples of one larger request).  Prompts are rendered with the model's
 chat template (``add_generation_prompt=True``) by :func:`curation.engines.base.render_prompt`, images go
 in as ``multi_modal_data={"image": ...}``.
 """
@@ -127,6 +129,12 @@ def enable_vl_shims_without_torchvision() -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+
+
+def _offset_seed(seed: int | None, offset: int) -> int | None:
+    """vLLM seeds child ``j`` of an n-sample request with ``seed + j``
+    (``vllm/v1/engine/parallel_sampling.py``), so starting at sample ``offset`` means ``seed + offset``."""
+    return None if seed is None else int(seed) + int(offset)
 
 
 def _config_max_len(model: str) -> int | None:
@@ -220,7 +228,7 @@ class _LocalVLLM:
                 temperature=params.temperature,
                 top_p=params.top_p,
                 max_tokens=params.max_tokens,
-                seed=request_seed(params.seed, r),
+                seed=_offset_seed(request_seed(params.seed, r), r.sample_offset),
                 stop=list(params.stop) if params.stop else None,
                 skip_special_tokens=True,
             )
@@ -264,14 +272,14 @@ def encode_request(req: GenRequest, seed: int | None) -> dict:
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         images.append(buf.getvalue())
-    return {"messages": req.prompt_messages, "images": images, "seed": seed}
+    return {"messages": req.prompt_messages, "images": images, "seed": seed, "sample_offset": req.sample_offset}
 
 
 def decode_request(d: dict) -> GenRequest:
     images = [Image.open(io.BytesIO(b)) for b in d["images"]] or None
     for im in images or []:
         im.load()
-    return GenRequest(d["messages"], images, seed=d["seed"])
+    return GenRequest(d["messages"], images, seed=d["seed"], sample_offset=int(d.get("sample_offset", 0)))
 
 
 class _WorkerVLLM:

@@ -61,6 +61,11 @@ Executors (:func:`make_executor`):
     clusters always use the actors.  Ray Data retries a dead vLLM replica itself (its actor pool restarts
     actors and retries their tasks); rows that still fail are excluded as ``generation_error``.
 
+Sessions (``executor.session()``): adaptive scoring runs one job per round, each round's chunks decided from
+the rollouts of the rounds before; a :class:`LocalSession` keeps one engine across the rounds, a
+:class:`RaySession` one pool of engine actors (built once, handed from round to round; dead workers are
+replaced and their chunks retried as above).  Chunks, parts and resume are the same as above.
+
 Sharding (``--shard I/K``) is unchanged and independent: a Slurm array runs one job per shard, each of which
 may itself use either executor.
 """
@@ -89,7 +94,9 @@ __all__ = [
     "process_chunk",
     "build_engine",
     "LocalExecutor",
+    "LocalSession",
     "RayExecutor",
+    "RaySession",
     "make_executor",
     "llm_request_rows",
     "assemble_llm_chunk",
@@ -113,7 +120,8 @@ class GenJobSpec:
 
     ``step``: the exclusion table's ``step`` (``score`` / ``cot``); ``model_label``: the ``rollouts.model``
     value; ``n``: completions per prompt; ``seed``: the job's base seed (per prompt:
-    ``prompt_seed(seed, problem_id)``)."""
+    ``prompt_seed(seed, problem_id)``); ``sample_offset``: the index of the first sample (rollouts get
+    ``sample = sample_offset + j``)."""
 
     step: str
     model: str
@@ -130,6 +138,9 @@ class GenJobSpec:
     # builds the engine instead of ``make_engine(engine, model, **engine_options)`` (a custom engine; must
     # be picklable - a module-level function - to reach Ray workers)
     engine_factory: Callable[["GenJobSpec"], Any] | None = None
+    # first sample index of this job's completions: prompt i gets samples [sample_offset, sample_offset + n)
+    # seeded as those samples of a one-shot run (adaptive scoring's rounds; GenRequest.sample_offset)
+    sample_offset: int = 0
 
     def sampling(self) -> Any:
         from curation.engines.base import SamplingConfig
@@ -206,7 +217,7 @@ def process_chunk(engine: Any, spec: GenJobSpec, rows: Sequence[dict], fail_stre
                    detail=f"{row['_locator']}: {len(row['images'])} image(s), model {spec.model} is text-only",
                    locator=row["_locator"])
             continue
-        reqs.append(GenRequest(prompt_messages=bp.messages, images=bp.images or None))
+        reqs.append(GenRequest(prompt_messages=bp.messages, images=bp.images or None, sample_offset=spec.sample_offset))
         kept.append(row)
     seeds = [prompt_seed(spec.seed, r["id"]) for r in kept]
 
@@ -250,7 +261,7 @@ def process_chunk(engine: Any, spec: GenJobSpec, rows: Sequence[dict], fail_stre
             v = verdicts[k]
             k += 1
             recs.append({
-                "problem_id": row["id"], "model": spec.model_label, "sample": j, "text": c.text,
+                "problem_id": row["id"], "model": spec.model_label, "sample": spec.sample_offset + j, "text": c.text,
                 "extracted": v.extracted, "verdict": v.status, "correct": bool(v.correct),
                 "num_tokens": c.num_tokens, "finish_reason": c.finish_reason,
             })
@@ -302,6 +313,43 @@ class LocalExecutor:
                 eng.close()
         info.engine_name = getattr(eng, "name", None)
         return info
+
+    def session(self, engine_obj: Any = None) -> LocalSession:
+        """A :class:`LocalSession`: several runs (adaptive scoring's rounds) on one engine."""
+        return LocalSession(engine_obj)
+
+
+class LocalSession:
+    """Several :meth:`LocalExecutor.run` calls on one engine: built at the first call with pending chunks
+    (never when nothing is left to do), closed by :meth:`close` unless it was given (``engine_obj``)."""
+
+    def __init__(self, engine_obj: Any = None):
+        self.engine = engine_obj
+        self._own = engine_obj is None
+
+    def run(self, spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]], on_chunk: OnChunk) -> RunInfo:
+        info = RunInfo(details={"executor": LocalExecutor.name})
+        if not chunks:
+            return info
+        load_s = 0.0
+        if self.engine is None:
+            t0 = time.perf_counter()
+            self.engine = build_engine(spec)
+            load_s = time.perf_counter() - t0
+        out = LocalExecutor().run(spec, chunks, on_chunk, engine_obj=self.engine)
+        out.engine_load_s += load_s
+        return out
+
+    def close(self) -> None:
+        if self._own and self.engine is not None and hasattr(self.engine, "close"):
+            self.engine.close()
+        self.engine = None
+
+    def __enter__(self) -> LocalSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _run_on_replicas(replicas: Sequence[Any], spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]],
@@ -357,14 +405,16 @@ class _ChunkActor:
         self.streak = 0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def run(self, rows: Sequence[dict]) -> tuple[ChunkOutput, float, str | None]:
-        """``(output, engine load seconds (0 after the first chunk), engine name)`` of one chunk."""
+    def run(self, rows: Sequence[dict], spec: GenJobSpec | None = None) -> tuple[ChunkOutput, float, str | None]:
+        """``(output, engine load seconds (0 after the first chunk), engine name)`` of one chunk.  ``spec``:
+        this chunk's job when it differs from the actor's in what is drawn (``n``, ``sample_offset``: the
+        rounds of a :class:`RaySession`), never in the engine."""
         load_s = 0.0
         if self.engine is None:
             t0 = time.perf_counter()
             self.engine = build_engine(self.spec)
             load_s = time.perf_counter() - t0
-        out = process_chunk(self.engine, self.spec, rows, self.streak)
+        out = process_chunk(self.engine, spec or self.spec, rows, self.streak)
         self.streak = out.fail_streak
         out.worker = self.worker
         return out, load_s, getattr(self.engine, "name", None)
@@ -450,6 +500,12 @@ class RayExecutor:
         self.llm_batch_size = int(llm_batch_size)
         self.init_kwargs = dict(init_kwargs or {})
         self.max_retries = int(max_retries)
+
+    def session(self, engine_obj: Any = None) -> RaySession:
+        """A :class:`RaySession`: several runs (adaptive scoring's rounds) on one pool of engine actors."""
+        if engine_obj is not None:
+            raise ValueError("--executor ray builds its engines on the workers; do not pass engine_obj")
+        return RaySession(self)
 
     # -- cluster --------------------------------------------------------------------------------------
 
@@ -538,7 +594,9 @@ class RayExecutor:
         return info
 
     def _run_actors(self, spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]], on_chunk: OnChunk,
-                    info: RunInfo) -> None:
+                    info: RunInfo, pool: list | None = None) -> None:
+        """The actor loop.  ``pool`` (a :class:`RaySession`'s): live actors to use and to hand back alive at the
+        end (topped up to ``num_workers``; dead ones replaced as always); ``None``: actors of this call only."""
         import ray
 
         failure_types = _worker_failure_types()
@@ -548,7 +606,13 @@ class RayExecutor:
         actor_cls = ray.remote(_ChunkActor).options(**remote)
         spec_ref = ray.put(spec)
         queue = deque(sorted(chunks))
-        idle = [actor_cls.remote(spec_ref) for _ in range(min(self.num_workers, len(chunks)))]
+        if pool is None:
+            idle = [actor_cls.remote(spec_ref) for _ in range(min(self.num_workers, len(chunks)))]
+        else:
+            while len(pool) < self.num_workers:
+                pool.append(actor_cls.remote(spec_ref))
+            idle = list(pool)
+            pool.clear()
         running: dict[Any, tuple[Any, int]] = {}  # task ref -> (actor, chunk id)
         row_refs: dict[int, Any] = {}
         attempts: dict[int, int] = {}
@@ -563,7 +627,7 @@ class RayExecutor:
                     if cid not in row_refs:
                         row_refs[cid] = ray.put(list(chunks[cid]))
                     attempts[cid] = attempts.get(cid, 0) + 1
-                    running[actor.run.remote(row_refs[cid])] = (actor, cid)
+                    running[actor.run.remote(row_refs[cid], spec_ref)] = (actor, cid)
                 ready, _ = ray.wait(list(running), num_returns=1)
                 for ref in ready:
                     actor, cid = running.pop(ref)
@@ -605,7 +669,10 @@ class RayExecutor:
                     info.engine_name = info.engine_name or engine_name
                     workers.add(out.worker)
         finally:
-            for actor in idle + [a for a, _ in running.values()]:
+            keep = idle if pool is not None and not running else []
+            if pool is not None:
+                pool.extend(keep)  # alive and idle: the session's next run uses them
+            for actor in [a for a in idle if a not in keep] + [a for a, _ in running.values()]:
                 try:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - best effort
@@ -673,6 +740,57 @@ class RayExecutor:
         if got:
             raise RuntimeError(f"Ray Data LLM returned incomplete chunk(s) {sorted(got)}; re-run to resume")
         info.engine_name = "vllm (ray.data.llm)"
+
+
+class RaySession:
+    """Several runs on one pool of engine actors (the executor's actors, with its retries of dead workers), so
+    adaptive scoring's rounds do not rebuild their engines every round: the pool is created at the first run
+    with pending chunks, handed from run to run alive, and killed by :meth:`close` (which also stops a
+    cluster this session started).  Ray Data LLM is not used here (its vLLM stage is built per pipeline, i.e.
+    per round)."""
+
+    def __init__(self, executor: RayExecutor):
+        self.ex = executor
+        self.pool: list[Any] = []
+        self._started: bool | None = None
+
+    def run(self, spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]], on_chunk: OnChunk) -> RunInfo:
+        ex = self.ex
+        info = RunInfo(details={"executor": ex.name, "num_workers": ex.num_workers,
+                                "gpus_per_worker": ex.gpus_per_worker, "cpus_per_worker": ex.cpus_per_worker,
+                                "ray_address": ex.address, "max_retries": ex.max_retries, "ray_data_llm": False,
+                                "persistent_actors": True})
+        pending = {c: rows for c, rows in chunks.items() if rows}
+        for c in set(chunks) - set(pending):
+            on_chunk(c, ChunkOutput(S.ROLLOUTS.empty_table(), S.EXCLUDED.empty_table(), 0.0, 0.0, 0))
+        if not pending:
+            return info
+        if self._started is None:
+            self._started = ex._connect()
+        ex._run_actors(spec, pending, on_chunk, info, pool=self.pool)
+        return info
+
+    def close(self) -> None:
+        if self.pool:
+            import ray
+
+            for actor in self.pool:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+            self.pool = []
+        if self._started:
+            import ray
+
+            ray.shutdown()
+        self._started = None
+
+    def __enter__(self) -> RaySession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # VLLMEngine options and where they go in ray.data.llm's vLLMEngineProcessorConfig (ray 2.60)
@@ -759,7 +877,8 @@ def llm_processor_config(spec: GenJobSpec, num_workers: int, gpus_per_worker: fl
 
 
 def llm_request_rows(spec: GenJobSpec, cid: int, rows: Sequence[dict]) -> tuple[list[dict], ExclusionWriter]:
-    """Rows for ``ray.data.llm``: one per (prompt, sample ``j``) with ``messages`` (text content, as the
+    """Rows for ``ray.data.llm``: one per (prompt, sample ``j``), ``j`` in ``[sample_offset, sample_offset + n)``
+    (seeded ``prompt_seed(seed, id) + j``, vLLM's own seed of sample ``j``), with ``messages`` (text content, as the
     engines render it) and ``sampling_params`` ``{n: 1, seed: prompt_seed(seed, id) + j, ...}``, carrying
     ``_chunk``, ``_pos``, ``_sample``, ``_gold``, ``_options``.  Prompts that cannot be built go to the
     returned exclusions (as in :func:`process_chunk`)."""
@@ -776,7 +895,7 @@ def llm_request_rows(spec: GenJobSpec, cid: int, rows: Sequence[dict]) -> tuple[
             continue
         base = prompt_seed(spec.seed, row["id"])
         msgs = flatten_text_content(bp.messages)
-        for j in range(spec.n):
+        for j in range(spec.sample_offset, spec.sample_offset + spec.n):
             out.append({
                 "_chunk": cid, "_pos": pos, "_sample": j, "_gold": row["answer"],
                 "_options": list(row.get("options") or []),

@@ -115,7 +115,31 @@ _SCORE_SETTING_KEYS: list[tuple[str, tuple[str, ...]]] = [
     ("normalize_ovs", ("normalize_ovs",)),
     ("engine", ("engine_name", "engine", "backend")),
     ("prompt template", ("prompt_template",)),
+    ("pass-rate prior", ("prior",)),
+    ("credible interval", ("credible",)),
+    ("VPS from", ("vps_from",)),
+    ("adaptive scoring", ("adaptive",)),
 ]
+
+
+def _setting_text(key: str, value: Any) -> Any:
+    """Dict-valued settings as one line: the prior (curation.score.posterior.PriorSpec) and the adaptive policy."""
+    if key == "prior" and isinstance(value, dict):
+        from curation.score.posterior import PriorSpec
+
+        try:
+            return PriorSpec(**value).label()
+        except (TypeError, ValueError):
+            return value.get("kind")
+    if key == "credible" and isinstance(value, (int, float)):
+        return f"{value:.0%} equal-tailed"
+    if key == "adaptive" and isinstance(value, dict):
+        parts = [f"n_max {value.get('n_max')}", f"round {value.get('round_size')}", f"band {value.get('band_text')}",
+                 f"delta {value.get('delta')}", f"VPS precision {value.get('vps_precision')}"]
+        if value.get("budget"):
+            parts.append(f"budget {value['budget']}")
+        return ", ".join(parts)
+    return value
 
 
 
@@ -133,8 +157,9 @@ def _score_settings(stats: dict | None, scores: pa.Table | None) -> list[dict]:
         value = None
         for pool in pools:
             for k in keys:
-                if pool.get(k) is not None and not isinstance(pool.get(k), dict):
-                    value = pool[k]
+                v = pool.get(k)
+                if v is not None and (not isinstance(v, dict) or k in ("prior", "adaptive")):
+                    value = _setting_text(k, v)
                     break
             if value is not None:
                 break

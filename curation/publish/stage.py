@@ -309,7 +309,7 @@ def stage(
         with tempfile.TemporaryDirectory() as tmp:
             score_summary = write_score_report(scores_table, tmp)
             (out_dir / "assets").mkdir(parents=True, exist_ok=True)
-            for name in ("pass_rate_hist.png", "vps_hist.png"):
+            for name in ("pass_rate_hist.png", "vps_hist.png", "rollouts_hist.png"):
                 src = Path(tmp) / name
                 if src.is_file():
                     shutil.copyfile(src, out_dir / "assets" / name)

@@ -3,7 +3,9 @@
 Every number is read from the tables and stats files the run produced (nothing is typed into a template):
 
 - rows per step: ``ingest/*/stats.json``, ``build/stats.json`` (per step and per exclusion reason);
-- scoring: ``score/scores.parquet`` (counts, pass-rate and VPS histograms, zero-variance fraction);
+- scoring: ``score/scores.parquet`` (counts, rollouts per prompt, pass-rate and VPS histograms, zero-variance
+  fraction, the mean width of the pass-rate credible intervals) and, for adaptive runs, ``score/stats.json``
+  (rollouts spent, why prompts stopped);
 - datasets: ``rl/stats.json`` + ``rl*.parquet``, ``cot/stats.json`` + ``sft.parquet``;
 - training: ``staged/summary.json`` and each stage's ``trainer_state.json`` log history (loss / reward
   curves per stage);
@@ -130,12 +132,27 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
                       bins=20, range_=(0, 1))
         histogram_png(vps, out_dir / "vps_hist.png", title="VPS per prompt", xlabel="VPS", bins=20)
         zero = float(np.mean((p == 0) | (p == 1))) if len(p) else 0.0
+        n_col = np.asarray(t.column("n").to_pylist(), dtype=float)
+        ns = sorted(set(t.column("n").to_pylist()))
+        width = None
+        if "post_hi" in t.column_names and "post_lo" in t.column_names:
+            w = np.asarray(t.column("post_hi").to_pylist(), dtype=float) - np.asarray(t.column("post_lo").to_pylist(),
+                                                                                      dtype=float)
+            width = float(np.nanmean(w)) if np.isfinite(w).any() else None
         md += ["## 3. Scoring (MMR1 pass rate, OVS, TDS, VPS)", "",
-               f"- prompts scored: {t.num_rows}; rollouts per prompt: {sorted(set(t.column('n').to_pylist()))}",
+               f"- prompts scored: {t.num_rows}; rollouts per prompt: "
+               + (f"{ns}" if len(ns) <= 4 else f"mean {n_col.mean():.2f} (min {ns[0]}, max {ns[-1]})"),
                f"- model: `{settings.get('model', ', '.join(sorted(set(t.column('model').to_pylist()))))}`",
                f"- mean pass rate {float(np.mean(p)):.3f}; prompts with p in {{0, 1}} (zero variance): {zero:.1%}",
-               f"- mean VPS {float(np.mean(vps)):.4f}", "",
-               "![pass rate](pass_rate_hist.png) ![VPS](vps_hist.png)", ""]
+               f"- mean VPS {float(np.mean(vps)):.4f}"]
+        if width is not None:
+            md.append(f"- pass-rate posterior: mean width of the {settings.get('credible', 0.9):.0%} credible "
+                      f"interval {width:.4f}")
+        ad = stats.get("adaptive")
+        if ad:
+            md.append(f"- adaptive scoring: {ad['rollouts']} rollouts ({ad['fraction_of_n_max']:.1%} of n_max for "
+                      "every prompt); stopped because " + ", ".join(f"{k} {v}" for k, v in ad["stopped_because"].items()))
+        md += ["", "![pass rate](pass_rate_hist.png) ![VPS](vps_hist.png)", ""]
         vu = vas_vs_uniform(scores_path, group_size=group_size, lam=lam)
         md += ["## 4. Zero-variance groups: VAS vs uniform", "",
                f"Expected fraction of GRPO groups (G = {group_size}) whose rewards are all equal, from the scored "

@@ -14,8 +14,9 @@ Each kept row has a conversational ``prompt`` (the template's system prompt - by
 inside ``<think></think>``, answer in ``\\boxed{}`` - and the user message, with ``{"type": "image"}``
 parts for multimodal rows), ``images`` (original bytes, in the order of the image parts), the gold
 ``answer`` and ``options`` for the reward functions, ``problem_id``, ``source``, and the VPS components
-``pass_rate``, ``ovs``, ``tds``, ``vps`` from ``--scores`` (null without scores) so the trainer can sample
-by VPS.  ``datasets.load_dataset("parquet", ...)`` gives exactly what ``trl.GRPOTrainer`` expects.
+``pass_rate``, ``ovs``, ``tds``, ``vps`` and the pass-rate posterior ``post_a``, ``post_b``, ``post_mean``,
+``post_lo``, ``post_hi``, ``post_ovs`` from ``--scores`` (null without scores) so the trainer can sample by
+VPS (or by the posterior's expected outcome variance).  ``datasets.load_dataset("parquet", ...)`` gives exactly what ``trl.GRPOTrainer`` expects.
 
 Filters, in order (the first failing one is the row's exclusion reason):
 
@@ -36,7 +37,9 @@ Filters, in order (the first failing one is the row's exclusion reason):
 ``balance``                over its group's cap when balancing
 =========================  ========================================================================
 
-Pass-rate band.  ``min_pass`` / ``max_pass`` take an explicit comparison: ``">0"`` (exclusive),
+Pass-rate band.  It reads ``pass_rate`` (``c / N``), or with ``pass_column="post_mean"`` (``--pass-column
+post_mean``) the posterior mean ``E[p]``; the difficulty bins read the same column.  ``min_pass`` /
+``max_pass`` take an explicit comparison: ``">0"`` (exclusive),
 ``">=0.125"`` (inclusive), ``"<1"``, ``"<=0.875"``; a bare number is **inclusive** (``0.1`` = ``>=0.1`` as
 a minimum, ``<=0.9`` as a maximum).  ``min_pass=">0", max_pass="<1"`` drops the prompts every rollout got
 wrong (p = 0) or right (p = 1): their GRPO groups have zero reward variance, hence zero advantages and no
@@ -56,7 +59,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +70,7 @@ import pyarrow.parquet as pq
 
 from curation.core import images as I
 from curation.core import schema as S
+from curation.core.bands import Bound, band_text, parse_bound
 from curation.core.io import (
     ExclusionWriter,
     read_records,
@@ -84,51 +87,6 @@ STEP = "rl-set"
 MODALITIES = ("text", "multimodal", "all")
 BALANCE = ("source", "difficulty")
 ProgressFactory = Callable[[str, "int | None"], Callable[[int], None]]
-
-
-@dataclass(frozen=True)
-class Bound:
-    """One side of the pass-rate band: ``value`` and whether it is ``inclusive``."""
-
-    value: float
-    inclusive: bool
-
-    def admits(self, p: float, side: str) -> bool:
-        if side == "min":
-            return p >= self.value if self.inclusive else p > self.value
-        return p <= self.value if self.inclusive else p < self.value
-
-
-_BOUND = re.compile(r"^\s*(>=|<=|>|<)?\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*$")
-
-
-def parse_bound(spec: str | float | None, side: str) -> Bound | None:
-    """``">0"`` -> exclusive 0; ``">=0.1"`` / ``"0.1"`` -> inclusive 0.1 (``side="min"``); ``"<1"``,
-    ``"<=0.9"``, ``"0.9"`` likewise for ``side="max"``.  A ``<`` for a minimum (or ``>`` for a maximum)
-    is an error, as is a value outside [0, 1]."""
-    if spec is None:
-        return None
-    if isinstance(spec, (int, float)):
-        spec = str(spec)
-    m = _BOUND.match(spec)
-    if not m:
-        raise ValueError(f"--{side}-pass: expected e.g. '>0', '>=0.1', '<1', '<=0.9' or a number, got {spec!r}")
-    op, value = m.group(1), float(m.group(2))
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"--{side}-pass: pass rate {value} outside [0, 1]")
-    if side == "min":
-        if op in ("<", "<="):
-            raise ValueError(f"--min-pass {spec!r}: a minimum takes '>' or '>=' (e.g. '>0')")
-        return Bound(value, op != ">")
-    if op in (">", ">="):
-        raise ValueError(f"--max-pass {spec!r}: a maximum takes '<' or '<=' (e.g. '<1')")
-    return Bound(value, op != "<")
-
-
-def band_text(lo: Bound | None, hi: Bound | None) -> str:
-    left = f"{lo.value:g} {'<=' if lo.inclusive else '<'} " if lo else ""
-    right = f" {'<=' if hi.inclusive else '<'} {hi.value:g}" if hi else ""
-    return f"{left}p{right}"
 
 
 @dataclass
@@ -157,13 +115,22 @@ def _meta(row: dict) -> dict:
     return {}
 
 
+SCORE_FIELDS = ("pass_rate", "ovs", "tds", "vps")
+POSTERIOR_FIELDS = tuple(f.name for f in S.POSTERIOR_FIELDS)
+PASS_COLUMNS = ("pass_rate", "post_mean")
+
+
 def load_scores(path: str | Path, model: str | None) -> tuple[dict[str, dict], str | None]:
-    """``problem_id -> {pass_rate, ovs, tds, vps}`` for one model of a ``curate score`` scores table.
-    Several models need ``model``; a problem scored twice for the model is an error."""
+    """``problem_id -> {pass_rate, ovs, tds, vps, post_a, post_b, post_mean, post_lo, post_hi, post_ovs}`` for
+    one model of a ``curate score`` scores table (the posterior columns are null for tables written before
+    them).  Several models need ``model``; a problem scored twice for the model is an error."""
     t = pq.read_table(path)
-    for need in ("problem_id", "pass_rate", "ovs", "tds", "vps"):
+    for need in ("problem_id", *SCORE_FIELDS):
         if need not in t.column_names:
             raise ValueError(f"{path}: not a scores table (no column {need!r}; has {t.column_names})")
+    for col in POSTERIOR_FIELDS:
+        if col not in t.column_names:
+            t = t.append_column(col, pa.nulls(t.num_rows, pa.float64()))
     models = sorted(set(t.column("model").to_pylist())) if "model" in t.column_names else []
     if model is not None:
         if model not in models:
@@ -172,7 +139,7 @@ def load_scores(path: str | Path, model: str | None) -> tuple[dict[str, dict], s
     elif len(models) > 1:
         raise ValueError(f"{path}: the scores hold {len(models)} models {models}; choose one with --model")
     out: dict[str, dict] = {}
-    for r in t.select(["problem_id", "pass_rate", "ovs", "tds", "vps"]).to_pylist():
+    for r in t.select(["problem_id", *SCORE_FIELDS, *POSTERIOR_FIELDS]).to_pylist():
         pid = r.pop("problem_id")
         if pid in out:
             raise ValueError(f"{path}: problem {pid!r} has more than one score row for model {model or models}")
@@ -228,10 +195,16 @@ def build_rl_set(
     seed: int = 0,
     template: str = "r1",
     unscored: str = "exclude",
+    pass_column: str = "pass_rate",
     progress: ProgressFactory | None = None,
 ) -> RlSetResult:
-    """Build ``DIR/rl*.parquet`` from a problems table (see the module docstring)."""
+    """Build ``DIR/rl*.parquet`` from a problems table (see the module docstring).  ``pass_column``: which
+    score the band and the difficulty bins read, ``pass_rate`` (``c / N``) or ``post_mean`` (the posterior
+    mean, which does not put 0 of 4 and 0 of 32 in the same place)."""
     from curation.verify import classify_gold
+
+    if pass_column not in PASS_COLUMNS:
+        raise ValueError(f"--pass-column must be one of {', '.join(PASS_COLUMNS)}, got {pass_column!r}")
 
     if unscored not in ("exclude", "keep"):
         raise ValueError(f"--unscored must be 'exclude' or 'keep', got {unscored!r}")
@@ -315,10 +288,13 @@ def build_rl_set(
             if sc is None and unscored == "exclude":
                 excl.add(row, step=STEP, reason="no_score", detail=f"{who}: not in {scores}", locator=loc)
                 continue
-            p = float(sc["pass_rate"]) if sc is not None else None
+            if sc is not None and sc[pass_column] is None:
+                raise ValueError(f"{scores}: no {pass_column} for problem {pid!r} (a scores table from before the "
+                                 "posterior columns? re-score it, or use --pass-column pass_rate)")
+            p = float(sc[pass_column]) if sc is not None else None
             if p is not None and ((lo and not lo.admits(p, "min")) or (hi and not hi.admits(p, "max"))):
                 excl.add(row, step=STEP, reason="pass_rate_out_of_band",
-                         detail=f"{who}: pass rate {p:g} outside {band_text(lo, hi)}", locator=loc)
+                         detail=f"{who}: {pass_column} {p:g} outside {band_text(lo, hi)}", locator=loc)
                 continue
         try:
             bp = build_prompt(row, tpl)
@@ -339,10 +315,7 @@ def build_rl_set(
             "answer": answer,
             "options": [str(o) for o in options] if options else None,
             "images": out_images,
-            "pass_rate": sc["pass_rate"] if sc else None,
-            "ovs": sc["ovs"] if sc else None,
-            "tds": sc["tds"] if sc else None,
-            "vps": sc["vps"] if sc else None,
+            **{k: (sc[k] if sc else None) for k in (*SCORE_FIELDS, *POSTERIOR_FIELDS)},
         })
 
     groups_info: dict[str, tuple[int, int]] = {}
@@ -353,7 +326,7 @@ def build_rl_set(
         elif score_map:
             keys = []
             for c in cand:
-                p = c["pass_rate"]
+                p = c[pass_column]
                 keys.append("unscored" if p is None else _bin_label(difficulty_bin(float(p), difficulty_bins),
                                                                      difficulty_bins))
         else:
@@ -402,6 +375,7 @@ def build_rl_set(
             "scores": str(scores) if scores else None,
             "model": score_model,
             "pass_band": band_text(lo, hi) if band else None,
+            "pass_column": pass_column,
             "balance": balance,
             "per_group": per_group,
             "cap": cap,

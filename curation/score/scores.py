@@ -17,6 +17,14 @@ dominate (max ``0.8 * 0.25 = 0.2`` vs ``0.2 * 1 = 0.2``: equal maxima with the d
 combination; ``normalize_ovs=True`` (off by default) uses ``4 * OVS`` (in [0, 1]) instead:
 ``VPS = alpha * 4 p (1 - p) + beta * TDS``.  The table keeps ``ovs`` and ``tds`` so users can recombine.
 
+**Posterior and uncertainty** (:mod:`curation.score.posterior`): every group also gets the Beta posterior of
+its pass rate, ``Beta(a0 + c, b0 + N - c)`` - ``post_a``, ``post_b``, ``post_mean``, the equal-tailed 90 %
+credible interval ``post_lo``/``post_hi`` and ``post_ovs = E[p (1 - p)] = a b / ((a + b)(a + b + 1))`` - under a
+uniform, empirical-Bayes or per-prompt prior (formulas and the estimator there).  ``vps_from="posterior"``
+(CLI ``--vps-from posterior``) computes ``VPS = alpha * E[p (1 - p)] + beta * TDS`` (or ``alpha * 4 E[p (1 - p)]
++ beta * TDS`` with ``normalize_ovs``): the expected outcome variance instead of the plug-in ``p_hat (1 - p_hat)``
+- a deviation from MMR1, off by default.  ``pass_rate``, ``ovs``, ``tds`` and the default ``vps`` are unchanged.
+
 Differences from MMR1's released code (on purpose): TDS is computed on the response text only, with padding
 and special tokens (``<|im_end|>``, ``<pad>``, ``</s>`` ...) stripped first - the shipped code measured
 diversity on padded token sequences, so padding counted as content - and similarity measures (self-BLEU,
@@ -357,6 +365,9 @@ def score_group(
     }
 
 
+VPS_FROM = ("pass_rate", "posterior")
+
+
 def score_rollouts(
     rollouts: pa.Table,
     *,
@@ -364,6 +375,10 @@ def score_rollouts(
     alpha: float = DEFAULT_ALPHA,
     beta: float = DEFAULT_BETA,
     normalize_ovs: bool = False,
+    prior: Any = None,
+    credible: float = 0.9,
+    vps_from: str = "pass_rate",
+    info: dict | None = None,
     **metric_kw: Any,
 ) -> pa.Table:
     """Scores table (schema ``scores``) of a rollouts table, one row per (``problem_id``, ``model``).
@@ -372,87 +387,110 @@ def score_rollouts(
     result does not depend on the rollouts' row order.  ``mean_tokens`` is the mean ``num_tokens``
     (null when unknown) and ``truncated_frac`` the fraction with ``finish_reason == "length"`` (null when
     no finish reason is known, e.g. pre-generated rollouts).
+
+    Posterior (:mod:`curation.score.posterior`): ``prior`` (a :class:`~curation.score.posterior.PriorSpec`;
+    default uniform) gives every group ``Beta(post_a, post_b)``, ``post_mean``, the equal-tailed ``credible``
+    interval ``[post_lo, post_hi]`` and ``post_ovs = E[p (1 - p)]``.  ``vps_from``: ``"pass_rate"`` (default,
+    MMR1: ``VPS = alpha * p_hat (1 - p_hat) + beta * TDS``) or ``"posterior"`` (``VPS = alpha * E[p (1 - p)]
+    + beta * TDS``: the expected outcome variance, which does not read a 0-of-4 prompt as certainly
+    variance-free; a deviation from MMR1).  ``ovs`` stays ``p_hat (1 - p_hat)`` either way.  ``info``, when
+    given, receives what the prior resolved to (e.g. the fitted empirical-Bayes parameters).
     """
+    import polars as pl
+
+    from curation.score.posterior import PriorSpec, posterior_columns, resolve_prior
+
     check_weights(alpha, beta, normalize_ovs)
     if metric not in METRICS:
         raise ValueError(f"unknown TDS metric {metric!r}; choose one of {sorted(METRICS)}")
+    if vps_from not in VPS_FROM:
+        raise ValueError(f"--vps-from must be one of {', '.join(VPS_FROM)}, got {vps_from!r}")
+    prior = prior if prior is not None else PriorSpec()
     cols = rollouts.column_names
     for need in ("problem_id", "model", "sample", "text", "correct"):
         if need not in cols:
             raise ValueError(f"rollouts table lacks the column {need!r} (has {cols})")
-    pid = rollouts.column("problem_id").to_pylist()
-    model = rollouts.column("model").to_pylist()
-    sample = rollouts.column("sample").to_pylist()
-    text = rollouts.column("text").to_pylist()
-    correct = rollouts.column("correct").to_pylist()
-    ntok = rollouts.column("num_tokens").to_pylist() if "num_tokens" in cols else [None] * len(pid)
-    fin = rollouts.column("finish_reason").to_pylist() if "finish_reason" in cols else [None] * len(pid)
+    df = pl.from_arrow(rollouts.select([c for c in ("problem_id", "model", "sample", "text", "correct", "num_tokens",
+                                                    "finish_reason") if c in cols]))
+    if "num_tokens" not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.Int32).alias("num_tokens"))
+    if "finish_reason" not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("finish_reason"))
+    g = (
+        df.sort(["problem_id", "model", "sample"])
+        .group_by(["problem_id", "model"], maintain_order=True)
+        .agg(
+            n=pl.len(),
+            n_correct=pl.col("correct").cast(pl.Int64).sum(),
+            texts=pl.col("text"),
+            mean_tokens=pl.col("num_tokens").cast(pl.Float64).mean(),
+            n_finish=pl.col("finish_reason").count(),
+            n_length=(pl.col("finish_reason") == "length").cast(pl.Int64).sum(),
+        )
+    )
+    keys = list(zip(g.get_column("problem_id").to_list(), g.get_column("model").to_list()))
+    texts = g.get_column("texts").to_list()
 
-    groups: dict[tuple[str, str], list[int]] = {}
-    for i, key in enumerate(zip(pid, model)):
-        groups.setdefault(key, []).append(i)
-    keys = sorted(groups)
-    for key in keys:
-        groups[key].sort(key=lambda i: sample[i])
-
-    precomputed: dict[tuple[str, str], float] = {}
     if metric == "embedding" and keys:
         # one encode call for all traces (batched), then per-group pairwise cosines
-        order = [i for key in keys for i in groups[key]]
-        vecs = embed_texts([text[i] for i in order], **metric_kw)
-        pos = 0
-        for key in keys:
-            m = len(groups[key])
-            precomputed[key] = _embedding_tds_from_vectors(vecs[pos : pos + m])
-            pos += m
+        vecs = embed_texts([t for grp in texts for t in grp], **metric_kw)
+        tds_vals, pos = [], 0
+        for grp in texts:
+            tds_vals.append(_embedding_tds_from_vectors(vecs[pos : pos + len(grp)]))
+            pos += len(grp)
+    else:
+        tds_vals = [trace_diversity(grp, metric, **metric_kw) for grp in texts]
 
-    rows = []
-    for key in keys:
-        idx = groups[key]
-        g = score_group(
-            [bool(correct[i]) for i in idx],
-            [text[i] for i in idx],
-            metric=metric,
-            alpha=alpha,
-            beta=beta,
-            normalize_ovs=normalize_ovs,
-            tds=precomputed.get(key),
-            **({} if key in precomputed else metric_kw),
-        )
-        toks = [ntok[i] for i in idx if ntok[i] is not None]
-        fins = [fin[i] for i in idx if fin[i] is not None]
-        rows.append(
-            {
-                "problem_id": key[0],
-                "model": key[1],
-                **g,
-                "mean_tokens": float(np.mean(toks)) if toks else None,
-                "truncated_frac": (sum(f == "length" for f in fins) / len(fins)) if fins else None,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=S.SCORES)
+    n = g.get_column("n").to_numpy().astype(np.int64)
+    k = g.get_column("n_correct").to_numpy().astype(np.int64)
+    p = k / n if n.size else np.zeros(0)
+    ovs = p * (1.0 - p)
+    tds = np.asarray(tds_vals, dtype=np.float64)
+    a0, b0, prior_info = resolve_prior(prior, [x[0] for x in keys], [x[1] for x in keys], n, k)
+    post = posterior_columns(n, k, a0, b0, credible)
+    ovs_for_vps = post["post_ovs"] if vps_from == "posterior" else ovs
+    vps_vals = vps(ovs_for_vps, tds, alpha, beta, normalize_ovs)
+    n_fin = g.get_column("n_finish").to_numpy()
+    n_len = g.get_column("n_length").to_numpy()
+    trunc = [float(a) / float(b) if b else None for a, b in zip(n_len, n_fin)]
+    if info is not None:
+        info.update(prior_info)
+        info.update({"credible": credible, "vps_from": vps_from})
+    data = {
+        "problem_id": [x[0] for x in keys],
+        "model": [x[1] for x in keys],
+        "n": n,
+        "n_correct": k,
+        "pass_rate": p,
+        "ovs": ovs,
+        "tds": tds,
+        "vps": vps_vals,
+        "mean_tokens": g.get_column("mean_tokens").to_list(),
+        "truncated_frac": trunc,
+        **post,
+        "rounds": [None] * len(keys),
+        "stopped_because": [None] * len(keys),
+    }
+    return pa.Table.from_pydict({f.name: data[f.name] for f in S.SCORES}, schema=S.SCORES)
 
 
-SCORE_COLUMNS = ("n", "n_correct", "pass_rate", "ovs", "tds", "vps", "mean_tokens", "truncated_frac")
+SCORE_COLUMNS = ("n", "n_correct", "pass_rate", "ovs", "tds", "vps", "mean_tokens", "truncated_frac", "post_a",
+                 "post_b", "post_mean", "post_lo", "post_hi", "post_ovs", "rounds", "stopped_because")
 
 
 def pivot_scores(scores: pa.Table) -> pa.Table:
     """Wide form of a scores table with several models: one row per ``problem_id`` and, for every model
     ``M`` (sorted), the columns ``<score>__<M>`` (``pass_rate__M``, ``vps__M`` ...); null where model ``M``
     did not score that problem."""
-    pid = scores.column("problem_id").to_pylist()
-    models = sorted(set(scores.column("model").to_pylist()))
-    problems = sorted(set(pid))
-    index = {p: i for i, p in enumerate(problems)}
-    data: dict[str, list] = {"problem_id": problems}
+    import polars as pl
+
+    present = [c for c in SCORE_COLUMNS if c in scores.column_names]
+    df = pl.from_arrow(scores.select(["problem_id", "model", *present]))
+    models = sorted(df.get_column("model").unique().to_list())
+    out = df.select("problem_id").unique().sort("problem_id")
     fields = [pa.field("problem_id", pa.string(), nullable=False)]
-    rows = scores.to_pylist()
     for m in models:
-        for c in SCORE_COLUMNS:
-            data[f"{c}__{m}"] = [None] * len(problems)
-            fields.append(pa.field(f"{c}__{m}", S.SCORES.field(c).type))
-    for r in rows:
-        i = index[r["problem_id"]]
-        for c in SCORE_COLUMNS:
-            data[f"{c}__{r['model']}"][i] = r[c]
-    return pa.Table.from_pydict(data, schema=pa.schema(fields))
+        sub = df.filter(pl.col("model") == m).select("problem_id", *[pl.col(c).alias(f"{c}__{m}") for c in present])
+        out = out.join(sub, on="problem_id", how="left")
+        fields += [pa.field(f"{c}__{m}", S.SCORES.field(c).type) for c in present]
+    return out.sort("problem_id").to_arrow().select([f.name for f in fields]).cast(pa.schema(fields))
