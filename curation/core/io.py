@@ -1,8 +1,11 @@
 """Reading inputs, writing outputs atomically, exclusion tables and resumable chunked jobs.
 
-- :func:`read_records` streams JSONL / Parquet / a local 🤗 ``datasets`` directory as :class:`Record` s.  A
-  malformed JSON line does not stop the stream: it comes out as a record with ``error`` set and its
-  ``locator`` (``file:line``), so the caller can send it to the exclusion table.
+- :func:`read_records` streams JSONL / Parquet / a folder of Parquet files / a local 🤗 ``datasets``
+  directory as :class:`Record` s; a ``.json`` file may also be one JSON document: a list of records
+  (WeMath's ``testmini.json``) or an object of records keyed by id (LogicVista's ``dataset.json``; the key
+  comes out as the field ``__key__``).  A malformed JSON line does not stop the stream: it comes out as a
+  record with ``error`` set and its ``locator`` (``file:line``), so the caller can send it to the exclusion
+  table.
 - :func:`write_parquet_atomic` writes to a temporary file in the destination folder, fsyncs and renames:
   readers never see a half-written file, and a crash leaves the previous version intact.
 - :class:`ExclusionWriter` collects dropped rows with ``step`` and ``reason`` (schema ``excluded``).
@@ -63,7 +66,8 @@ def read_records(path: str | Path) -> Iterator[Record]:
         raise FileNotFoundError(f"{path}: no such file or directory")
     fmt = detect_format(path)
     if fmt == "jsonl":
-        yield from _read_jsonl(path)
+        doc = _json_document(path) if path.suffix == ".json" else None
+        yield from (_read_json_document(path, doc) if doc is not None else _read_jsonl(path))
     elif fmt == "parquet":
         yield from _read_parquet_file(path)
     elif fmt == "parquet_dir":
@@ -102,6 +106,39 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
                 yield Record(loc, error=f"expected a JSON object, got {type(data).__name__}", raw=text[:2000])
                 continue
             yield Record(loc, data=data)
+
+
+KEY_FIELD = "__key__"  # the key of a record in a JSON object of records keyed by id
+
+
+def _json_document(path: Path) -> list | dict | None:
+    """The whole ``.json`` file as one JSON document: a list of records, an object whose values are all
+    objects (records keyed by id), or one record; None when it is not valid JSON as a whole (JSON Lines, or a
+    malformed file: the line reader then reads it line by line and reports the bad lines)."""
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith((b"[", b"{")):
+        return None
+    try:
+        doc = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(doc, dict) and not (doc and all(isinstance(v, dict) for v in doc.values())):
+        return [doc]  # one record (also what a one-line JSON Lines file is)
+    return doc if isinstance(doc, (list, dict)) else None
+
+
+def _read_json_document(path: Path, doc: list | dict) -> Iterator[Record]:
+    if isinstance(doc, dict):
+        for key, row in doc.items():
+            yield Record(f"{path}[{key}]", data={KEY_FIELD: key, **row})
+        return
+    for k, row in enumerate(doc):
+        if isinstance(row, dict):
+            yield Record(f"{path}[{k}]", data=row)
+        else:
+            yield Record(f"{path}[{k}]", error=f"expected a JSON object, got {type(row).__name__}",
+                         raw=json.dumps(row)[:2000])
 
 
 def _read_parquet_file(path: Path) -> Iterator[Record]:
