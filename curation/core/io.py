@@ -46,7 +46,7 @@ class Record:
 
 def detect_format(path: Path) -> str:
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+        if any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "hf_disk"
         if any(path.glob("*.parquet")) or any(path.glob("*/*.parquet")):
             return "parquet_dir"

@@ -34,29 +34,31 @@ fragment of a longer benchmark problem.
 
 **Rows and items with images** (the multimodal rule). Visual math problems often have generic text ("How many
 dots are in the picture? <image1>") and differ only by their figure, so for a training row with images and a
-benchmark item with images, a text match alone is *not* contamination. With ``d`` = the smallest Hamming
-distance between the 256-bit perceptual hashes (:func:`curation.core.images.phash`: pHash after margin
-trimming + a 5 % white pad) of one of the row's images and one of the item's images, the pair is
-contaminated when
+benchmark item with images, a text match alone is *not* contamination. Two images are compared by their
+signatures (:func:`curation.core.images.image_signatures`, after decoding to grey, trimming uniform margins
+and padding 5 % white): ``d`` = the Hamming distance of their 256-bit pHashes, and ``c`` = ``1 - r``, one
+minus the correlation of their 16 x 16 thumbnails. An image pair is *near-identical* when ``d <=
+image_strict`` (default 48 bits) or ``c <= image_ncc`` (default 0.03), *similar* when ``d <= image_loose``
+(default 72) or ``c <= image_ncc``. The pair (row, item) is contaminated when
 
 3. ``text+image``: the text rule above matches (8-gram coverage >= ``ngram_overlap`` or, with ``fuzzy``,
-   bigram Jaccard >= ``fuzzy_threshold``; computed exactly for the pair) **and** ``d <= image_loose``
-   (default 72 of 256 bits); or
-4. ``image+overlap``: ``d <= image_strict`` (default 48: a near-identical figure) **and** the content-word
-   overlap coefficient of the two texts ``|W(row) n W(item)| / min(|W(row)|, |W(item)|) >= min_overlap``
-   (default 0.5; ``W`` = the set of normalised words minus stop words and numbers): the same figure with a
-   reworded question; or
-5. ``image``: ``d <= image_strict`` and the item's text has no content word at all (its question is in the
-   figure: MathVerse's Vision-Only version).
+   bigram Jaccard >= ``fuzzy_threshold``; computed exactly for the pair) **and** an image of the row is
+   similar to an image of the item; or
+4. ``image+overlap``: an image is near-identical **and** the content-word overlap coefficient of the two
+   texts ``|W(row) n W(item)| / min(|W(row)|, |W(item)|) >= min_overlap`` (default 0.5; ``W`` = the set of
+   normalised words minus stop words, numbers and one-letter words): the same figure, reworded question; or
+5. ``image``: an image is near-identical and the item's text has no content word at all (its question is in
+   the figure: MathVerse's Vision-Only version).
 
-Same text over a different figure (no image of the row within ``image_loose`` of the item's) is kept, and
-counted per benchmark as ``kept_text_match_other_image`` in stats.json. The operating point comes from a
-measurement on MATH-Vision (README "Decontamination against multimodal benchmarks"): over 1.6 M pairs of
-distinct figures and their transformed copies none is within 55 bits, while re-encoded, resized, cropped,
-bordered and grey copies are within 48 bits for 96 % and within 72 for 98.7 %; 72 accepts 2.2e-4 of the
-distinct pairs, which is why it needs a text match too. Candidates come from the images (every pair within
-``image_loose`` found by :class:`curation.build.image_index.ImageIndex`, each image hashed once), so the text
-work is per candidate pair. A row with images against an item without images is judged by the text rule
+Same text over a different figure (no image of the row similar to the item's) is kept, and counted per
+benchmark as ``kept_text_match_other_image`` in stats.json. The operating point comes from a measurement on
+MATH-Vision (README "Decontamination against multimodal benchmarks"): among 1.6 M pairs of distinct figures
+(and transformed copies against other figures) none has ``d <= 55`` or ``c <= 0.039``, while of the
+re-encoded, resized, cropped, bordered, letterboxed and grey copies 97.5 % are near-identical and 99.1 %
+similar to their original; ``d <= 72`` accepts 2.2e-4 of the distinct pairs, which is why it needs a text
+match too. Candidates come from the images (every similar pair, found by
+:class:`curation.build.image_index.ImageIndex` with each image decoded once), so the text work is per
+candidate pair. A row with images against an item without images is judged by the text rule
 (1-2) alone; so is a **text-only row**, against every item (``text_only_rows: text``, the default: "a
 text-only row is judged on text as today"). ``text_only_rows: guarded`` compares a text-only row with an
 item that has images only when that item's text is self-contained (>= 12 content words and not the text of
@@ -104,6 +106,7 @@ from curation.core.images import PHASH_BITS
 # benchmarks"): bits of the 256-bit pHash.
 IMAGE_STRICT = 48
 IMAGE_LOOSE = 72
+IMAGE_NCC = 0.03  # 1 - correlation of the 16 x 16 thumbnails: an image within it counts as near-identical
 MIN_OVERLAP = 0.5
 GUARDED_MIN_WORDS = 12
 TEXT_ONLY_ROWS = ("text", "guarded", "skip")
@@ -198,8 +201,8 @@ class Decontaminate(Step):
     """Options: ``benchmarks`` (paths, ``PATH:preset`` or ``{path, preset, map, image_root, name}``), ``ngram``
     (words), ``column`` (``auto``/name), ``ngram_overlap`` (min. shared fraction of the smaller n-gram set),
     ``fuzzy``, ``fuzzy_threshold``, ``fuzzy_ngram``, ``num_perm``, ``seed``; for rows with images
-    ``image_strict`` / ``image_loose`` (max. pHash bits of 256), ``min_overlap`` (content-word overlap
-    coefficient), and ``text_only_rows`` (``text`` / ``guarded`` / ``skip``: text-only rows against items with
+    ``image_strict`` / ``image_loose`` (max. pHash bits of 256), ``image_ncc`` (max. thumbnail ``1 - r``),
+    ``min_overlap`` (content-word overlap coefficient), and ``text_only_rows`` (``text`` / ``guarded`` / ``skip``: text-only rows against items with
     images)."""
 
     name = "decontaminate"
@@ -215,6 +218,7 @@ class Decontaminate(Step):
     seed: int = 1
     image_strict: int = IMAGE_STRICT
     image_loose: int = IMAGE_LOOSE
+    image_ncc: float = IMAGE_NCC
     min_overlap: float = MIN_OVERLAP
     text_only_rows: str = "text"
 
@@ -232,6 +236,8 @@ class Decontaminate(Step):
         if not 0 <= self.image_strict <= self.image_loose <= PHASH_BITS:
             raise ValueError(f"decontaminate: need 0 <= image_strict <= image_loose <= {PHASH_BITS} (bits), got "
                              f"{self.image_strict} and {self.image_loose}")
+        if not 0.0 <= self.image_ncc < 1.0:
+            raise ValueError(f"decontaminate: image_ncc must lie in [0, 1), got {self.image_ncc}")
         if not 0.0 < self.min_overlap <= 1.0:
             raise ValueError(f"decontaminate: min_overlap must lie in (0, 1], got {self.min_overlap}")
         if self.text_only_rows not in TEXT_ONLY_ROWS:
@@ -357,13 +363,14 @@ class Decontaminate(Step):
                     owner.append(k)
         if not flat or not len(b.img_item):
             return {}
-        pairs = b.index.search(flat, self.image_loose)
+        pairs = b.index.search(flat, self.image_loose, self.image_ncc)
         q = np.asarray(owner, dtype=np.int64)[pairs.query]
         it = b.img_item[pairs.index]
-        d = pairs.bits
-        # one entry per (row, item): the smallest distance
-        pick = _best_per_row(q * len(b.items) + it, d)
-        q, it, d = q[pick], it[pick], d[pick]
+        # one entry per (row, item): the smallest Hamming distance, and the smallest thumbnail distance
+        key = q * len(b.items) + it
+        pick = _best_per_row(key, pairs.bits)  # both in ascending key order, so aligned
+        c = pairs.ncc[_best_per_row(key, pairs.ncc)]
+        q, it, d = q[pick], it[pick], pairs.bits[pick]
         if not len(q):
             return {}
         # expand to (row, text variant) and measure the text evidence of each pair exactly
@@ -396,29 +403,35 @@ class Decontaminate(Step):
         found: dict[int, _Match] = {}
         for p in best.tolist():
             k = int(pq_[p])
-            row, item, bits = int(q[k]), int(it[k]), int(d[k])
+            row, item, bits, cor = int(q[k]), int(it[k]), int(d[k]), float(c[k])
             label = self._label(b, item)
-            far = f"an image {bits} of {PHASH_BITS} bits apart"
+            same_thumb = cor <= self.image_ncc
+
+            def far(limit: int) -> str:
+                if bits <= limit or not same_thumb:
+                    return f"an image {bits} of {PHASH_BITS} bits apart (<= {limit})"
+                return (f"an image {bits} of {PHASH_BITS} bits apart with thumbnail correlation distance "
+                        f"{cor:.3f} (<= {self.image_ncc})")
+
             m = None
-            if text_ok[p]:
+            if text_ok[p] and (bits <= self.image_loose or same_thumb):
                 if inter[p] >= 1 and cover[p] >= self.ngram_overlap:
                     ev = "ngram " + self._text_detail_ngram(texts[row], b, int(pv[p]), int(inter[p]), float(cover[p]))
                 else:
                     ev = f"fuzzy jaccard {jac[p]:.2f} of {self.fuzzy_ngram}-gram shingles (numbers masked)"
-                m = _Match(item, "text+image", f"text+image: {ev} and {far} (<= {self.image_loose}) with "
-                                               f"{label}", bits)
-            elif bits <= self.image_strict:
+                m = _Match(item, "text+image", f"text+image: {ev} and {far(self.image_loose)} with {label}", bits)
+            elif bits <= self.image_strict or same_thumb:
                 words = content_words(b.items[item].problem)
                 v0 = int(var_start[item])
                 ov = max(content_overlap(texts[row], b.var_text[v]) for v in range(v0, v0 + int(var_count[item])))
                 if ov >= self.min_overlap:
                     m = _Match(item, "image+overlap",
-                               f"image+overlap: {far} (<= {self.image_strict}) and content-word overlap {ov:.2f} "
+                               f"image+overlap: {far(self.image_strict)} and content-word overlap {ov:.2f} "
                                f"(>= {self.min_overlap}; {self.ngram}-gram coverage {cover[p]:.0%}) with {label}",
                                bits)
                 elif not words:
-                    m = _Match(item, "image", f"image: {far} (<= {self.image_strict}) with {label}, whose text has "
-                                              "no content words (its question is in the figure)", bits)
+                    m = _Match(item, "image", f"image: {far(self.image_strict)} with {label}, whose text has no "
+                                              "content words (its question is in the figure)", bits)
             if m is not None and (row not in found or m.rank() < found[row].rank()):
                 found[row] = m
         self._image_candidates = set(zip(q.tolist(), it.tolist()))
@@ -512,7 +525,7 @@ class Decontaminate(Step):
 
     def _summarise(self, hits: Iterable[_Match], n_rows: int) -> None:
         b = self._load()
-        per = [{"name": s.display, **s.describe(), "items": 0, "items_with_images": 0,
+        per = [{"name": s.display, "path": s.path, "preset": s.preset, "map": s.map or None, "items": 0, "items_with_images": 0,
                 "images": 0, "images_undecodable": u, "excluded": 0, "excluded_by_rule": {},
                 "kept_text_match_other_image": int(k)}
                for s, u, k in zip(b.specs, b.undecodable, self._kept_other_image)]
@@ -529,7 +542,8 @@ class Decontaminate(Step):
                                         "fuzzy_threshold": self.fuzzy_threshold if self.fuzzy else None,
                                         "image_hash": f"phash{PHASH_BITS}+trim+pad",
                                         "image_strict_bits": self.image_strict,
-                                        "image_loose_bits": self.image_loose, "min_overlap": self.min_overlap,
+                                        "image_loose_bits": self.image_loose, "image_ncc": self.image_ncc,
+                                        "min_overlap": self.min_overlap,
                                         "text_only_rows": self.text_only_rows}}
 
     def summary(self) -> dict:
