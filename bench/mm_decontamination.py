@@ -274,61 +274,91 @@ def derived_figure(seed: int) -> bytes:
     return enc(im, "JPEG", quality=rng.randint(70, 95))
 
 
-def _gsm_sentences() -> list[str]:
+def _sentences(split: str) -> list[str]:
     out = []
-    for line in (DATA / "gsm8k" / "train.jsonl").read_text().splitlines():
+    for line in (DATA / "gsm8k" / f"{split}.jsonl").read_text().splitlines():
         out += [s for s in re.split(r"(?<=[.?!])\s+", json.loads(line)["question"].strip()) if s]
     return out
 
 
-def _shard(args: tuple[str, int, int]) -> list[dict]:
-    kind, start, stop = args
-    sents = _gsm_sentences()
+def synthetic_texts(kind: str, n: int) -> list[str]:
+    """Benchmark items: a MATH-Vision question + a GSM8K *test* sentence; training rows: 2-4 GSM8K *train*
+    sentences; numbers redrawn. Deterministic per (kind, row)."""
     questions = [json.loads(line)["question"] for line in (MV / "testmini.jsonl").read_text().splitlines()]
-    rows = []
-    for i in range(start, stop):
+    sents = _sentences("test" if kind.startswith("bench") else "train")
+    out = []
+    for i in range(n):
         rng = random.Random(f"{kind}-{i}")
         if kind.startswith("bench"):
             text = questions[rng.randrange(len(questions))] + " " + rng.choice(sents)
         else:
             text = " ".join(rng.sample(sents, rng.randint(2, 4)))
-        text = re.sub(r"\d+", lambda m, rng=rng: str(rng.randint(2, 999)), text)
-        rows.append({"id": f"{kind}-{i}", "question": text,
-                     "image": {"bytes": derived_figure(zlib.crc32(f"{kind}-{i}".encode())), "path": f"{i}.jpg"}})
-    return rows
+        out.append(re.sub(r"\d+", lambda m, rng=rng: str(rng.randint(2, 999)), text))
+    return out
 
 
-def _generate(kind: str, n: int, cache: Path, procs: int = 2) -> Path:
+def _shard(args: tuple[str, int, int]) -> list[dict]:
+    kind, start, stop = args
+    return [{"id": f"{kind}-{i}", "image": {"bytes": derived_figure(zlib.crc32(f"{kind}-{i}".encode())),
+                                            "path": f"{i}.jpg"}} for i in range(start, stop)]
+
+
+SHARD = 500
+
+
+def _generate(kind: str, n: int, cache: Path, procs: int = 2) -> list[Path]:
+    """Parquet shards of ``SHARD`` derived figures (``id``, ``image``) covering rows ``0 .. n-1`` of ``kind``;
+    missing shards are made by ``procs`` processes, each written atomically (an interrupted run resumes)."""
     from concurrent.futures import ProcessPoolExecutor
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = cache / f"{kind}-{n}.parquet"
-    if path.exists():
-        return path
-    step = 2000
-    jobs = [(kind, s, min(n, s + step)) for s in range(0, n, step)]
-    with ProcessPoolExecutor(procs) as ex:
-        rows = [r for part in ex.map(_shard, jobs) for r in part]
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)
-    return path
+    paths = [cache / f"figures-{kind}-{s:07d}.parquet" for s in range(0, n, SHARD)]
+    todo = [(kind, s, s + SHARD) for s, p in zip(range(0, n, SHARD), paths) if not p.exists()]
+
+    def write(job, rows):
+        path = cache / f"figures-{kind}-{job[1]:07d}.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        tmp.replace(path)
+
+    if todo:
+        with ProcessPoolExecutor(procs) as ex:
+            for job, rows in zip(todo, ex.map(_shard, todo)):
+                write(job, rows)
+    return paths
+
+
+def _read_figures(paths: list[Path], n: int):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(p) for p in paths]).slice(0, n)
 
 
 def part2(n_rows: int, cache: Path) -> dict:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    benches = [_generate(f"bench{b}", 2500, cache) for b in range(8)]
-    train_file = _generate("train", n_rows, cache)
+    figures = [_generate(f"bench{b}", 2500, cache) for b in range(8)]
+    train_shards = _generate("train", n_rows, cache)
     gen_s = time.perf_counter() - t0
+    work = Path(tempfile.mkdtemp(prefix="mm-decon-bench-"))
+    benches = []
+    for b, f in enumerate(figures):  # the benchmark files: figures + texts, as a user would pass them
+        t = _read_figures(f, 2500)
+        t = t.append_column("question", pa.array(synthetic_texts(f"bench{b}", t.num_rows)))
+        pq.write_table(t, work / f"bench{b}.parquet")
+        benches.append(work / f"bench{b}.parquet")
     specs = [{"path": str(p), "map": "problem=question,images=image,id=id", "name": p.stem} for p in benches]
     specs += [f"{DATA / 'benchmarks' / 'amc23.jsonl'}:amc23", f"{DATA / 'benchmarks' / 'minerva_math.jsonl'}:minerva"]
-    rows = [{"id": r["id"], "problem": r["question"], "images": [r["image"]]}
-            for r in pq.read_table(train_file).to_pylist()]
+    train = _read_figures(train_shards, n_rows)
+    rows = [{"id": i, "problem": t, "images": [im]} for i, t, im in
+            zip(train.column("id").to_pylist(), synthetic_texts("train", n_rows), train.column("image").to_pylist())]
+    del train
     # plant 1 % copies of benchmark items (figure resized to 90 %, JPEG 80) and 1 % same text + other figure
     rng = random.Random(7)
     first_bench = pq.read_table(benches[0]).to_pylist()
@@ -381,6 +411,12 @@ def part2(n_rows: int, cache: Path) -> dict:
           f"{total_c / text_c:.1f}x cpu")
     print(f"planted copies removed {found}/{len(planted)}; same text + other figure removed {fp_same}/"
           f"{len(same_text)}; other rows removed {other}")
+    for o in result:
+        if isinstance(o, Excluded) and not o.row["id"].startswith(("planted-", "sametext-")):
+            print("   other:", o.row["problem"][:100], "->", o.detail)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     return {"rows": n_rows, "bench_items": len(bench_obj.items), "bench_images": n_bench_images,
             "load_s": load_s, "hash_s": hash_s, "match_s": match_s, "text_s": text_s,
             "rows_per_s": n_rows / total_s, "planted_found": found, "planted": len(planted),

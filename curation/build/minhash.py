@@ -298,26 +298,17 @@ def _keyed_sets(sh: Shingles, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return keys, pid[first]
 
 
-def pair_intersections(sa: Shingles, ia: np.ndarray, sb: Shingles, ib: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(|A n B|, |A|, |B|)`` of the shingle sets ``A`` of ``sa[ia[p]]`` and ``B`` of ``sb[ib[p]]`` for each p."""
+def pair_jaccard(sa: Shingles, ia: np.ndarray, sb: Shingles, ib: np.ndarray) -> np.ndarray:
+    """Exact Jaccard ``|A n B| / |A u B|`` of the shingle sets of ``sa[ia[p]]`` and ``sb[ib[p]]`` for each p."""
     ia, ib = np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
     if len(ia) == 0:
-        z = np.zeros(0, dtype=np.int64)
-        return z, z, z
+        return np.zeros(0, dtype=np.float64)
     ka, pa_ = _keyed_sets(sa, ia)
     kb, pb_ = _keyed_sets(sb, ib)
     size_a = np.bincount(pa_, minlength=len(ia))
     size_b = np.bincount(pb_, minlength=len(ia))
     _, in_a, _ = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
-    return np.bincount(pa_[in_a], minlength=len(ia)), size_a, size_b
-
-
-def pair_jaccard(sa: Shingles, ia: np.ndarray, sb: Shingles, ib: np.ndarray) -> np.ndarray:
-    """Exact Jaccard ``|A n B| / |A u B|`` of the shingle sets of ``sa[ia[p]]`` and ``sb[ib[p]]`` for each p."""
-    inter, size_a, size_b = pair_intersections(sa, ia, sb, ib)
-    if len(inter) == 0:
-        return np.zeros(0, dtype=np.float64)
+    inter = np.bincount(pa_[in_a], minlength=len(ia))
     return inter / (size_a + size_b - inter)
 
 

@@ -41,9 +41,9 @@ minus the correlation of their 16 x 16 thumbnails. An image pair is *near-identi
 image_strict`` (default 48 bits) or ``c <= image_ncc`` (default 0.03), *similar* when ``d <= image_loose``
 (default 72) or ``c <= image_ncc``. The pair (row, item) is contaminated when
 
-3. ``text+image``: the text rule above matches (8-gram coverage >= ``ngram_overlap`` or, with ``fuzzy``,
-   bigram Jaccard >= ``fuzzy_threshold``; computed exactly for the pair) **and** an image of the row is
-   similar to an image of the item; or
+3. ``text+image``: the text rule above matches the pair (8-gram coverage >= ``ngram_overlap`` or, with
+   ``fuzzy``, bigram Jaccard >= ``fuzzy_threshold``) **and** an image of the row is similar to an image of
+   the item; or
 4. ``image+overlap``: an image is near-identical **and** the content-word overlap coefficient of the two
    texts ``|W(row) n W(item)| / min(|W(row)|, |W(item)|) >= min_overlap`` (default 0.5; ``W`` = the set of
    normalised words minus stop words, numbers and one-letter words): the same figure, reworded question; or
@@ -96,9 +96,7 @@ import numpy as np
 
 from curation.build.benchmarks import BenchItem, BenchmarkSpec, read_benchmark, strip_image_tokens
 from curation.build.image_index import ImageIndex
-from curation.build.minhash import (
-    MinHasher, NearDupIndex, Shingles, normalize_text, pair_intersections, unique_doc_shingles,
-)
+from curation.build.minhash import MinHasher, NearDupIndex, normalize_text, unique_doc_shingles
 from curation.build.steps.base import Excluded, Step
 from curation.core.images import PHASH_BITS
 
@@ -353,8 +351,13 @@ class Decontaminate(Step):
 
     # -- the multimodal rule ------------------------------------------------------------------------------
 
-    def _image_matches(self, texts: Sequence[str], images: Sequence[list], b: _Bench) -> dict[int, _Match]:
-        """Best multimodal match per row with images (rules 3-5 of the module docstring)."""
+    def _image_matches(self, texts: Sequence[str], images: Sequence[list], b: _Bench,
+                       ngram_pairs: tuple[np.ndarray, ...], fuzzy_pairs: tuple[np.ndarray, ...]
+                       ) -> tuple[dict[int, _Match], np.ndarray]:
+        """Best multimodal match per row with images (rules 3-5 of the module docstring); the text evidence
+        of a candidate pair is the text rule's, looked up in ``ngram_pairs`` ``(row, variant, shared,
+        coverage)`` and ``fuzzy_pairs`` ``(row, variant, jaccard)`` of :meth:`_match`. Also returns the keys
+        ``row * items + item`` of all candidate pairs, ascending."""
         flat, owner = [], []
         for k, ims in enumerate(images):
             for im in ims:
@@ -362,7 +365,7 @@ class Decontaminate(Step):
                     flat.append(im)
                     owner.append(k)
         if not flat or not len(b.img_item):
-            return {}
+            return {}, np.zeros(0, dtype=np.int64)
         pairs = b.index.search(flat, self.image_loose, self.image_ncc)
         q = np.asarray(owner, dtype=np.int64)[pairs.query]
         it = b.img_item[pairs.index]
@@ -372,32 +375,30 @@ class Decontaminate(Step):
         c = pairs.ncc[_best_per_row(key, pairs.ncc)]
         q, it, d = q[pick], it[pick], pairs.bits[pick]
         if not len(q):
-            return {}
-        # expand to (row, text variant) and measure the text evidence of each pair exactly
+            return {}, np.zeros(0, dtype=np.int64)
+        # expand to (row, text variant) and look the pairs up among those the text rule matched
         var_start = np.searchsorted(b.var_item, np.arange(len(b.items)), side="left")
         var_count = np.bincount(b.var_item, minlength=len(b.items))
         cnt = var_count[it]
         pq_ = np.repeat(np.arange(len(q)), cnt)
         pv = np.repeat(var_start[it], cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-        rows_u, row_pos = np.unique(q[pq_], return_inverse=True)
-        row_texts = [texts[k] for k in rows_u.tolist()]
-        vars_u, var_pos = np.unique(pv, return_inverse=True)
-        var_texts = [b.var_text[v] for v in vars_u.tolist()]
+        nv = len(b.var_text)
+        pair_key = q[pq_] * nv + pv
 
-        def shingles(n: int) -> tuple[Shingles, Shingles]:
-            h = MinHasher(num_perm=2, ngram=n, seed=self.seed, mask_numbers=True)
-            return h.shingles(row_texts), h.shingles(var_texts)
+        def lookup(keys: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, ...]:
+            """For each candidate pair: found among ``keys`` (sorted), and the values there (else 0)."""
+            pos = np.clip(np.searchsorted(keys, pair_key), 0, max(len(keys) - 1, 0))
+            found = keys[pos] == pair_key if len(keys) else np.zeros(len(pair_key), dtype=bool)
+            return (found,) + tuple(np.where(found, v[pos], 0) if len(keys) else np.zeros(len(pair_key))
+                                    for v in values)
 
-        ra, va = shingles(self.ngram)
-        inter, size_r, size_v = pair_intersections(ra, row_pos, va, var_pos)
-        cover = inter / np.maximum(np.minimum(size_r, size_v), 1)
-        text_ok = (inter >= 1) & (cover >= self.ngram_overlap) & ~b.var_empty[pv]
-        jac = np.zeros(len(pv))
-        if self.fuzzy:
-            ra2, va2 = shingles(self.fuzzy_ngram)
-            i2, s2r, s2v = pair_intersections(ra2, row_pos, va2, var_pos)
-            jac = i2 / np.maximum(s2r + s2v - i2, 1)
-            text_ok |= (jac >= self.fuzzy_threshold) & ~b.var_empty[pv]
+        ng_q, ng_v, ng_shared, ng_cover = ngram_pairs
+        order = np.argsort(ng_q * nv + ng_v)
+        has_ng, inter, cover = lookup((ng_q * nv + ng_v)[order], ng_shared[order], ng_cover[order])
+        fz_q, fz_v, fz_j = fuzzy_pairs
+        order = np.argsort(fz_q * nv + fz_v)
+        has_fz, jac = lookup((fz_q * nv + fz_v)[order], fz_j[order])
+        text_ok = has_ng | has_fz
         # per (row, item): the best variant (a text match first, then the highest coverage, then Jaccard)
         best = _best_per_row(pq_, ~text_ok, -cover, -jac)
         found: dict[int, _Match] = {}
@@ -407,15 +408,15 @@ class Decontaminate(Step):
             label = self._label(b, item)
             same_thumb = cor <= self.image_ncc
 
-            def far(limit: int) -> str:
-                if bits <= limit or not same_thumb:
+            def far(limit: int, bits: int = bits, cor: float = cor) -> str:
+                if bits <= limit or cor > self.image_ncc:
                     return f"an image {bits} of {PHASH_BITS} bits apart (<= {limit})"
                 return (f"an image {bits} of {PHASH_BITS} bits apart with thumbnail correlation distance "
                         f"{cor:.3f} (<= {self.image_ncc})")
 
             m = None
             if text_ok[p] and (bits <= self.image_loose or same_thumb):
-                if inter[p] >= 1 and cover[p] >= self.ngram_overlap:
+                if has_ng[p]:
                     ev = "ngram " + self._text_detail_ngram(texts[row], b, int(pv[p]), int(inter[p]), float(cover[p]))
                 else:
                     ev = f"fuzzy jaccard {jac[p]:.2f} of {self.fuzzy_ngram}-gram shingles (numbers masked)"
@@ -434,8 +435,7 @@ class Decontaminate(Step):
                                               "content words (its question is in the figure)", bits)
             if m is not None and (row not in found or m.rank() < found[row].rank()):
                 found[row] = m
-        self._image_candidates = set(zip(q.tolist(), it.tolist()))
-        return found
+        return found, q * len(b.items) + it  # the candidate keys, ascending
 
     # -- all rules ------------------------------------------------------------------------------------------
 
@@ -474,6 +474,7 @@ class Decontaminate(Step):
             result[qi] = _Match(int(b.var_item[vi]), "ngram",
                                 f"ngram: {ev} {'as' if ev.startswith('same') else 'with'} {label}")
         # 2. fuzzy (rows not caught by the n-gram rule)
+        fq, fv, fj = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
         if self.fuzzy:
             rest = np.array([k for k in range(n) if result[k] is None], dtype=np.int64)
             fq, fv, fj = self._fuzzy_pairs(texts, rest, b)
@@ -486,21 +487,22 @@ class Decontaminate(Step):
                                     f"fuzzy: jaccard {j:.2f} of {self.fuzzy_ngram}-gram shingles (numbers masked) "
                                     f"with {self._label(b, int(b.var_item[vi]))}")
         # 3-5. rows with images against items with images
-        self._image_candidates = set()
+        cand = np.zeros(0, dtype=np.int64)  # (row * items + item) of every similar-image pair, sorted
         if row_img.any() and b.has_images.any():
-            for row, m in self._image_matches(texts, images, b).items():
+            found, cand = self._image_matches(texts, images, b, (q, v, shared, cover), (fq, fv, fj))
+            for row, m in found.items():
                 if result[row] is None or m.rank() < result[row].rank():
                     result[row] = m
         # audit: text matches between a row and an item that both have images, kept because no image is close
-        kept_other_image = np.zeros(len(b.specs), dtype=np.int64)
-        seen: set[tuple[int, int]] = set()
-        for tq, titem in text_pairs:
-            both = row_img[tq] & b.has_images[titem]
-            for r, i in zip(tq[both].tolist(), titem[both].tolist()):
-                s = int(b.spec_of[i])
-                if result[r] is None and (r, s) not in seen and (r, i) not in self._image_candidates:
-                    seen.add((r, s))
-                    kept_other_image[s] += 1
+        tq = np.concatenate([x for x, _ in text_pairs])
+        ti = np.concatenate([y for _, y in text_pairs])
+        keep = row_img[tq] & b.has_images[ti] & np.array([result[r] is None for r in tq.tolist()], dtype=bool)
+        key = tq[keep] * len(b.items) + ti[keep]
+        if len(cand):
+            pos = np.clip(np.searchsorted(cand, key), 0, len(cand) - 1)
+            key = key[cand[pos] != key]
+        rows_specs = np.unique((key // len(b.items)) * len(b.specs) + b.spec_of[key % len(b.items)])
+        kept_other_image = np.bincount(rows_specs % len(b.specs), minlength=len(b.specs))
         self._kept_other_image = kept_other_image
         return result
 
