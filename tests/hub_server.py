@@ -26,6 +26,8 @@ transfer + verify, NDJSON commit, README YAML validation), ``list_repo_tree``, `
 ``GET /api/{type}s/{repo}[/revision/{rev}]``               repo info (``sha``, ``siblings``, ``private``)
 ``GET /api/{type}s/{repo}/commits/{rev}``                  history, newest first
 ``GET|HEAD /{type}s/{repo}/resolve/{rev}/{path}``          raw bytes with ``X-Repo-Commit`` / ``ETag``
+``GET|HEAD /{repo}/resolve/{rev}/{path}``,                 the same for model repos (no type prefix)
+``POST /{repo}.git/info/lfs/objects/batch``
 =========================================================  =================================================
 
 Authentication: requests carry ``Authorization: Bearer <token>``; writes need a token in ``tokens``; a token
@@ -289,10 +291,11 @@ class Handler(BaseHTTPRequestHandler):
             if obj is None or len(obj) != info["size"]:
                 raise HubError(404, "LFS object not found")
             return 200, {"success": True}, {}
-        m = re.fullmatch(rf"/{_REPO}\.git/info/lfs/objects/batch", path)
+        m = (re.fullmatch(rf"/{_REPO}\.git/info/lfs/objects/batch", path)
+             or re.fullmatch(r"/(?P<repo>[^/]+/[^/]+?)\.git/info/lfs/objects/batch", path))  # model repos
         if method == "POST" and m:
             user = self._user(required=True)
-            self._repo(m["type"], m["repo"], user)
+            self._repo(m.groupdict().get("type") or "model", m["repo"], user)
             req = json.loads(body)
             objects = []
             for obj in req["objects"]:
@@ -359,10 +362,11 @@ class Handler(BaseHTTPRequestHandler):
                 "lastModified": c.date, "siblings": [{"rfilename": p} for p in sorted(c.files)],
                 "tags": [], "downloads": 0, "likes": 0,
             }, {}
-        m = re.fullmatch(rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path)
+        m = (re.fullmatch(rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path)
+             or re.fullmatch(r"/(?P<repo>[^/]+/[^/]+?)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path))  # model repos
         if method in ("GET", "HEAD") and m:
             user = self._user(required=False)
-            repo = self._repo(m["type"], m["repo"], user)
+            repo = self._repo(m.groupdict().get("type") or "model", m["repo"], user)
             c = self._rev(repo, m["rev"])
             entry = c.files.get(unquote(m["file"]))
             if entry is None:

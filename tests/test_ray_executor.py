@@ -4,6 +4,7 @@ the missing chunks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from data_rows import gsm8k_rows  # noqa: E402
 
 from curation.core import schema as S  # noqa: E402
 from curation.core.io import ExclusionWriter  # noqa: E402
@@ -34,26 +37,13 @@ GEN = {"n": 3, "max_tokens": 6, "temperature": 1.0, "seed": 5, "chunk_size": 2, 
 N_CHUNKS = 6  # 11 problems that reach chunking / 2 per chunk
 
 
-def _gsm8k(n: int) -> list[dict]:
-    rows = []
-    with open(DATA / "gsm8k" / "test.jsonl") as f:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            d = json.loads(line)
-            rows.append({"id": f"gsm8k-test-{i}", "source": "gsm8k", "problem": d["question"], "images": [],
-                         "answer": d["answer"].split("####")[-1].strip().replace(",", ""), "options": [],
-                         "solution": None, "meta": None})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from curation.core.models import build_tiny_qwen2
 
     root = tmp_path_factory.mktemp("ray_exec")
     model = build_tiny_qwen2(root / "tiny")
-    rows = _gsm8k(10)
+    rows = gsm8k_rows(10)
     good_img = [{"bytes": (DATA / "math_vision" / "images" / "4.jpg").read_bytes(), "path": "4.jpg"}]
     rows += [
         dict(rows[0], id="noans", answer=""),  # excluded at loading (missing_answer)
@@ -189,3 +179,75 @@ def test_cot_on_ray_equals_local(setup, cluster):
     _same(ray_res.sft, loc.sft)
     _same(ray_res.excluded, loc.excluded)
     assert ray_res.stats["settings"]["engine_name"] == "hf"
+
+
+def _class_fields(path: Path, names: set[str]) -> set[str]:
+    """Annotated field names of the classes ``names`` in a source file (read with ast: nothing imported)."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ClassDef) and node.name in names:
+            out |= {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    return out
+
+
+def test_ray_llm_processor_config_forwards_every_engine_option():
+    """The ray.data.llm config (pure; ray.data.llm + vLLM + GPUs cannot run here): every engine option reaches
+    vLLMEngineProcessorConfig under a field the installed Ray declares (read from its source), --gpus-per-worker
+    becomes the replica's placement, and what has no equivalent is refused instead of dropped."""
+    from curation.generation.executors import RayExecutor, llm_processor_config
+
+    opts = {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_model_len": 4096, "dtype": "bfloat16",
+            "seed": 7, "limit_mm_per_prompt": {"image": 2}, "enforce_eager": True,
+            "chat_template_kwargs": {"enable_thinking": False}, "llm_kwargs": {"max_num_seqs": 64},
+            "worker_env": {"VLLM_LOGGING_LEVEL": "WARNING"}, "batch_size": 16, "data_parallel_size": 1}
+    spec = GenJobSpec("score", "Qwen/Qwen2.5-7B-Instruct", "m", "vllm", load_template("plain"), 4, 1.0, 1.0, 64, 0,
+                      engine_options=opts)
+    cfg = llm_processor_config(spec, 4, 2, 3, 32, chat_template="{{ messages }}")
+    assert cfg["model_source"] == "Qwen/Qwen2.5-7B-Instruct"  # as given: every node resolves it itself
+    assert cfg["engine_kwargs"] == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "max_model_len": 4096,
+                                    "dtype": "bfloat16", "seed": 7, "limit_mm_per_prompt": {"image": 2},
+                                    "enforce_eager": True, "max_num_seqs": 64}  # batch_size is the hf engine's
+    assert cfg["chat_template_stage"] == {"chat_template": "{{ messages }}",
+                                          "chat_template_kwargs": {"enable_thinking": False}}
+    assert cfg["placement_group_config"] == {"bundle_per_worker": {"GPU": 1.0, "CPU": 3.0}}  # 2 ranks x 1 GPU
+    assert cfg["concurrency"] == 4 and cfg["batch_size"] == 32
+    assert cfg["runtime_env"] == {"env_vars": {"VLLM_LOGGING_LEVEL": "WARNING"}}
+
+    # the names exist in the installed ray.data.llm (2.60) and vLLM
+    llm = Path(ray.__file__).parent / "llm" / "_internal"
+    assert set(cfg) <= _class_fields(llm / "batch" / "processor" / "base.py", {"ProcessorConfig", "OfflineProcessorConfig"}) \
+        | _class_fields(llm / "batch" / "processor" / "vllm_engine_proc.py", {"vLLMEngineProcessorConfig"})
+    assert set(cfg["chat_template_stage"]) <= _class_fields(llm / "batch" / "stages" / "configs.py",
+                                                            {"ChatTemplateStageConfig", "_StageConfigBase"})
+    assert set(cfg["placement_group_config"]) <= _class_fields(llm / "common" / "placement.py", {"PlacementGroupConfig"})
+    assert set(cfg["placement_group_config"]["bundle_per_worker"]) <= _class_fields(llm / "common" / "placement.py",
+                                                                                   {"BundleConfig"})
+    vllm_args = Path(__file__).resolve().parents[1] / ".venv-vllm" / "lib" / "python3.11" / "site-packages" / "vllm" \
+        / "engine" / "arg_utils.py"
+    if vllm_args.exists():
+        assert set(cfg["engine_kwargs"]) <= _class_fields(vllm_args, {"EngineArgs"})
+
+    def config(gpus, **o):
+        return llm_processor_config(dataclasses.replace(spec, engine_options=o), 2, gpus, 1, 8)
+
+    assert config(0.5)["placement_group_config"] == {"bundle_per_worker": {"GPU": 0.5, "CPU": 1.0}}
+    assert config(1)["engine_kwargs"] == {"gpu_memory_utilization": 0.9}  # the local engine's GPU default
+    assert config(1)["chat_template_stage"] is True and "runtime_env" not in config(1)
+    with pytest.raises(ValueError, match="tensor_parallel_size=2"):
+        config(2)
+    with pytest.raises(ValueError, match="must equal tensor_parallel_size x pipeline_parallel_size = 4"):
+        config(2, tensor_parallel_size=2, llm_kwargs={"pipeline_parallel_size": 2})
+    with pytest.raises(ValueError, match="vllm_python have no ray.data.llm equivalent"):
+        config(1, vllm_python="/x/python")
+    with pytest.raises(ValueError, match="unknown engine option"):
+        config(1, gpu_mem=0.5)
+    with pytest.raises(ValueError, match="--num-workers"):
+        config(1, data_parallel_size=2)
+    # use_ray_llm=True names why it cannot; "auto" then uses the actors, which honour every option
+    with pytest.raises(ValueError, match="vllm_python have no ray.data.llm equivalent"):
+        RayExecutor(gpus_per_worker=1, use_ray_llm=True)._use_llm(
+            dataclasses.replace(spec, engine_options={"vllm_python": "/x/python"}), {0: [{"id": "a"}]})
+    assert RayExecutor(gpus_per_worker=1)._use_llm(
+        dataclasses.replace(spec, engine_options={"vllm_python": "/x/python"}), {0: [{"id": "a"}]}) is False

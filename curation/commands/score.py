@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from curation.commands._engine import DATA_PARALLEL_HELP, MAX_RETRIES_HELP, parse_engine_options
 from curation.core.console import console, fail, progress_factory
 
 
@@ -41,23 +42,6 @@ def _summary(result, title: str) -> None:
                   "stats.json, report/)")
 
 
-def _parse_opts(items: list[str] | None) -> dict:
-    """``["batch_size=16", "dtype=bfloat16"]`` -> ``{"batch_size": 16, "dtype": "bfloat16"}`` (values parsed
-    as JSON when they are JSON: numbers, booleans, null; else kept as strings)."""
-    import json
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            fail(f"--engine-opt expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
 def register(app: typer.Typer) -> None:
     @app.command("score")
     def score_cmd(
@@ -86,6 +70,8 @@ def register(app: typer.Typer) -> None:
         ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join (auto, ray://host:10001); default: the running one or a new local one.")] = None,
         num_workers: Annotated[int, typer.Option("--num-workers", help="Ray executor: engine actors (one per GPU with --gpus-per-worker 1).")] = 1,
         gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray executor: GPUs per engine actor (0 on CPU clusters).")] = 0.0,
+        data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", help=DATA_PARALLEL_HELP)] = 1,
+        max_retries: Annotated[int, typer.Option("--max-retries", help=MAX_RETRIES_HELP)] = 2,
     ) -> None:
         """Sample N rollouts per prompt, verify them, and score pass rate, OVS, TDS and VPS (MMR1).
 
@@ -116,8 +102,9 @@ def register(app: typer.Typer) -> None:
                         normalize_ovs=normalize_ovs, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         seed=seed, shard=shard, chunk_size=chunk_size, prompt_template=prompt_template,
                         model_name=model_name, verify_timeout=verify_timeout, progress=new_task,
-                        engine_options=_parse_opts(engine_opt), executor=executor, ray_address=ray_address,
+                        engine_options=parse_engine_options(engine_opt, data_parallel_size), executor=executor, ray_address=ray_address,
                         num_workers=num_workers, gpus_per_worker=gpus_per_worker,
+                        executor_options={"max_retries": max_retries} if executor == "ray" else None,
                     )
         except (ValueError, FileNotFoundError, ImportError) as e:
             fail(str(e))

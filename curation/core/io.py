@@ -320,13 +320,29 @@ class ChunkJob:
     advance: Any
 
 
+# Exclusion reason of every problem of a chunk whose (Ray) worker died on every attempt; such a chunk is
+# written as done so the job can finish, and retried by the next run (:func:`open_chunk_job`).
+WORKER_FAILED = "worker_failed"
+
+
+def _failed_on_workers(store: ChunkStore, xstore: ChunkStore, cid: int) -> bool:
+    """A finished chunk with no rows and only ``worker_failed`` exclusions (its worker kept dying)."""
+    if pq.read_metadata(store._path(cid)).num_rows or not xstore.has(cid):
+        return False
+    reasons = set(pq.read_table(xstore._path(cid), columns=["reason"]).column("reason").to_pylist())
+    return reasons == {WORKER_FAILED}
+
+
 def open_chunk_job(out: Path, name: str, settings: dict, chunks: list, progress: Any, label: str,
                    total: int) -> ChunkJob:
-    """Open ``out/_work`` for a chunked job whose parts are called ``name`` (settings guard a resume)."""
+    """Open ``out/_work`` for a chunked job whose parts are called ``name`` (settings guard a resume).
+
+    Chunks that an earlier run gave up on because their worker kept dying (all exclusions
+    ``worker_failed``) do not count as done: this run computes them again."""
     work = Path(out) / "_work"
     store = ChunkStore(work, name, config=settings)
     xstore = ChunkStore(work, "excluded")
-    done_before = {c for c in store.done() if c < len(chunks)}
+    done_before = {c for c in store.done() if c < len(chunks) and not _failed_on_workers(store, xstore, c)}
     advance = progress(label, total) if progress else None
     if advance and done_before:
         advance(sum(len(chunks[c]) for c in done_before))

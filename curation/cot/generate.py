@@ -74,7 +74,7 @@ from curation.core.io import (
 )
 from curation.core.prompts import build_prompt, image_order, load_template, to_mm_messages
 from curation.cot.quality import QualityConfig, check_solution, to_think_format
-from curation.generation.jobs import load_problems, parse_shard
+from curation.generation.jobs import load_problems, parse_shard, settings_engine_options
 from curation.score.scores import levenshtein, tokenize
 
 __all__ = [
@@ -222,14 +222,13 @@ def _fingerprint(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def _teacher_is_vision(teacher: str) -> bool | None:
-    """Whether a local teacher checkpoint is vision-language (None when it is not a local folder)."""
+def _teacher_is_vision(teacher: str) -> bool:
+    """Whether the teacher (a checkpoint folder or a hub id, resolved as the engines resolve it:
+    :func:`curation.core.models.resolve_model`) is vision-language.  A teacher that cannot be found raises
+    :class:`curation.core.models.ModelNotFoundError` here, before any work."""
     from curation.core.models import is_vision_language
 
-    p = Path(teacher)
-    if not (p / "config.json").is_file():
-        return None
-    return bool(is_vision_language(p))
+    return bool(is_vision_language(teacher))
 
 
 def _load_inputs(
@@ -344,6 +343,7 @@ def run_cot(
     num_workers: int = 1,
     gpus_per_worker: float = 0.0,
     executor_options: dict | None = None,
+    engine_factory: Any = None,
 ) -> CotResult:
     """Generate ``k`` solutions per problem of ``data`` with ``teacher``, filter, select; resumable.
 
@@ -353,6 +353,9 @@ def run_cot(
     ``progress(description, total) -> advance(n)`` receives problem-level progress.
     ``executor``: ``"local"`` or ``"ray"`` (``ray_address``, ``num_workers``, ``gpus_per_worker``,
     ``executor_options``): where the generation chunks run (:mod:`curation.generation.executors`); same outputs.
+    ``engine_options`` may hold ``data_parallel_size=k`` (vLLM replicas, local executor; as ``curate score``);
+    ``engine_factory(spec) -> engine`` builds a custom engine instead of ``make_engine`` (picklable for Ray).
+    ``teacher`` is a checkpoint folder or a hub id (:func:`curation.core.models.resolve_model`).
     """
     t_start = time.perf_counter()
     if (teacher is None) == (responses is None):
@@ -367,8 +370,10 @@ def run_cot(
     tpl = load_template(template)
     out = Path(out)
 
-    if teacher is not None:
-        vision = _teacher_is_vision(teacher) if engine_obj is None else getattr(engine_obj, "vision", None)
+    if teacher is not None and engine_obj is None and engine_factory is None:
+        vision = _teacher_is_vision(teacher)
+    elif teacher is not None:
+        vision = getattr(engine_obj, "vision", None)
     else:
         vision = None
     rows, excl, n_read, n_in_shard = _load_inputs(data, shard_t, text_only, vision, teacher)
@@ -382,7 +387,7 @@ def run_cot(
             top_p=top_p, seed=seed, text_only=text_only, tpl=tpl, shard_t=shard_t, chunk_size=chunk_size,
             verify_timeout=verify_timeout, engine_options=engine_options, engine_obj=engine_obj, progress=progress,
             executor=executor, ray_address=ray_address, num_workers=num_workers, gpus_per_worker=gpus_per_worker,
-            executor_options=executor_options)
+            executor_options=executor_options, engine_factory=engine_factory)
     else:
         t0 = time.perf_counter()
         excluded_ids = {r["id"] for r in excl.rows if r.get("id")}
@@ -471,6 +476,7 @@ def _generate_all(
     num_workers: int = 1,
     gpus_per_worker: float = 0.0,
     executor_options: dict | None = None,
+    engine_factory: Any = None,
 ) -> tuple[dict[str, list[dict]], list[pa.Table], dict, dict, int, int, str | None]:
     """The resumable generation + verification loop (same design as ``curate score``)."""
     chunks = [rows[i : i + chunk_size] for i in range(0, len(rows), chunk_size)]
@@ -485,7 +491,7 @@ def _generate_all(
         "template": tpl.name,
         "template_fingerprint": tpl.fingerprint(),
         "text_only": text_only,
-        "engine_options": dict(sorted((engine_options or {}).items())),
+        "engine_options": settings_engine_options(engine_options),
         "chunk_size": chunk_size,
         "shard": f"{shard_t[0]}/{shard_t[1]}",
         "input_fingerprint": _fingerprint(rows),
@@ -510,7 +516,7 @@ def _generate_all(
     spec = GenJobSpec(step=STEP, model=str(teacher), model_label=Path(str(teacher)).name or str(teacher),
                       engine=engine, template=tpl, n=k, temperature=temperature, top_p=top_p,
                       max_tokens=max_tokens, seed=seed, verify_timeout=verify_timeout,
-                      engine_options=dict(engine_options or {}))
+                      engine_options=dict(engine_options or {}), engine_factory=engine_factory)
     ex = make_executor(executor, ray_address=ray_address, num_workers=num_workers,
                        gpus_per_worker=gpus_per_worker, **(executor_options or {}))
     pending = {cid: chunk for cid, chunk in enumerate(chunks) if cid not in done_before}

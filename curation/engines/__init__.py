@@ -52,7 +52,9 @@ def make_engine(kind: str, model: Any, **opts: Any) -> RolloutEngine:
     ``kind``: ``"hf"`` (:class:`~curation.engines.hf.HFEngine`), ``"vllm"``
     (:class:`~curation.engines.vllm.VLLMEngine`) or ``"auto"`` (see :func:`resolve_engine_kind`).  Options
     that belong to the other engine are dropped, so callers can pass one option set (e.g. ``batch_size``
-    and ``gpu_memory_utilization``) whatever the kind resolves to.
+    and ``gpu_memory_utilization``) whatever the kind resolves to - except ``data_parallel_size > 1``, which
+    the ``hf`` engine refuses rather than silently running one replica.  ``model`` is a checkpoint folder or
+    a hub id (:func:`curation.core.models.resolve_model`).
     """
     import inspect
 
@@ -70,4 +72,7 @@ def make_engine(kind: str, model: Any, **opts: Any) -> RolloutEngine:
     unknown = set(opts) - mine - theirs
     if unknown:
         raise TypeError(f"unknown engine option(s): {', '.join(sorted(unknown))}")
+    if kind == "hf" and int(opts.get("data_parallel_size") or 1) > 1:
+        raise ValueError(f"data_parallel_size={opts['data_parallel_size']} needs the vllm engine (the hf engine is "
+                         "one model in this process); use --engine vllm, or --executor ray --num-workers K")
     return cls(model, **{k: v for k, v in opts.items() if k in mine})

@@ -127,6 +127,14 @@ class RolloutEngine(abc.ABC):
     ) -> list[list[Completion]]:
         """One list of ``params.n`` completions per request, in request order."""
 
+    def replicas(self) -> list[RolloutEngine]:
+        """Independent model replicas of this engine, each usable from its own thread at the same time as
+        the others (one ``generate`` call per replica at a time).  A data-parallel vLLM engine returns one
+        view per worker process, so a caller that schedules whole batches itself (the local executor: one
+        chunk per replica, no barrier between replicas) keeps every replica busy; most engines are one
+        replica: ``[self]``.  Closing the engine closes its replicas."""
+        return [self]
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model / worker processes."""
 

@@ -94,7 +94,9 @@ class HFEngine(RolloutEngine):
     """transformers ``generate`` engine.
 
     Args:
-        model: checkpoint directory (or hub id when online); alternatively pass ``model_obj`` +
+        model: checkpoint directory or hub id (resolved like transformers does: the folder, else the
+            huggingface_hub cache, else a download when online; :func:`curation.core.models.resolve_model`);
+            alternatively pass ``model_obj`` +
             ``processor`` through :meth:`from_model`.
         batch_size: maximum sequences (requests x n) per ``generate`` call.
         dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA), or a torch dtype name.
@@ -122,7 +124,7 @@ class HFEngine(RolloutEngine):
     ):
         import torch
 
-        from curation.core.models import is_vision_language, load_processor
+        from curation.core.models import is_vision_language, load_processor, model_source
 
         self.batch_size = max(1, int(batch_size))
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
@@ -135,7 +137,7 @@ class HFEngine(RolloutEngine):
             self.vision = hasattr(_processor, "image_processor")
         else:
             if model is None:
-                raise ValueError("HFEngine needs a model directory")
+                raise ValueError("HFEngine needs a model directory or hub id")
             self.model_id = str(model)
             self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             if dtype == "auto":
@@ -148,7 +150,8 @@ class HFEngine(RolloutEngine):
                 from transformers import AutoModelForImageTextToText as auto_cls
             else:
                 from transformers import AutoModelForCausalLM as auto_cls
-            self.model = auto_cls.from_pretrained(model, dtype=torch_dtype).to(self.device)
+            # the cached snapshot when the weights are on disk, else the hub id (transformers downloads)
+            self.model = auto_cls.from_pretrained(model_source(model), dtype=torch_dtype).to(self.device)
         self.model.eval()
         self.device = str(next(self.model.parameters()).device)
         self.tokenizer = self.processor.tokenizer if self.vision else self.processor

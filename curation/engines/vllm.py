@@ -12,10 +12,24 @@ Two ways to run, same results:
   to it over two pipes (pickled dicts: messages, PNG image bytes, completions).  The worker loads the
   model once and serves every ``generate`` call until :meth:`VLLMEngine.close`.
 
+Models: ``model`` is a checkpoint folder or a hub id.  The parent resolves it once
+(:func:`curation.core.models.resolve_model`: the folder, else the huggingface_hub cache, else - online - a
+download of the metadata), so a hub id is recognised as a vision-language model and its chat template is
+read exactly as for a folder.  vLLM gets the local snapshot when the weights are cached (workers then run
+with ``HF_HUB_OFFLINE=1``), else the hub id, and downloads the weights itself
+(:func:`curation.core.models.model_source`).
+
 Data parallelism: ``vllm.LLM`` does not support ``data_parallel_size > 1`` offline, so
 ``data_parallel_size=k`` starts ``k`` worker subprocesses, each owning ``tensor_parallel_size`` GPUs
-(``CUDA_VISIBLE_DEVICES`` slices of the visible devices), and splits each call's requests between them
-round-robin.  Per-request seeds make the sampling draws independent of that split.
+(``CUDA_VISIBLE_DEVICES`` slices of the visible devices).  All ``k`` are started first and then waited for,
+so they load their model at the same time (start-up costs one model load, not ``k``).  A ``generate`` call
+cuts its requests into pieces of ``chunk_size`` (default: one piece per worker) and hands the next piece to
+whichever worker is free, so a slow piece holds up only its own worker.  Callers that schedule their own
+batches use :meth:`VLLMEngine.replicas` (one engine view per worker): the local executor of ``curate
+score`` / ``curate cot`` gives each replica whole chunks from a shared queue, with no barrier between
+replicas; each chunk is then one ``generate`` call with the same batch as on one replica, so the rollouts
+do not depend on ``k``.  Per-request seeds make the sampling draws independent of any split (what a
+different batch can still change: see "Sampling").
 
 Sampling: one ``SamplingParams(n, temperature, top_p, max_tokens, seed=<request seed>, stop)`` per
 request; vLLM seeds sample ``j`` of a request with ``seed + j`` (its own generator per sample).  What this
@@ -40,9 +54,11 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_connections
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +130,13 @@ def enable_vl_shims_without_torchvision() -> None:
 
 
 def _config_max_len(model: str) -> int | None:
-    cfg_path = Path(model) / "config.json"
+    import json
+
+    from curation.core.models import resolve_model
+
+    cfg_path = resolve_model(model) / "config.json"
     if not cfg_path.is_file():
         return None
-    import json
 
     cfg = json.loads(cfg_path.read_text())
     cfg = cfg.get("text_config", cfg) if "max_position_embeddings" not in cfg else cfg
@@ -145,10 +164,10 @@ class _LocalVLLM:
 
         from curation.core.models import is_vision_language, read_chat_template
 
+        # a folder or a hub id: both are resolved (folder, hub cache, download) for the config and template
         self.model = str(model)
-        local = Path(self.model).is_dir()
-        self.vision = is_vision_language(self.model) if local else False
-        self.chat_template = read_chat_template(self.model) if local else None
+        self.vision = is_vision_language(self.model)
+        self.chat_template = read_chat_template(self.model)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         if self.vision:
             enable_vl_shims_without_torchvision()
@@ -265,7 +284,10 @@ class _WorkerVLLM:
         env_overrides: dict[str, str] | None = None,
         startup_timeout: float = 900.0,
         log_path: str | None = None,
+        wait: bool = True,
     ):
+        """Start the worker and send it the model to load; ``wait=False`` returns at once (then call
+        :meth:`wait_ready`), so several workers load their models at the same time."""
         self.python = python
         parent_r, child_w = os.pipe()
         child_r, parent_w = os.pipe()
@@ -293,7 +315,23 @@ class _WorkerVLLM:
         self.send_conn = Connection(parent_w, readable=False)
         self.recv_conn = Connection(parent_r, writable=False)
         self.send({"cmd": "init", "kwargs": init_kwargs})
-        self.info = self.recv(timeout=startup_timeout, what="start-up")
+        self._ready_by = time.monotonic() + startup_timeout
+        self._startup_timeout = startup_timeout
+        self.info: dict | None = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> dict:
+        """Block until the model is loaded (``startup_timeout`` counted from the start); the worker's
+        start-up reply (``{"vision": bool, "vllm": version}``)."""
+        if self.info is None:
+            left = max(1.0, self._ready_by - time.monotonic())
+            try:
+                self.info = self.recv(timeout=left, what="start-up")
+            except TimeoutError as e:
+                raise TimeoutError(f"vLLM worker start-up took more than {self._startup_timeout:.0f} s; "
+                                   f"log {self.log_path}") from e
+        return self.info
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -389,9 +427,11 @@ class VLLMEngine(RolloutEngine):
     """vLLM engine; see the module docstring for in-process vs worker mode and data parallelism.
 
     Args:
-        model: checkpoint directory or hub id.
+        model: checkpoint directory or hub id (module docstring: how a hub id is resolved).
         tensor_parallel_size: GPUs per model replica.
-        data_parallel_size: model replicas (worker subprocesses), requests split between them.
+        data_parallel_size: model replicas (worker subprocesses, started together); requests are handed out
+            in pieces of ``chunk_size`` to whichever replica is free (:meth:`replicas` for callers that
+            schedule their own batches).
         gpu_memory_utilization: fraction of GPU memory (of RAM on CPU; default 0.9 GPU / 0.4 CPU).
         max_model_len: context length cap (prompt + completion).
         dtype: ``"auto"``, ``"bfloat16"``, ``"float32"``, ...
@@ -399,7 +439,8 @@ class VLLMEngine(RolloutEngine):
         limit_mm_per_prompt: e.g. ``{"image": 4}`` (VL models; default 4 images, no video).
         chat_template_kwargs: extra chat-template variables.
         vllm_python: interpreter with vLLM for the worker (forces worker mode).
-        chunk_size: requests per vLLM call (progress is reported after each chunk; default: all at once).
+        chunk_size: requests per vLLM call (progress is reported after each piece; default: all at once,
+            or one piece per replica).
         llm_kwargs: further ``vllm.LLM`` keyword arguments.
         worker_log: file for the worker's stdout/stderr (default: a temp file, named in errors).
         worker_env: extra environment variables for worker subprocesses (e.g. ``VLLM_CPU_KVCACHE_SPACE``).
@@ -427,12 +468,18 @@ class VLLMEngine(RolloutEngine):
         worker_log: str | None = None,
         worker_env: dict[str, str] | None = None,
     ):
+        from curation.core.models import model_source, resolve_model
+
         self.model_id = str(model)
         self.chunk_size = chunk_size
         self.progress = progress
         self.data_parallel_size = max(1, int(data_parallel_size))
+        # Resolve a hub id once, here: fails early when it is not available, downloads the metadata once
+        # (not once per worker) when online, and gives vLLM the cached snapshot when the weights are there.
+        resolve_model(self.model_id)
+        self.source = model_source(self.model_id)
         init_kwargs = dict(
-            model=self.model_id,
+            model=self.source,
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
@@ -477,15 +524,23 @@ class VLLMEngine(RolloutEngine):
                 log_path = None if worker_log is None else (
                     worker_log if self.data_parallel_size == 1 else f"{worker_log}.{k}"
                 )
-                self._workers.append(_WorkerVLLM(python, init_kwargs, env, startup_timeout, log_path))
+                self._workers.append(_WorkerVLLM(python, init_kwargs, env, startup_timeout, log_path, wait=False))
+            # every worker was started above; they load their models concurrently while we wait here
+            infos = [w.wait_ready() for w in self._workers]
         except BaseException:
             self.close()
             raise
-        self.vision = bool(self._workers[0].info["vision"])
+        self.vision = bool(infos[0]["vision"])
+        self._views = [_Replica(self, w) for w in self._workers] if len(self._workers) > 1 else []
 
     @property
     def worker_logs(self) -> list[str]:
         return [w.log_path for w in self._workers]
+
+    def replicas(self) -> list[RolloutEngine]:
+        """One engine view per worker when data parallel (each view's ``generate`` runs on its own worker
+        only; views may be used from different threads at the same time), else ``[self]``."""
+        return list(self._views) if getattr(self, "_views", None) else [self]
 
     def generate(
         self,
@@ -498,34 +553,20 @@ class VLLMEngine(RolloutEngine):
         requests = list(requests)
         if not requests:
             return []
-        size = self.chunk_size or len(requests)
-        results: list[list[Completion]] = []
-        for start in range(0, len(requests), size):
-            chunk = requests[start : start + size]
-            results.extend(self._generate_chunk(chunk, params))
-            if progress is not None:
-                progress(len(results), len(requests))
-        return results
-
-    def _generate_chunk(self, chunk: list[GenRequest], params: SamplingConfig) -> list[list[Completion]]:
         if self._local is not None:
-            return self._local.generate(chunk, params)
-        k = len(self._workers)
-        shards = [list(range(i, len(chunk), k)) for i in range(k)]
-        busy = []
-        for w, idx in zip(self._workers, shards, strict=True):
-            if idx:
-                payload = [encode_request(chunk[i], request_seed(params.seed, chunk[i])) for i in idx]
-                w.submit(payload, params)
-                busy.append((w, idx))
-        out: list[list[Completion] | None] = [None] * len(chunk)
-        for w, idx in busy:
-            for i, comps in zip(idx, w.collect(), strict=True):
-                out[i] = comps
-        return out  # type: ignore[return-value]
+            size = self.chunk_size or len(requests)
+            results: list[list[Completion]] = []
+            for start in range(0, len(requests), size):
+                results.extend(self._local.generate(requests[start : start + size], params))
+                if progress is not None:
+                    progress(len(results), len(requests))
+            return results
+        size = self.chunk_size or -(-len(requests) // len(self._workers))
+        return _dispatch(self._workers, requests, params, size, progress)
 
     def close(self) -> None:
-        if self._local is not None:
+        self._views = []
+        if getattr(self, "_local", None) is not None:
             self._local.close()
             self._local = None
         for w in getattr(self, "_workers", []):
@@ -540,3 +581,74 @@ class VLLMEngine(RolloutEngine):
             self.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _dispatch(
+    workers: Sequence[_WorkerVLLM],
+    requests: Sequence[GenRequest],
+    params: SamplingConfig,
+    size: int,
+    progress: ProgressCallback | None,
+) -> list[list[Completion]]:
+    """Run ``requests`` on ``workers`` in pieces of ``size``: each free worker takes the next piece (a
+    pull queue, so a slow piece delays only its own worker), results are put back in request order.
+
+    If a worker fails, the replies of the pieces still running on the others are read (and dropped) before
+    the error is raised, so every worker's pipe is left in step for the next call."""
+    n = len(requests)
+    pending = deque(range(0, n, size))
+    idle = list(workers)
+    busy: dict[_WorkerVLLM, range] = {}
+    out: list[list[Completion] | None] = [None] * n
+    done = 0
+    try:
+        while pending or busy:
+            while pending and idle:
+                w = idle.pop(0)
+                start = pending.popleft()
+                idx = range(start, min(start + size, n))
+                w.submit([encode_request(requests[i], request_seed(params.seed, requests[i])) for i in idx], params)
+                busy[w] = idx
+            ready = set(wait_connections([w.recv_conn for w in busy], timeout=5.0))
+            for w in [w for w in busy if w.recv_conn in ready or w.proc.poll() is not None]:
+                idx = busy.pop(w)
+                for i, comps in zip(idx, w.collect(), strict=True):
+                    out[i] = comps
+                idle.append(w)
+                done += len(idx)
+                if progress is not None:
+                    progress(done, n)
+    except BaseException:
+        for w in busy:  # keep the protocol in step: one reply per request sent
+            try:
+                w.collect()
+            except Exception:  # noqa: BLE001 - the first error is the one raised
+                pass
+        raise
+    return out  # type: ignore[return-value]
+
+
+class _Replica(RolloutEngine):
+    """One worker of a data-parallel :class:`VLLMEngine`, as an engine of its own (:meth:`VLLMEngine.replicas`).
+    Closing it does nothing: the parent engine owns the worker."""
+
+    name = "vllm"
+
+    def __init__(self, parent: VLLMEngine, worker: _WorkerVLLM):
+        self.parent = parent
+        self.worker = worker
+        self.model_id = parent.model_id
+        self.vision = parent.vision
+
+    def generate(
+        self,
+        requests: Sequence[GenRequest],
+        params: SamplingConfig,
+        progress: ProgressCallback | None = None,
+    ) -> list[list[Completion]]:
+        check_requests(requests, self.vision, self.model_id)
+        requests = list(requests)
+        if not requests:
+            return []
+        return _dispatch([self.worker], requests, params, self.parent.chunk_size or len(requests),
+                         progress or self.parent.progress)

@@ -11,38 +11,55 @@ and return rollout rows (schema ``rollouts``) plus the chunk's exclusions.
 Executors (:func:`make_executor`):
 
 ``local`` (:class:`LocalExecutor`)
-    one engine in this process, the pending chunks one after another.
+    one engine in this process.  An engine with several replicas (``curate score --data-parallel-size k``:
+    a vLLM engine with ``k`` worker processes, :meth:`curation.engines.base.RolloutEngine.replicas`) gets one
+    thread per replica, each taking the next pending chunk from a shared queue and running the whole chunk
+    on its own replica: no barrier between replicas, and every ``generate`` call is one whole chunk, as
+    with one replica, so the rollouts do not depend on ``k``.  Otherwise the pending chunks run one after
+    another.  Finished chunks are written one at a time (a lock), in the order they finish.
 
 ``ray`` (:class:`RayExecutor`)
-    the same chunks as a Ray Data pipeline::
+    the same chunks on Ray actors (Ray Core)::
 
-        from_arrow(one block per pending chunk)            # rows: _chunk, _pos, _row (the validated problem)
-          -> map_batches(_ChunkWorker, batch_size=None,    # one whole chunk per call, as the local executor
-                         compute=ActorPoolStrategy(size=num_workers), num_gpus=gpus_per_worker)
-               # each actor builds its engine once (one engine per GPU / worker), then runs process_chunk:
-               # generation + verification on the worker
-          -> iter_rows() on the driver                     # one row per finished chunk (Arrow IPC bytes)
-          -> ChunkStore.put(chunk_id, ...) on the driver   # the SAME store, parts and chunk ids as local
+        W = num_workers actors (num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+        driver: queue of pending chunk ids; each idle actor gets the next chunk (its rows put in the object
+                store once); the actor builds its engine on its first chunk and runs process_chunk
+                (generation + verification) on the worker
+        ray.wait -> the finished chunk -> ChunkStore.put(chunk_id, ...) on the driver (the SAME store, parts
+                and chunk ids as local)
 
     The problems are read and validated on the driver by the job exactly as for the local executor (the
     duplicate-id / exclusion pass needs the whole input), so exclusions, chunk ids, resume (finished chunks
-    are skipped: only pending chunks enter the pipeline) and outputs are identical; only the pending
-    chunks are shipped to the cluster (object store).  ``map_batches(..., concurrency=k)`` is deprecated in
-    Ray 2.60; ``compute=ActorPoolStrategy(size=k)`` is the same fixed pool of ``k`` actors.  Because every
-    call holds exactly one chunk and every prompt has its own seed, a chunk's rollouts equal the local
-    executor's (same engine, same ``batch_size``; up to floating-point effects of a different thread count).
+    are skipped: only pending chunks are sent) and outputs are identical; only the pending chunks are
+    shipped to the cluster.  Because every call holds exactly one chunk and every prompt has its own seed,
+    a chunk's rollouts equal the local executor's (same engine, same ``batch_size``; up to floating-point
+    effects of a different thread count).
 
-    **Ray Data LLM** (``ray.data.llm``, vLLM batch inference) is used instead of plain actors only when
-    all of these hold: the engine is ``vllm``, ``gpus_per_worker > 0``, ``ray.data.llm`` and ``vllm`` import
-    on the driver, and no pending problem has images (``use_ray_llm="auto"``; ``True`` insists, ``False``
-    never).  Each prompt is expanded to ``n`` single-sample rows with seed ``prompt_seed + j`` (vLLM itself
-    seeds sample ``j`` of an ``n``-sample request with ``seed + j``, so the samples match the in-process
-    vLLM engine's up to batching effects), the processor's chat-template / tokenize / vLLM / detokenize
-    stages run on the cluster, verification runs in a following ``map_batches``, and the driver reassembles
-    each chunk (:func:`assemble_llm_chunk`) and writes it through the same store.  ``finish_reason`` is
-    inferred there (``length`` when ``num_generated_tokens >= max_tokens``) because Ray's vLLM stage does
-    not return vLLM's own.  The ``hf`` engine, vision-language problems and CPU clusters always use the
-    plain actors.
+    **Worker failures.**  When an actor's process (or its node / GPU) dies while it runs a chunk
+    (``RayActorError``, ``WorkerCrashedError``, ``NodeDiedError``, ``OutOfMemoryError``, a lost object),
+    the actor is replaced by a fresh one and the chunk goes back to the front of the queue, up to
+    ``max_retries`` times (default 2).  Nothing of the interrupted attempt was written (the driver writes
+    a chunk only when it comes back whole), so no rollout is lost or written twice.  A chunk that still
+    kills its worker after ``max_retries`` retries is written as done with every one of its problems in
+    the exclusions (reason ``worker_failed``, with the attempts and the last error in ``detail``) and the
+    job goes on; a re-run in the same folder retries such chunks (:func:`curation.core.io.open_chunk_job`).
+    ``MAX_FAILED_CHUNKS_IN_A_ROW`` chunks failing like that with no chunk finishing in between stop the
+    job (the engine or the cluster is broken, not one chunk).  An exception raised *by* the chunk body
+    (e.g. "the engine looks broken") is not a worker failure: it stops the job, as locally.
+
+    **Ray Data LLM** (``ray.data.llm``, vLLM batch inference) is used instead of the actors only when all
+    of these hold: the engine is ``vllm``, ``gpus_per_worker > 0``, ``ray.data.llm`` and ``vllm`` import on
+    the driver, no pending problem has images, and every engine option has a ``ray.data.llm`` equivalent
+    (:func:`llm_processor_config`; ``use_ray_llm="auto"``; ``True`` insists and names what is missing,
+    ``False`` never).  Each prompt is expanded to ``n`` single-sample rows with seed ``prompt_seed + j``
+    (vLLM itself seeds sample ``j`` of an ``n``-sample request with ``seed + j``, so the samples match the
+    in-process vLLM engine's up to batching effects), the processor's chat-template / tokenize / vLLM /
+    detokenize stages run on the cluster, verification runs in a following ``map_batches``, and the driver
+    reassembles each chunk (:func:`assemble_llm_chunk`) and writes it through the same store.
+    ``finish_reason`` is inferred there (``length`` when ``num_generated_tokens >= max_tokens``) because
+    Ray's vLLM stage does not return vLLM's own.  The ``hf`` engine, vision-language problems and CPU
+    clusters always use the actors.  Ray Data retries a dead vLLM replica itself (its actor pool restarts
+    actors and retries their tasks); rows that still fail are excluded as ``generation_error``.
 
 Sharding (``--shard I/K``) is unchanged and independent: a Slurm array runs one job per shard, each of which
 may itself use either executor.
@@ -51,17 +68,17 @@ may itself use either executor.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
-import pickle
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
 from curation.core import schema as S
-from curation.core.io import ExclusionWriter
+from curation.core.io import WORKER_FAILED, ExclusionWriter
 from curation.core.prompts import PromptError, PromptTemplate, build_prompt
 
 __all__ = [
@@ -76,12 +93,17 @@ __all__ = [
     "make_executor",
     "llm_request_rows",
     "assemble_llm_chunk",
+    "llm_processor_config",
+    "failed_chunk",
 ]
 
 EXECUTORS = ("local", "ray")
 # A prompt failing on its own is a bad row (``generation_error``); a whole chunk of >= 2 prompts failing, or
 # this many prompts failing in a row, stops the job (the engine is broken).
 MAX_FAILED_PROMPTS_IN_A_ROW = 8
+# Chunks that killed their Ray worker on every attempt, in a row with none finishing in between, that stop the
+# job (a broken engine or cluster, rather than one bad chunk).
+MAX_FAILED_CHUNKS_IN_A_ROW = 3
 OnChunk = Callable[[int, "ChunkOutput"], None]
 
 
@@ -105,6 +127,9 @@ class GenJobSpec:
     seed: int
     verify_timeout: float = 5.0
     engine_options: Mapping[str, Any] = field(default_factory=dict)
+    # builds the engine instead of ``make_engine(engine, model, **engine_options)`` (a custom engine; must
+    # be picklable - a module-level function - to reach Ray workers)
+    engine_factory: Callable[["GenJobSpec"], Any] | None = None
 
     def sampling(self) -> Any:
         from curation.engines.base import SamplingConfig
@@ -142,6 +167,8 @@ class RunInfo:
 
 
 def build_engine(spec: GenJobSpec) -> Any:
+    if spec.engine_factory is not None:
+        return spec.engine_factory(spec)
     from curation.engines import make_engine
 
     return make_engine(spec.engine, spec.model, **dict(spec.engine_options or {}))
@@ -235,7 +262,8 @@ def process_chunk(engine: Any, spec: GenJobSpec, rows: Sequence[dict], fail_stre
 
 
 class LocalExecutor:
-    """Runs the pending chunks one after another with one engine in this process."""
+    """Runs the pending chunks with one engine in this process: one after another, or one chunk per engine
+    replica at a time when the engine has several (module docstring)."""
 
     name = "local"
 
@@ -248,21 +276,27 @@ class LocalExecutor:
         engine_obj: Any = None,
     ) -> RunInfo:
         """``chunks``: ``{chunk_id: rows}`` of the pending chunks; ``on_chunk(chunk_id, output)`` writes each
-        finished chunk.  ``engine_obj``: an engine to use (not closed here); else one is built lazily at the
-        first chunk and closed at the end."""
+        finished chunk.  ``engine_obj``: an engine to use (not closed here); else one is built when there is
+        a chunk to run and closed at the end."""
         info = RunInfo(details={"executor": self.name})
         eng = engine_obj
-        streak = 0
         try:
-            for cid in sorted(chunks):
-                if eng is None:
-                    t0 = time.perf_counter()
-                    eng = build_engine(spec)
-                    info.engine_load_s += time.perf_counter() - t0
-                out = process_chunk(eng, spec, chunks[cid], streak)
-                streak = out.fail_streak
-                on_chunk(cid, out)
-                info.chunks_done += 1
+            order = sorted(chunks)
+            if order and eng is None:
+                t0 = time.perf_counter()
+                eng = build_engine(spec)
+                info.engine_load_s += time.perf_counter() - t0
+            reps = eng.replicas() if callable(getattr(eng, "replicas", None)) else [eng]
+            info.details["replicas"] = len(reps)
+            if len(reps) > 1:
+                _run_on_replicas(reps, spec, chunks, order, on_chunk, info)
+            else:
+                streak = 0
+                for cid in order:
+                    out = process_chunk(eng, spec, chunks[cid], streak)
+                    streak = out.fail_streak
+                    on_chunk(cid, out)
+                    info.chunks_done += 1
         finally:
             if eng is not None and engine_obj is None and hasattr(eng, "close"):
                 eng.close()
@@ -270,70 +304,97 @@ class LocalExecutor:
         return info
 
 
+def _run_on_replicas(replicas: Sequence[Any], spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]],
+                     order: Sequence[int], on_chunk: OnChunk, info: RunInfo) -> None:
+    """One thread per replica; each takes the next chunk id from a shared queue, runs the whole chunk on its
+    replica and writes it (one writer at a time; ``ChunkOutput.worker`` names the replica).  The first error stops the hand-out of new chunks; chunks
+    already running finish and are written (they are complete), then the error is raised."""
+    queue = deque(order)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(replica: Any, label: str) -> None:
+        streak = 0
+        while True:
+            with lock:
+                if errors or not queue:
+                    return
+                cid = queue.popleft()
+            try:
+                out = process_chunk(replica, spec, chunks[cid], streak)
+                streak = out.fail_streak
+                out.worker = out.worker or label
+                with lock:
+                    on_chunk(cid, out)
+                    info.chunks_done += 1
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                with lock:
+                    errors.append(e)
+                return
+
+    threads = [threading.Thread(target=work, args=(r, f"replica-{i}"), name=f"rlcurate-replica-{i}", daemon=True)
+               for i, r in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 # -------------------------------------------------------------------------------------------------- ray
 
 
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
-
-
-def _from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-
-
-_OUT_SCHEMA = pa.schema([
-    ("chunk", pa.int64()), ("prompts_in", pa.int64()), ("rollouts", pa.binary()), ("excluded", pa.binary()),
-    ("generation_s", pa.float64()), ("verification_s", pa.float64()), ("prompts", pa.int64()),
-    ("engine_load_s", pa.float64()), ("engine_name", pa.string()), ("worker", pa.string()),
-])
-
-
-def _chunk_block(cid: int, rows: Sequence[dict]) -> pa.Table:
-    """One Ray Data block: the chunk's rows, pickled whole (exact Python values, images included)."""
-    return pa.table({
-        "_chunk": pa.array([cid] * len(rows), pa.int64()),
-        "_pos": pa.array(range(len(rows)), pa.int64()),
-        "_row": pa.array([pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in rows], pa.binary()),
-    })
-
-
-class _ChunkWorker:
-    """Ray Data actor: builds the engine once, then runs :func:`process_chunk` on every chunk it receives."""
+class _ChunkActor:
+    """Ray actor: builds the engine on its first chunk (so a process that dies while loading is a failure of
+    that chunk, retried like any other), then runs :func:`process_chunk` on every chunk it is given."""
 
     def __init__(self, spec: GenJobSpec):
         import socket
 
         self.spec = spec
-        t0 = time.perf_counter()
-        self.engine = build_engine(spec)
-        self.load_s = time.perf_counter() - t0
-        self.load_reported = False
+        self.engine: Any = None
         self.streak = 0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        chunk_col = batch.column("_chunk").to_pylist()
-        pos_col = batch.column("_pos").to_pylist()
-        raw = batch.column("_row").to_pylist()
-        by_chunk: dict[int, list[tuple[int, dict]]] = {}
-        for c, p, r in zip(chunk_col, pos_col, raw):
-            by_chunk.setdefault(int(c), []).append((int(p), pickle.loads(r)))
-        out: dict[str, list] = {f.name: [] for f in _OUT_SCHEMA}
-        for cid in sorted(by_chunk):
-            items = sorted(by_chunk[cid], key=lambda x: x[0])
-            res = process_chunk(self.engine, self.spec, [r for _, r in items], self.streak)
-            self.streak = res.fail_streak
-            for k, v in (("chunk", cid), ("prompts_in", len(items)), ("rollouts", _to_ipc(res.rollouts)),
-                         ("excluded", _to_ipc(res.excluded)), ("generation_s", res.generation_s),
-                         ("verification_s", res.verification_s), ("prompts", res.prompts),
-                         ("engine_load_s", 0.0 if self.load_reported else self.load_s),
-                         ("engine_name", getattr(self.engine, "name", None)), ("worker", self.worker)):
-                out[k].append(v)
-            self.load_reported = True
-        return pa.Table.from_pydict(out, schema=_OUT_SCHEMA)
+    def run(self, rows: Sequence[dict]) -> tuple[ChunkOutput, float, str | None]:
+        """``(output, engine load seconds (0 after the first chunk), engine name)`` of one chunk."""
+        load_s = 0.0
+        if self.engine is None:
+            t0 = time.perf_counter()
+            self.engine = build_engine(self.spec)
+            load_s = time.perf_counter() - t0
+        out = process_chunk(self.engine, self.spec, rows, self.streak)
+        self.streak = out.fail_streak
+        out.worker = self.worker
+        return out, load_s, getattr(self.engine, "name", None)
+
+
+def _worker_failure_types() -> tuple[type[BaseException], ...]:
+    """Errors meaning "the worker process, its node or its objects are gone" (not an error of the chunk)."""
+    from ray import exceptions as rx
+
+    names = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "OutOfMemoryError",
+             "ObjectLostError")
+    return tuple(getattr(rx, n) for n in names if hasattr(rx, n))
+
+
+def failed_chunk(spec: GenJobSpec, cid: int, rows: Sequence[dict], attempts: int, errors: Sequence[str]) -> ChunkOutput:
+    """The :class:`ChunkOutput` of a chunk whose worker died on every attempt: no rollouts, every problem
+    excluded as ``worker_failed`` (``detail``: the chunk, the attempts and the last error)."""
+    cx = ExclusionWriter()
+    last = errors[-1] if errors else "unknown error"
+    for row in rows:
+        loc = row.get("_locator")
+        cx.add(row, step=spec.step, reason=WORKER_FAILED, locator=loc,
+               detail=f"{loc} (id={row.get('id')}): chunk {cid}: the Ray worker died on all {attempts} attempt(s) "
+                      f"(a re-run retries it): {last}")
+    return ChunkOutput(S.ROLLOUTS.empty_table(), cx.table(), 0.0, 0.0, 0)
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def ray_llm_available() -> bool:
@@ -356,6 +417,7 @@ class RayExecutor:
     ``ray.init`` if any, else start a local cluster, shut down again at the end).  ``num_workers``: actors,
     i.e. engines (one per GPU with ``gpus_per_worker=1``); ``cpus_per_worker``: CPUs reserved per actor.
     ``use_ray_llm``: ``"auto"`` | ``True`` | ``False`` (when ``ray.data.llm`` is used: module docstring).
+    ``max_retries``: times a chunk is retried on a fresh actor after its worker died (module docstring).
     ``init_kwargs``: extra ``ray.init`` arguments for a cluster started here (e.g. ``object_store_memory``).
     """
 
@@ -370,6 +432,7 @@ class RayExecutor:
         use_ray_llm: bool | str = "auto",
         llm_batch_size: int = 64,
         init_kwargs: dict | None = None,
+        max_retries: int = 2,
     ):
         if num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
@@ -377,6 +440,8 @@ class RayExecutor:
             raise ValueError("--gpus-per-worker and cpus per worker must be >= 0")
         if use_ray_llm not in ("auto", True, False):
             raise ValueError(f"use_ray_llm must be 'auto', True or False, got {use_ray_llm!r}")
+        if int(max_retries) < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.address = address
         self.num_workers = int(num_workers)
         self.gpus_per_worker = float(gpus_per_worker)
@@ -384,6 +449,7 @@ class RayExecutor:
         self.use_ray_llm = use_ray_llm
         self.llm_batch_size = int(llm_batch_size)
         self.init_kwargs = dict(init_kwargs or {})
+        self.max_retries = int(max_retries)
 
     # -- cluster --------------------------------------------------------------------------------------
 
@@ -405,12 +471,25 @@ class RayExecutor:
         from curation.engines import resolve_engine_kind
 
         has_images = any(r.get("images") for rows in chunks.values() for r in rows)
-        ok = (resolve_engine_kind(spec.engine, (spec.engine_options or {}).get("vllm_python")) == "vllm"
-              and self.gpus_per_worker > 0 and not has_images and ray_llm_available())
-        if self.use_ray_llm is True and not ok:
-            raise ValueError("use_ray_llm=True needs engine vllm, --gpus-per-worker > 0, text-only problems and "
-                             'ray.data.llm + vllm importable (pip install "ray[llm]")')
-        return ok
+        why = []
+        if spec.engine_factory is not None or resolve_engine_kind(
+                spec.engine, (spec.engine_options or {}).get("vllm_python")) != "vllm":
+            why.append("engine vllm")
+        if self.gpus_per_worker <= 0:
+            why.append("--gpus-per-worker > 0")
+        if has_images:
+            why.append("text-only problems")
+        if not why:
+            try:
+                llm_processor_config(spec, self.num_workers, self.gpus_per_worker, self.cpus_per_worker,
+                                     self.llm_batch_size)
+            except ValueError as e:
+                why.append(f"engine options ray.data.llm can take ({e})")
+        if not why and not ray_llm_available():
+            why.append('ray.data.llm + vllm importable (pip install "ray[llm]")')
+        if self.use_ray_llm is True and why:
+            raise ValueError("use_ray_llm=True needs " + "; ".join(why))
+        return not why
 
     def run(
         self,
@@ -423,29 +502,35 @@ class RayExecutor:
         """Same contract as :meth:`LocalExecutor.run`; ``engine_obj`` is refused (engines live on workers)."""
         if engine_obj is not None:
             raise ValueError("--executor ray builds its engines on the workers; do not pass engine_obj")
+        dp = int((spec.engine_options or {}).get("data_parallel_size") or 1)
+        if dp > 1:
+            raise ValueError(f"--data-parallel-size {dp} with --executor ray: Ray runs one engine per worker; "
+                             f"use --num-workers {self.num_workers * dp} instead")
         info = RunInfo(details={"executor": self.name, "num_workers": self.num_workers,
                                 "gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": self.cpus_per_worker,
-                                "ray_address": self.address})
+                                "ray_address": self.address, "max_retries": self.max_retries})
         pending = {c: rows for c, rows in chunks.items() if rows}
         for c in set(chunks) - set(pending):  # an empty chunk cannot occur (chunks are cut from rows); be exact
             on_chunk(c, ChunkOutput(S.ROLLOUTS.empty_table(), S.EXCLUDED.empty_table(), 0.0, 0.0, 0))
         if not pending:
             return info
         started = self._connect()
-        import ray.data
-
-        ctx = ray.data.DataContext.get_current()
-        bars = ctx.enable_progress_bars
-        ctx.enable_progress_bars = False  # the job shows its own per-chunk progress
         try:
             if self._use_llm(spec, pending):
                 info.details["ray_data_llm"] = True
-                self._run_llm(spec, pending, on_chunk, info)
+                import ray.data
+
+                ctx = ray.data.DataContext.get_current()
+                bars = ctx.enable_progress_bars
+                ctx.enable_progress_bars = False  # the job shows its own per-chunk progress
+                try:
+                    self._run_llm(spec, pending, on_chunk, info)
+                finally:
+                    ctx.enable_progress_bars = bars
             else:
                 info.details["ray_data_llm"] = False
                 self._run_actors(spec, pending, on_chunk, info)
         finally:
-            ctx.enable_progress_bars = bars
             if started:
                 import ray
 
@@ -454,42 +539,79 @@ class RayExecutor:
 
     def _run_actors(self, spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]], on_chunk: OnChunk,
                     info: RunInfo) -> None:
-        import ray.data
+        import ray
 
-        ds = ray.data.from_arrow([_chunk_block(c, chunks[c]) for c in sorted(chunks)])
-        remote: dict[str, Any] = {"num_cpus": self.cpus_per_worker}
+        failure_types = _worker_failure_types()
+        remote: dict[str, Any] = {"num_cpus": self.cpus_per_worker, "max_restarts": 0, "max_task_retries": 0}
         if self.gpus_per_worker > 0:
             remote["num_gpus"] = self.gpus_per_worker
-        ds = ds.map_batches(
-            _ChunkWorker,
-            fn_constructor_kwargs={"spec": spec},
-            batch_size=None,  # whole blocks = whole chunks, as the local executor's generate calls
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=self.num_workers),
-            **remote,
-        )
-        # a chunk split over several calls (not expected with batch_size=None) is reassembled before writing
-        parts: dict[int, list[dict]] = {}
+        actor_cls = ray.remote(_ChunkActor).options(**remote)
+        spec_ref = ray.put(spec)
+        queue = deque(sorted(chunks))
+        idle = [actor_cls.remote(spec_ref) for _ in range(min(self.num_workers, len(chunks)))]
+        running: dict[Any, tuple[Any, int]] = {}  # task ref -> (actor, chunk id)
+        row_refs: dict[int, Any] = {}
+        attempts: dict[int, int] = {}
+        errors: dict[int, list[str]] = {}
         workers: set[str] = set()
-        for row in ds.iter_rows():
-            cid = int(row["chunk"])
-            parts.setdefault(cid, []).append(row)
-            if sum(int(p["prompts_in"]) for p in parts[cid]) < len(chunks[cid]):
-                continue
-            got = parts.pop(cid)
-            rollouts = pa.concat_tables([_from_ipc(p["rollouts"]) for p in got])
-            excluded = pa.concat_tables([_from_ipc(p["excluded"]) for p in got])
-            out = ChunkOutput(rollouts, excluded, sum(p["generation_s"] for p in got),
-                              sum(p["verification_s"] for p in got), sum(int(p["prompts"]) for p in got),
-                              worker=got[0]["worker"])
-            on_chunk(cid, out)
-            info.chunks_done += 1
-            info.engine_load_s += sum(float(p["engine_load_s"]) for p in got)
-            info.engine_name = info.engine_name or got[0]["engine_name"]
-            workers.update(p["worker"] for p in got)
-        if parts:
-            raise RuntimeError(f"Ray returned incomplete chunk(s) {sorted(parts)}; re-run to resume")
-        info.details["workers_used"] = len(workers)
+        failed_in_a_row = retried = lost = 0
+        failed_chunks: list[int] = []
+        try:
+            while queue or running:
+                while queue and idle:
+                    actor, cid = idle.pop(), queue.popleft()
+                    if cid not in row_refs:
+                        row_refs[cid] = ray.put(list(chunks[cid]))
+                    attempts[cid] = attempts.get(cid, 0) + 1
+                    running[actor.run.remote(row_refs[cid])] = (actor, cid)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                for ref in ready:
+                    actor, cid = running.pop(ref)
+                    try:
+                        out, load_s, engine_name = ray.get(ref)
+                    except failure_types as e:
+                        # the worker (or its node / objects) is gone: nothing of this attempt was written
+                        errors.setdefault(cid, []).append(_short(e))
+                        row_refs.pop(cid, None)  # put the rows again: the copy may have been on the lost node
+                        try:
+                            ray.kill(actor, no_restart=True)
+                        except Exception:  # noqa: BLE001 - already dead
+                            pass
+                        lost += 1
+                        if attempts[cid] <= self.max_retries:
+                            retried += 1
+                            queue.appendleft(cid)
+                        if queue:  # a fresh actor takes the dead one's place while there is work for it
+                            idle.append(actor_cls.remote(spec_ref))
+                        if attempts[cid] <= self.max_retries:
+                            continue
+                        on_chunk(cid, failed_chunk(spec, cid, chunks[cid], attempts[cid], errors[cid]))
+                        info.chunks_done += 1
+                        failed_chunks.append(cid)
+                        failed_in_a_row += 1
+                        if failed_in_a_row >= MAX_FAILED_CHUNKS_IN_A_ROW:
+                            raise RuntimeError(
+                                f"Ray workers died on every attempt for {failed_in_a_row} chunks in a row (last: "
+                                f"chunk {cid}, {errors[cid][-1]}); the engine or the cluster looks broken. Finished "
+                                "chunks are kept: re-run the same command to resume (failed chunks are retried)"
+                            ) from e
+                        continue
+                    failed_in_a_row = 0
+                    row_refs.pop(cid, None)
+                    idle.append(actor)
+                    on_chunk(cid, out)
+                    info.chunks_done += 1
+                    info.engine_load_s += load_s
+                    info.engine_name = info.engine_name or engine_name
+                    workers.add(out.worker)
+        finally:
+            for actor in idle + [a for a, _ in running.values()]:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+            info.details.update(workers_used=len(workers), chunk_retries=retried, workers_lost=lost,
+                                chunks_failed=failed_chunks)
 
     # -- ray.data.llm (vLLM on GPUs) ------------------------------------------------------------------
 
@@ -513,14 +635,15 @@ class RayExecutor:
         for cid in [c for c, k in expected.items() if k == 0]:  # every prompt failed to build
             on_chunk(cid, assemble_llm_chunk(spec, rows_by_chunk[cid], [], prompt_excl[cid]))
             info.chunks_done += 1
-        opts = dict(spec.engine_options or {})
-        engine_kwargs = {k: opts[k] for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len",
-                                              "dtype", "enforce_eager") if k in opts}
-        engine_kwargs.update(opts.get("llm_kwargs") or {})
-        config = vLLMEngineProcessorConfig(
-            model_source=spec.model, engine_kwargs=engine_kwargs, concurrency=self.num_workers,
-            batch_size=self.llm_batch_size, should_continue_on_error=True,
-        )
+        from curation.core.models import read_chat_template
+
+        try:  # the template stored with the checkpoint, as the local engine renders it
+            template = read_chat_template(spec.model)
+        except FileNotFoundError:  # not resolvable on the driver: the workers' tokenizer template is used
+            template = None
+        config = vLLMEngineProcessorConfig(**llm_processor_config(
+            spec, self.num_workers, self.gpus_per_worker, self.cpus_per_worker, self.llm_batch_size,
+            chat_template=template))
         processor = build_processor(
             config,
             preprocess=lambda r: dict(r, messages=r["messages"], sampling_params=r["sampling_params"]),
@@ -550,6 +673,89 @@ class RayExecutor:
         if got:
             raise RuntimeError(f"Ray Data LLM returned incomplete chunk(s) {sorted(got)}; re-run to resume")
         info.engine_name = "vllm (ray.data.llm)"
+
+
+# VLLMEngine options and where they go in ray.data.llm's vLLMEngineProcessorConfig (ray 2.60)
+LLM_ENGINE_KWARGS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "dtype", "seed",
+                     "limit_mm_per_prompt", "enforce_eager")
+# VLLMEngine options about its own worker processes: no ray.data.llm equivalent (the actors honour them)
+LLM_NO_EQUIVALENT = ("vllm_python", "chunk_size", "startup_timeout", "worker_log", "progress")
+
+
+def llm_processor_config(spec: GenJobSpec, num_workers: int, gpus_per_worker: float, cpus_per_worker: float,
+                         batch_size: int, chat_template: str | None = None) -> dict:
+    """Keyword arguments of ``ray.data.llm.vLLMEngineProcessorConfig`` for ``spec`` (pure; no Ray needed).
+
+    Every vLLM engine option is forwarded: ``tensor_parallel_size``, ``gpu_memory_utilization`` (default
+    0.9, as the local engine on GPU), ``max_model_len``, ``dtype``, ``seed``, ``limit_mm_per_prompt``,
+    ``enforce_eager`` and ``llm_kwargs`` (merged last, as locally) into ``engine_kwargs``;
+    ``chat_template_kwargs`` and the model's stored ``chat_template`` into the chat-template stage;
+    ``worker_env`` into ``runtime_env.env_vars``.  ``--gpus-per-worker G`` becomes the placement of one
+    engine replica: ``tensor_parallel_size x pipeline_parallel_size`` bundles of ``G / (tp x pp)`` GPUs and
+    ``cpus_per_worker`` CPUs each, so ``G`` must equal ``tp x pp``, or be a fraction <= 1 with ``tp x pp = 1``
+    (several replicas per GPU).  Options of the ``hf`` engine are ignored (as :func:`curation.engines.make_engine`
+    does); ``data_parallel_size > 1``, options without an equivalent (:data:`LLM_NO_EQUIVALENT`) and unknown
+    ones raise ``ValueError`` naming them, instead of being dropped."""
+    import inspect
+
+    from curation.engines.hf import HFEngine
+    from curation.engines.vllm import VLLMEngine
+
+    opts = dict(spec.engine_options or {})
+
+    def params(cls: type) -> set[str]:
+        return {p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model") and p[0] != "_"}
+
+    vllm_opts, hf_opts = params(VLLMEngine), params(HFEngine)
+    unknown = sorted(set(opts) - vllm_opts - hf_opts)
+    if unknown:
+        raise ValueError(f"unknown engine option(s): {', '.join(unknown)}")
+    opts = {k: v for k, v in opts.items() if k in vllm_opts}
+    if int(opts.pop("data_parallel_size", 1) or 1) > 1:
+        raise ValueError("data_parallel_size > 1: ray.data.llm runs one engine per replica (use --num-workers)")
+    no_eq = sorted(k for k in opts if k in LLM_NO_EQUIVALENT)
+    if no_eq:
+        raise ValueError(f"option(s) {', '.join(no_eq)} have no ray.data.llm equivalent")
+    llm_kwargs = dict(opts.pop("llm_kwargs", None) or {})
+    engine_kwargs: dict[str, Any] = {"gpu_memory_utilization": 0.9}
+    engine_kwargs.update({k: opts.pop(k) for k in LLM_ENGINE_KWARGS if opts.get(k) is not None})
+    engine_kwargs.update(llm_kwargs)
+    template_kwargs = opts.pop("chat_template_kwargs", None)
+    worker_env = opts.pop("worker_env", None)
+    for k in LLM_ENGINE_KWARGS:  # explicit None values: the engine default
+        opts.pop(k, None)
+    if opts:  # a new VLLMEngine option nobody mapped: refuse rather than drop it
+        raise ValueError(f"engine option(s) {', '.join(sorted(opts))} are not mapped to ray.data.llm")
+
+    ranks = int(engine_kwargs.get("tensor_parallel_size", 1)) * int(engine_kwargs.get("pipeline_parallel_size", 1))
+    g = float(gpus_per_worker)
+    if g <= 0:
+        raise ValueError("ray.data.llm needs --gpus-per-worker > 0")
+    if ranks > 1 and g != ranks:
+        raise ValueError(f"--gpus-per-worker {g:g} must equal tensor_parallel_size x pipeline_parallel_size = {ranks} "
+                         "(one GPU per engine rank)")
+    if ranks == 1 and g > 1:
+        raise ValueError(f"--gpus-per-worker {g:g} with tensor_parallel_size 1: an engine uses one GPU; set "
+                         f"--engine-opt tensor_parallel_size={g:g} to shard it over {g:g} GPUs")
+    stage: dict[str, Any] = {}
+    if chat_template:
+        stage["chat_template"] = chat_template
+    if template_kwargs:
+        stage["chat_template_kwargs"] = dict(template_kwargs)
+    config: dict[str, Any] = {
+        "model_source": spec.model,  # as given: each node resolves a hub id in its own cache
+        "engine_kwargs": engine_kwargs,
+        "concurrency": int(num_workers),
+        "batch_size": int(batch_size),
+        "should_continue_on_error": True,
+        "chat_template_stage": stage or True,
+        "tokenize_stage": True,
+        "detokenize_stage": True,
+        "placement_group_config": {"bundle_per_worker": {"GPU": g / ranks, "CPU": float(cpus_per_worker)}},
+    }
+    if worker_env:
+        config["runtime_env"] = {"env_vars": {str(k): str(v) for k, v in dict(worker_env).items()}}
+    return config
 
 
 def llm_request_rows(spec: GenJobSpec, cid: int, rows: Sequence[dict]) -> tuple[list[dict], ExclusionWriter]:

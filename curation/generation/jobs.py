@@ -17,7 +17,17 @@ import xxhash
 
 from curation.core.io import ExclusionWriter, read_records
 
-__all__ = ["parse_shard", "shard_of", "prompt_seed", "default_model_name", "load_problems"]
+__all__ = ["parse_shard", "shard_of", "prompt_seed", "default_model_name", "load_problems",
+           "RUNTIME_ENGINE_OPTIONS", "settings_engine_options"]
+
+# Engine options that decide how a job runs, not what it produces (every prompt has its own seed): they are
+# left out of the settings that guard a resume, so e.g. a job started on 8 replicas resumes on 4.
+RUNTIME_ENGINE_OPTIONS = frozenset({"data_parallel_size"})
+
+
+def settings_engine_options(options: dict | None) -> dict:
+    """The engine options recorded in a job's resume guard: sorted, without :data:`RUNTIME_ENGINE_OPTIONS`."""
+    return dict(sorted((k, v) for k, v in (options or {}).items() if k not in RUNTIME_ENGINE_OPTIONS))
 
 
 def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int]:

@@ -66,7 +66,7 @@ from curation.core.io import (
     write_parquet_atomic,
 )
 from curation.core.prompts import load_template
-from curation.generation.jobs import default_model_name, load_problems, parse_shard
+from curation.generation.jobs import default_model_name, load_problems, parse_shard, settings_engine_options
 from curation.generation.jobs import prompt_seed as prompt_seed  # the old curation.score_job names
 from curation.generation.jobs import shard_of as shard_of
 from curation.score.report import write_score_report
@@ -168,14 +168,18 @@ def run_score_job(
     num_workers: int = 1,
     gpus_per_worker: float = 0.0,
     executor_options: dict | None = None,
+    engine_factory: Callable[[Any], Any] | None = None,
 ) -> ScoreResult:
     """Generate ``n`` rollouts per problem of ``data`` with ``model``, verify, score; resumable.
 
     ``engine_obj`` may be an already built engine (reused across calls; then ``engine`` is only recorded).
     ``executor``: ``"local"`` (this process) or ``"ray"`` (a Ray Data pipeline with ``num_workers`` engine
     actors, ``gpus_per_worker`` GPUs each, on the cluster at ``ray_address``; ``executor_options`` go to
-    :class:`curation.generation.executors.RayExecutor`).  Both write the same chunk parts, so outputs and resume are
-    the same (:mod:`curation.generation.executors`).
+    :class:`curation.generation.executors.RayExecutor`, e.g. ``max_retries``).  Both write the same chunk parts, so
+    outputs and resume are the same (:mod:`curation.generation.executors`).  ``engine_options`` may hold
+    ``data_parallel_size=k`` (vLLM: ``k`` replicas, each running whole chunks; local executor only).
+    ``engine_factory(spec) -> engine``: a custom engine, built on every worker instead of ``make_engine``
+    (picklable for Ray).
     ``progress(description, total) -> advance(k)`` receives prompt-level progress.
     """
     t_start = time.perf_counter()
@@ -203,7 +207,7 @@ def run_score_job(
         "seed": seed,
         "prompt_template": template.name,
         "prompt_fingerprint": template.fingerprint(),
-        "engine_options": dict(sorted((engine_options or {}).items())),
+        "engine_options": settings_engine_options(engine_options),
         "chunk_size": chunk_size,
         "shard": f"{shard_t[0]}/{shard_t[1]}",
         "input_fingerprint": _fingerprint(rows),
@@ -228,7 +232,8 @@ def run_score_job(
 
     spec = GenJobSpec(step=STEP, model=str(model), model_label=name, engine=engine, template=template, n=n,
                       temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                      verify_timeout=verify_timeout, engine_options=dict(engine_options or {}))
+                      verify_timeout=verify_timeout, engine_options=dict(engine_options or {}),
+                      engine_factory=engine_factory)
     ex = make_executor(executor, ray_address=ray_address, num_workers=num_workers,
                        gpus_per_worker=gpus_per_worker, **(executor_options or {}))
     pending = {cid: chunk for cid, chunk in enumerate(chunks) if cid not in done_before}
