@@ -34,7 +34,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from curation.core.images import dhash, image_signatures  # noqa: E402
+from curation.core.images import (  # noqa: E402
+    _dct_matrix,
+    dhash,
+    grey_for_hash,
+    hash_thumbnail,
+    image_signatures,
+    phash_of_thumbnails,
+)
 
 MV = ROOT.parent / "shared" / "data" / "math_vision"
 DUPLICATE = ("773", "1050")
@@ -139,6 +146,21 @@ def _dhash_bits(blobs: list[bytes]) -> np.ndarray:
                      (dhash({"bytes": b}, 16) for b in blobs)], dtype=bool)
 
 
+def _untrimmed_phash(blobs: list[bytes]) -> np.ndarray:
+    """pHash-256 of the grey image without margin trimming or pad (what trimming buys)."""
+    thumbs = np.stack([np.asarray(grey_for_hash({"bytes": b}).resize((64, 64), Image.Resampling.BOX),
+                                  dtype=np.float32) for b in blobs])
+    return phash_of_thumbnails(thumbs)
+
+
+def _phash64(blobs: list[bytes]) -> np.ndarray:
+    """pHash-64 after trimming: the 8 x 8 lowest DCT coefficients of a 32 x 32 thumbnail vs their median."""
+    th = np.stack([hash_thumbnail({"bytes": b}) for b in blobs]).reshape(len(blobs), 32, 2, 32, 2).mean((2, 4))
+    d = _dct_matrix(32)
+    low = (d @ th @ d.T)[:, :8, :8].reshape(len(blobs), -1)
+    return low > np.median(low[:, 1:], axis=1, keepdims=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rlcurate-mm-decon-bench")
@@ -198,6 +220,16 @@ def main() -> None:
     print("near_dup's dHash-256 on the raw image (reference):")
     for t in (10, 24, 40):
         report(f"d <= {t}", dh[0] <= t, lambda tr, t=t: dh[1][tr] <= t)
+    raw = {name: _untrimmed_phash(blobs) for name, blobs in var.items()}
+    rw = pairs(lambda a, b: _hamming(raw[a], raw[b]))
+    print(f"pHash-256 without margin trimming (closest false pair {rw[0].min()} bits):")
+    for t in (48, 72):
+        report(f"d <= {t}", rw[0] <= t, lambda tr, t=t: rw[1][tr] <= t)
+    p64 = {name: _phash64(blobs) for name, blobs in var.items()}
+    sm = pairs(lambda a, b: _hamming(p64[a], p64[b]))
+    print(f"pHash-64 after trimming (closest false pair {sm[0].min()} bits):")
+    for t in (int(sm[0].min()) - 1, 11):
+        report(f"d <= {t}", sm[0] <= t, lambda tr, t=t: sm[1][tr] <= t)
     true_all = np.concatenate(list(ph[1].values()))
     print(f"pHash true-pair distance quantiles 50/90/99 %: {np.percentile(true_all, [50, 90, 99]).tolist()}; "
           f"false-pair 1e-5 / 1e-4 / 1e-3 / median: "

@@ -94,10 +94,10 @@ def hamming(a: int, b: int) -> int:
 # multimodal benchmarks"): on the 304 MATH-Vision testmini figures and 17 transformed copies of each (JPEG
 # q50-95, PNG, resize 50-150 %, crops 2 px-5 %, white/black borders and letterboxes, grey, combinations), no
 # two distinct figures lie within 55 bits of 256 (1.6 M distinct pairs) while 96 % of the transformed copies
-# lie within 48 bits; 64-bit hashes (aHash, dHash, pHash-64) put distinct figures 0-6 bits apart, and
-# without trimming every hash fails on crops and borders (recall 0.04-0.24). The thumbnail correlation of
+# lie within 48 bits; a 64-bit pHash puts distinct figures 8 bits apart, and without trimming the pHash
+# fails on borders and crops (recall 0.03 at 48 bits). The thumbnail correlation of
 # :func:`thumbnail_ncc` is the second test (the closest distinct pair has 1 - r = 0.040; at <= 0.03 it adds no
-# false pair and lifts recall at 48 bits from 0.960 to 0.975, at 72 bits from 0.987 to 0.991).
+# false pair and lifts recall at 48 bits from 0.960 to 0.974, at 72 bits from 0.986 to 0.991; bench/image_match.py).
 
 PHASH_SIDE = 16  # the hash is the PHASH_SIDE x PHASH_SIDE low-frequency DCT block: 256 bits
 PHASH_BITS = PHASH_SIDE * PHASH_SIDE

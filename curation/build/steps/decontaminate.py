@@ -53,9 +53,9 @@ image_strict`` (default 48 bits) or ``c <= image_ncc`` (default 0.03), *similar*
 Same text over a different figure (no image of the row similar to the item's) is kept, and counted per
 benchmark as ``kept_text_match_other_image`` in stats.json. The operating point comes from a measurement on
 MATH-Vision (README "Decontamination against multimodal benchmarks"): among 1.6 M pairs of distinct figures
-(and transformed copies against other figures) none has ``d <= 55`` or ``c <= 0.039``, while of the
-re-encoded, resized, cropped, bordered, letterboxed and grey copies 97.5 % are near-identical and 99.1 %
-similar to their original; ``d <= 72`` accepts 2.2e-4 of the distinct pairs, which is why it needs a text
+(and transformed copies against other figures) none has ``d <= 55`` or ``c < 0.04``, while of the
+re-encoded, resized, cropped, bordered, letterboxed and grey copies 97.4 % are near-identical and 99.1 %
+similar to their original (``bench/image_match.py``); ``d <= 72`` accepts 2.2e-4 of the distinct pairs, which is why it needs a text
 match too. Candidates come from the images (every similar pair, found by
 :class:`curation.build.image_index.ImageIndex` with each image decoded once), so the text work is per
 candidate pair. A row with images against an item without images is judged by the text rule
@@ -77,8 +77,9 @@ are compared.
 The detail names the method, the benchmark (its preset or name when it has one, and the file as given), the
 matched benchmark row (its 0-based row number and its id when the file has one) and the evidence (the
 shared n-gram or the Jaccard; for the multimodal rules also the image distance in bits and the thresholds).
-stats.json gets, under the step, ``benchmarks``: per benchmark its preset, items, images, rows excluded (by
-rule) and text matches kept because the figures differ. A benchmark that cannot be read is a configuration
+stats.json gets, under the step, ``benchmarks_checked`` (per benchmark: its name, path, preset, items,
+items with images, images, undecodable images - they match identical bytes only -, rows excluded, by rule,
+and ``kept_text_match_other_image``: rows whose text matched but no image did) and ``thresholds``. A benchmark that cannot be read is a configuration
 error and stops the step with a message naming the file and row (a missing file or unknown preset already
 when the step is built); with no benchmarks at all the step warns and passes every row (recipes list it with
 ``benchmarks: []`` and ``curate build --decontaminate FILE[:preset]`` adds them). A training row without a
