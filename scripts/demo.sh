@@ -19,8 +19,9 @@ Demo finished in $(( (end - start) / 60 )) min $(( (end - start) % 60 )) s. Ever
   $OUT/publish/                exactly what \`curate publish\` would upload (README.md card + data/)
 Load any table with: datasets.load_dataset("parquet", data_files="$OUT/rl/rl_text.parquet")
 
-Next, on a GPU machine (pip install -e ".[vllm]"):
+Next, on a GPU node (make gpu-setup; README "On a GPU node" has the 1- and 8-GPU commands):
   curate score --model Qwen/Qwen2.5-VL-7B-Instruct --data your/problems.parquet --n 16 --engine vllm --out runs/score
-  train grpo   --config pipelines/mmr1_7b_grpo.yaml
-  train staged --config pipelines/revisual_r1_7b_staged.yaml
+  train plan --config pipelines/revisual_r1_7b_staged.yaml --gpus 8 --gpu-mem 80
+  accelerate launch --config_file pipelines/accelerate/zero3.yaml --num_processes 8 \\
+      -m training.cli staged --config pipelines/revisual_r1_7b_staged.yaml
 MSG

@@ -209,3 +209,104 @@ def test_bare_rule_refuses_prose_replies():
     assert extract_answer("that equals seven").answer is None
     for ok in ("10", "(B)", "45 cm^2", "9 litres", "\\text{March}"):
         assert extract_answer(ok).rule == "bare", ok
+
+
+# -- final-answer markers of common output formats ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response, answer",
+    [
+        # Minerva / lm-eval-harness format: the "answer:" line itself says "The final answer is ..."
+        ("Final Answer: The final answer is 7.", "7"),
+        ("Final Answer: The final answer is $7.78$. I hope it is correct.", "7.78"),
+        ("Final Answer: The final answer is $\\frac{70}{9}$. I hope it is correct.", "\\frac{70}{9}"),
+        ("Final Answer: The largest $n$ is 34.", "34"),
+        ("**Final Answer:** the answer is 12", "12"),
+        ("Answer: x = 5", "x = 5"),
+        # "Answer" followed directly by math
+        ("Answer $ 9 $", "9"),
+        ("Answer $$ 9 $$", "9"),
+        ("Answer \\( (9+1) \\)", "(9+1)"),
+        ("Answer \\[ \n 9 \n \\]", "9"),  # display math may span lines
+        ("Answer $$ \n 9 \n $$", "9"),
+    ],
+)
+def test_answer_is_takes_the_answer_not_the_sentence(response, answer):
+    got = extract_answer(response)
+    assert (got.answer, got.rule) == (answer, "answer_is")
+
+
+def test_inline_math_after_answer_stays_on_its_line():
+    assert extract_answer("Answer $ \n 9 \n $").answer is None
+
+
+# -- decimal comma -----------------------------------------------------------------------------------------
+
+
+def test_leading_zero_comma_is_a_decimal_comma():
+    from fractions import Fraction
+
+    from curation.verify.rules import _as_number
+
+    assert _as_number("0,111") == Fraction(111, 1000)  # not the thousands group 111
+    assert _as_number("-0,5") == Fraction(-1, 2)
+    assert _as_number("1,000") == 1000 and _as_number("12,345.5") == Fraction(24691, 2)
+    assert _as_number("0,111,222") is None  # neither: left to math-verify
+    assert normalize_answer("0,111") == "0.111"
+    assert normalize_answer("1,2") == "1,2"
+
+
+def test_thin_spaces_inside_numbers():
+    # \! and \, between digit groups are typesetting, not list separators
+    assert normalize_answer("11,\\! 111,\\! 111,\\! 100") == "11111111100"
+    assert normalize_answer("32,\\!349") == "32349"
+    assert normalize_answer("1\\,000\\,000") == "1000000"
+
+
+# -- several boxed answers ---------------------------------------------------------------------------------
+
+
+def test_final_boxes():
+    from curation.verify import final_boxes
+
+    text = "so the solutions are:\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}, \\boxed{(-20, -1)}\n\\]"
+    assert final_boxes(text) == ["(1, 2)", "(2, 1)", "(-1, -20)", "(-20, -1)"]
+    assert final_boxes("$$\\boxed{(3, 3)} \\text{ for part (a) and } \\boxed{(1, 1)}$$") == ["(3, 3)", "(1, 1)"]
+    assert final_boxes("\\boxed{1} and \\boxed{2} and \\boxed{3}") == ["1", "2", "3"]
+    # a box earlier in the solution, separated from the final one by prose, is not part of the answer
+    long = "First $0.04 \\cdot 10{,}000 = \\boxed{200}$ of interest. Then the second CD earns more money. " \
+           "Adding everything up we obtain the total.\n\nThe total is \\boxed{10455}."
+    assert final_boxes(long) == ["10455"]
+    assert final_boxes("no box") == []
+    assert final_boxes("\\boxed{7}") == ["7"]
+
+
+# -- the lenient rule --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response, answer",
+    [
+        ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
+        ("We find that $x \\lt 3$.", "x \\lt 3"),
+        ("The identity matrix is $ \\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix} $.",
+         "\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}"),
+        ("the number is not 10 which is 1,000.99€", "1000.99"),
+        ("We get $x = 3.5$ here. So she pays 12 dollars in total.", "12"),
+        ("Step 1. We add.\nStep 2. Then $3 + 4 = 7$.", "3 + 4 = 7"),
+        ("Nothing here to see.", None),  # the final sentence holds no math and no number
+        ("We get $x=3$. We check that this works.", None),  # strictly the final sentence
+    ],
+)
+def test_last_math_rule(response, answer):
+    from curation.verify import LENIENT_RULES
+
+    assert "last_math" in RULES and "last_math" not in DEFAULT_RULES
+    assert LENIENT_RULES == (*DEFAULT_RULES, "last_math")
+    got = extract_answer(response, lenient=True)
+    assert got.answer == answer
+    if answer is not None:
+        assert got.rule == "last_math"
+        assert extract_answer(response, rules=LENIENT_RULES) == got
+        assert extract_answer(response).answer is None  # strict by default: no final-answer marker

@@ -145,3 +145,19 @@ def test_old_import_paths_still_work_with_a_deprecation_warning(old, new):
     first = next(m for m in MOVED if old == m or old.startswith(m + "."))
     assert f"warned: {first} moved to {MOVED[first]}" in out and out.strip().endswith("True"), out
     assert importlib.import_module(new).__name__ == new
+
+
+def test_cli_command_table_is_complete():
+    """`curate NAME` registers only NAME's module (start-up time): curation.cli.COMMANDS must name every
+    command each module registers, and the full app must hold exactly those commands."""
+    import typer
+
+    from curation import cli
+
+    names = {}
+    for module in cli._COMMAND_MODULES:
+        one = cli.build_app([module])
+        names.update({c.name: module for c in one.registered_commands})
+    assert names == cli.COMMANDS
+    assert {c.name for c in cli.build_app().registered_commands} == set(cli.COMMANDS)
+    assert isinstance(cli.app, typer.Typer)

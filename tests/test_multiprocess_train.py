@@ -184,3 +184,115 @@ def test_two_process_staged_sft_pad_grpo_frozen_vision(tmp_path, tiny_qwen2_vl_d
     assert [e for e in r0 if e["event"] == "save"] and not [e for e in r1 if e["event"] == "save"]
     f0 = [e["vps"] for e in r0 if e["event"] == "final_vps"]
     assert len(f0) == 2 and f0 == [e["vps"] for e in r1 if e["event"] == "final_vps"]  # both GRPO stages
+
+
+# --- resume mid-epoch under two processes (accelerate wraps the sampler three levels deep) --------------------
+
+
+def _launch(cmd_tail: list[str], dbg: Path, tmp_path: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RLCURATE_TRAIN_DEBUG_DIR": str(dbg), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "pipelines" / "accelerate" / "ddp_cpu.yaml"), "--num_processes", "2",
+           "-m", "training.cli", *cmd_tail]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def _resume_copy(out: Path, step: int, out2: Path) -> None:
+    """A fresh output dir holding only ``checkpoint-<step>`` of ``out`` (as if the run had died after it)."""
+    import shutil
+
+    out2.mkdir()
+    shutil.copytree(out / f"checkpoint-{step}", out2 / f"checkpoint-{step}")
+
+
+def _full_and_resumed(tmp_path: Path, kind: str, model: Path, section: dict, step: int) -> tuple[Path, Path]:
+    """Run the recipe uninterrupted (debug events in ``dbg_full``), then again from a copy of its
+    ``checkpoint-<step>`` only (``dbg_resumed``); returns both output dirs."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model": str(model), kind: section}))
+    out, out2 = tmp_path / "full", tmp_path / "resumed"
+    _launch([kind, "--config", str(recipe), f"{kind}.output_dir={out}"], tmp_path / "dbg_full", tmp_path)
+    _resume_copy(out, step, out2)
+    _launch([kind, "--config", str(recipe), f"{kind}.output_dir={out2}"], tmp_path / "dbg_resumed", tmp_path)
+    return out, out2
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return ta.keys() == tb.keys() and all(bool((ta[k] == tb[k]).all()) for k in ta)
+
+
+@pytest.mark.slow
+def test_two_process_grpo_resume_mid_epoch_draws_the_resumed_epoch(tmp_path):
+    """8 prompts, 4 per generation batch -> 2 optimizer steps per epoch, 6 steps = 3 epochs.  Resuming from
+    checkpoint-3 (mid-epoch 2) under two processes, accelerate hands the trainer SkipBatchSampler ->
+    BatchSamplerShard -> BatchSampler -> VASSampler; the sampler must still be told it is in epoch 1, so the
+    resumed run draws (uniform permutation and VAS draws alike) exactly what the uninterrupted run drew.
+    Checked on the debug events of both ranks: the sampler's epochs and chunks, the local prompt slices of
+    every step after the resume, and the final weights (the same data in the same order from the same
+    checkpoint and RNG state)."""
+    from curation.core.models import build_tiny_qwen2
+
+    model = build_tiny_qwen2(tmp_path / "tiny")
+    data = write_rl_text(tmp_path / "rl.parquet", n=8)
+    # static weights (refresh none, no re-score): the stream depends only on (seed, epoch, chunk)
+    vas = {"enabled": True, "lambda": 0.5, "refresh": "none"}
+    grpo = {
+        "num_generations": 2, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2,
+        "max_completion_length": 8, "max_steps": 6, "logging_steps": 1, "learning_rate": 1.0e-3, "beta": 0.0,
+        "temperature": 1.0, "bf16": False, "use_cpu": True, "gradient_checkpointing": False,
+        "save_strategy": "steps", "save_steps": 3, "report_to": "none", "seed": 0, "disable_tqdm": True,
+        "data": {"train": str(data)}, "rewards": {"accuracy": 1.0}, "vas": vas,
+    }
+    out, out2 = _full_and_resumed(tmp_path, "grpo", model, grpo, 3)
+
+    for rank in (0, 1):
+        full = _events(tmp_path / "dbg_full" / f"rank{rank}.jsonl")
+        res = _events(tmp_path / "dbg_resumed" / f"rank{rank}.jsonl")
+        chunks_full = [(e["epoch"], e["indices"], e["is_vas"]) for e in full if e["event"] == "sampler_chunk"]
+        chunks_res = [(e["epoch"], e["indices"], e["is_vas"]) for e in res if e["event"] == "sampler_chunk"]
+        assert [c[0] for c in chunks_full] == [0, 0, 1, 1, 2, 2]
+        assert chunks_full[0][1] != chunks_full[2][1]  # epochs differ, so replaying epoch 0 would show
+        # the resumed run draws epoch 1 (both chunks: the skipped one too) and epoch 2, as the full run did
+        assert chunks_res == chunks_full[2:], (rank, chunks_res)
+        batches_full = [(e["step"], e["local_keys"]) for e in full if e["event"] == "batch"]
+        batches_res = [(e["step"], e["local_keys"]) for e in res if e["event"] == "batch"]
+        assert [s for s, _ in batches_full] == [0, 1, 2, 3, 4, 5]
+        assert batches_res == batches_full[3:]
+    assert (out2 / "final" / "result.json").exists()
+    assert _same_weights(out / "final", out2 / "final")
+
+
+@pytest.mark.slow
+def test_two_process_sft_resume_mid_epoch_draws_the_resumed_epoch(tmp_path):
+    """SFT with the VAS epoch sampler: 8 rows, 2 processes x 1 row per step -> 4 steps per epoch, 12 steps = 3
+    epochs; resume from checkpoint-6 (mid-epoch 2).  The resumed run must order epoch 1 and epoch 2 exactly as
+    the uninterrupted run did, and end with the same weights."""
+    from test_train_sft import write_sft_text
+
+    from curation.core.models import build_tiny_qwen2
+
+    model = build_tiny_qwen2(tmp_path / "tiny")
+    data = write_sft_text(tmp_path / "sft.parquet", n=8, vps=[0.05, 0.1, 0.2, 0.25, 0.3, 0.15, 0.0, 0.22])
+    sft = {
+        "max_length": 512, "learning_rate": 1.0e-3, "max_steps": 12, "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 1, "logging_steps": 1, "save_strategy": "steps", "save_steps": 6,
+        "gradient_checkpointing": False, "bf16": False, "use_cpu": True, "dataset_num_proc": None, "seed": 0,
+        "report_to": "none", "disable_tqdm": True, "data": {"train": str(data)}, "vas": {"lambda": 0.5},
+    }
+    out, out2 = _full_and_resumed(tmp_path, "sft", model, sft, 6)
+
+    for rank in (0, 1):
+        full = [(e["epoch"], e["indices"]) for e in _events(tmp_path / "dbg_full" / f"rank{rank}.jsonl")
+                if e["event"] == "sampler_epoch"]
+        res = [(e["epoch"], e["indices"]) for e in _events(tmp_path / "dbg_resumed" / f"rank{rank}.jsonl")
+               if e["event"] == "sampler_epoch"]
+        assert [e for e, _ in full] == [0, 1, 2] and full[0][1] != full[1][1]
+        assert res == full[1:], (rank, res)
+    assert _same_weights(out / "final", out2 / "final")

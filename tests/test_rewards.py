@@ -273,3 +273,17 @@ def test_trl_grpo_config_accepts_the_weights():
     funcs, weights = build_reward_funcs({"accuracy": 1.0, "format": {"weight": 0.5}})
     cfg = GRPOConfig(output_dir="/tmp/unused-grpo", reward_weights=weights, report_to=[], use_cpu=True, bf16=False)
     assert list(cfg.reward_weights) == [1.0, 0.5]
+
+
+def test_accuracy_lenient_rule_from_the_recipe():
+    """The lenient ``last_math`` extraction is off by default (no final-answer marker = no reward) and is
+    switched on per recipe: ``rewards: {accuracy: {weight: 1.0, lenient: true}}``."""
+    completions = ["<think>4 + 1 = 5</think> Therefore $x \\geq 5$ is the solution.", "so \\boxed{x \\ge 5}"]
+    answers = ["x \\geq 5", "x \\geq 5"]
+    assert accuracy_reward(completions, answer=answers) == [0.0, 1.0]
+    spec = yaml.safe_load("rewards: {accuracy: {weight: 1.0, lenient: true}}")["rewards"]
+    (lenient,), weights = build_reward_funcs(spec)
+    assert weights == [1.0] and lenient.lenient
+    assert lenient(completions, answer=answers) == [1.0, 1.0]
+    assert pickle.loads(pickle.dumps(lenient)).lenient
+    assert make_accuracy_reward(lenient=True, rules=["boxed"]).rules == ("boxed", "last_math")

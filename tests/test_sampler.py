@@ -166,6 +166,41 @@ def test_lambda_zero_is_trl_repeat_sampler_bit_for_bit(n, mini, bs, rep):
         assert list(ours) == list(trl)
 
 
+@pytest.mark.parametrize("n,mini,bs,rep", [(7, 2, 3, 4), (23, 4, 5, 1), (16, 8, 4, 2)])
+def test_shuffle_off_at_lambda_zero_is_trl_repeat_sampler_in_dataset_order(n, mini, bs, rep):
+    """TRL's ``shuffle_dataset=False``: RepeatSampler walks 0..N-1 in order every epoch; so must we."""
+    ours = VASSampler(n, np.random.default_rng(0).random(n), mini_repeat_count=mini, batch_size=bs,
+                      repeat_count=rep, vas_fraction=0.0, seed=42, shuffle=False)
+    trl = RepeatSampler(list(range(n)), mini_repeat_count=mini, batch_size=bs, repeat_count=rep, shuffle=False,
+                        seed=42)
+    for epoch in range(3):
+        ours.set_epoch(epoch)
+        stream = list(ours)
+        assert stream == list(trl)
+        assert [i for c in chunks_of(stream, bs, mini, rep) for i in c] == list(range((n // bs) * bs))
+
+
+def test_shuffle_off_keeps_the_uniform_part_in_dataset_order(real_vps):
+    """lambda > 0 with shuffle off: each chunk lists its uniform picks first - the next rows of the dataset in
+    order, from row 0 every epoch - then its VAS picks (drawn by P, none repeating a row of the chunk)."""
+    n, bs = 200, 8
+    s = VASSampler(n, real_vps[:n], mini_repeat_count=2, batch_size=bs, vas_fraction=0.25, seed=5, shuffle=False)
+    n_vas, n_uni = s.epoch_counts()
+    assert (n_vas, n_uni) == (50, 150)
+    for epoch in (0, 3):
+        uniform, vas = [], []
+        for j, (idx, is_vas) in enumerate(s.iter_chunks(epoch)):
+            c = s.chunk_vas_count(j)
+            assert is_vas == [False] * (bs - c) + [True] * c
+            assert len(set(idx)) == bs
+            uniform += idx[: bs - c]
+            vas += idx[bs - c:]
+        assert uniform == list(range(n_uni))
+        assert len(vas) == n_vas
+    shuffled = VASSampler(n, real_vps[:n], mini_repeat_count=2, batch_size=bs, vas_fraction=0.25, seed=5)
+    assert [i for c, _ in shuffled.iter_chunks(0) for i in c] != [i for c, _ in s.iter_chunks(0) for i in c]
+
+
 def test_uniform_weights_keep_repeat_sampler_structure():
     n, mini, bs, rep = 103, 8, 6, 3
     ours = VASSampler(n, np.full(n, 0.1), mini_repeat_count=mini, batch_size=bs, repeat_count=rep,
@@ -325,7 +360,9 @@ def test_for_grpo_reads_trl_geometry():
         args, num_generations, num_iterations, train_dataset = Args(), 8, 2, list(range(50))
 
     s = VASSampler.for_grpo(Trainer(), np.ones(50))
-    assert (s.mini_repeat_count, s.batch_size, s.repeat_count, s.seed) == (8, 4, 8, 42)
+    assert (s.mini_repeat_count, s.batch_size, s.repeat_count, s.seed, s.shuffle) == (8, 4, 8, 42, True)
+    Trainer.shuffle_dataset = False  # GRPOTrainer.shuffle_dataset = args.shuffle_dataset
+    assert VASSampler.for_grpo(Trainer(), np.ones(50)).shuffle is False
     trl = RepeatSampler(list(range(50)), mini_repeat_count=8, batch_size=4, repeat_count=8, seed=42)
     assert len(s) == len(trl)
 

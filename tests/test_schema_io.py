@@ -99,3 +99,73 @@ def test_exclusion_writer_schema(tmp_path):
     assert rows[0]["id"] == "t-1" and rows[0]["duplicate_of"] == "t-0"
     assert rows[1]["id"] is None and rows[1]["locator"] == "f.jsonl:3"
     assert json.dumps(rows[1]["raw"])
+
+
+def test_hf_feature_metadata_matches_datasets():
+    """The schemas' ``huggingface`` metadata is built without importing ``datasets`` (start-up time); it is
+    exactly what ``datasets.Features.from_arrow_schema`` gives, with ``Image`` for the image column."""
+    from datasets import Features
+
+    for name, schema in S.SCHEMAS.items():
+        feats = Features.from_arrow_schema(schema.remove_metadata()).to_dict()
+        if "images" in schema.names:
+            feats["images"] = {"_type": "List", "feature": {"_type": "Image"}}
+        assert schema.metadata is None or json.loads(schema.metadata[b"huggingface"]) == {"info": {"features": feats}}, name
+        if "images" in schema.names:
+            assert schema.metadata is not None, name
+
+
+def test_schema_import_does_not_load_datasets():
+    import subprocess
+    import sys
+
+    code = "import sys, curation.core.io, curation.core.schema; print('datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_table_from_rows_matches_from_pylist():
+    """table_from_rows goes through Arrow's JSON reader (no pandas import) and gives from_pylist's table:
+    same columns, types and values - date-like strings stay strings; a column of mixed types, which
+    from_pylist refuses, is stored as JSON text instead of failing the write."""
+    import pyarrow as pa
+
+    from curation.core.io import table_from_rows
+
+    rows = [
+        {"id": "a", "answer": "2024-01-01", "n": 1, "x": 0.5, "ok": True, "opts": ["12:00", "b"],
+         "meta": {"when": "2020-02-02T10:00:00", "k": 3}, "none": None, "text": "NUL \x00 and ünïcode"},
+        {"id": "b", "answer": None, "n": 2, "x": 1, "ok": False, "opts": None, "meta": None, "none": None,
+         "text": ""},
+    ]
+    got = table_from_rows(rows)
+    want = pa.Table.from_pylist(rows)
+    assert got.schema == want.schema and got.to_pylist() == want.to_pylist() == rows
+    mixed = [{"a": 1, "b": "x"}, {"a": "y", "b": "z"}, {"a": [1, 2], "b": None}]
+    table, notes = table_from_rows(mixed, with_notes=True)
+    assert table.column("a").to_pylist() == ["1", "y", "[1, 2]"] and table.column("b").to_pylist() == ["x", "z", None]
+    assert notes == ["column 'a': values of different types, stored as JSON text"]
+
+
+def test_curate_verify_never_imports_pandas(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"answer": "4", "response": "\\boxed{4}", "when": "2024-01-01"}) + "\n")
+    code = ("import sys, runpy\n"
+            "sys.argv = ['curate', 'verify', sys.argv[1], '--out', sys.argv[2]]\n"
+            "try:\n    runpy.run_module('curation.cli', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('PANDAS', 'pandas' in sys.modules, 'datasets' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out.parquet")],
+                         capture_output=True, text=True, check=True)
+    assert "PANDAS False False" in out.stdout, out.stdout + out.stderr
+    assert pq.read_table(tmp_path / "out.parquet").column("when").to_pylist() == ["2024-01-01"]
+
+
+def test_table_from_rows_keeps_every_column():
+    from curation.core.io import table_from_rows
+
+    rows = [{"a": 1}, {"a": 2, "b": "late"}]
+    assert table_from_rows(rows).to_pylist() == [{"a": 1, "b": None}, {"a": 2, "b": "late"}]

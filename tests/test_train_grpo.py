@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 from test_train_sft import gsm8k_rows, mathvision_rows
+from transformers import TrainerCallback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -223,3 +224,163 @@ def test_vas_lowers_zero_variance_fraction_smollm2(tmp_path, smollm2_dir, capsys
     assert v["n_vas"] == 16 and v["n_uniform"] == 0  # lambda = 1: every prompt drawn by VPS
     assert rep["pass_rate_by_digits"][1] > rep["pass_rate_by_digits"][3]  # a real spread of difficulty
     assert v["zero_variance_frac"] < u["zero_variance_frac"]
+
+
+# --- issue 13: correctness of the trainer where users lean on it --------------------------------------------------
+
+
+@pytest.mark.parametrize("rewards", [{"format": 1.0}, {"format": 1.0, "length": {"weight": 0.5, "budget": 8}}])
+@pytest.mark.parametrize("vas", [{"refresh": "none", "rescore_every": 2}, {"refresh": "none", "score_at_start": True}])
+def test_rescoring_without_an_accuracy_reward_is_refused_at_start(tmp_path, tiny_qwen2_dir, rewards, vas):
+    """Re-scoring sets pass rates from the accuracy reward; without one it would take the format reward for the
+    pass rate (one reward function) or crash T steps in (two).  Refused before any training, by `train grpo`
+    and by the trainer itself."""
+    from training.config import build_grpo_recipe
+    from training.grpo import build_grpo_trainer, train_grpo
+
+    data = write_rl_text(tmp_path / "rl.parquet", n=4)
+    r = build_grpo_recipe(cpu_grpo_section(tmp_path / "o", data, max_steps=1, rewards=rewards,
+                                           vas={"enabled": True, **vas}), str(tiny_qwen2_dir))
+    with pytest.raises(ValueError, match="needs an accuracy reward"):
+        train_grpo(r)
+    assert not (tmp_path / "o" / "final").exists()
+    with pytest.raises(ValueError, match="needs an accuracy reward"):
+        build_grpo_trainer(r)
+
+
+def test_rescore_leaves_nothing_in_the_next_steps_logs(tmp_path, tiny_qwen2_dir):
+    """The accuracy reward logs verdict fractions (log_metric) and extracted answers (log_extra) into TRL's
+    pending buffers, which the next training batch flushes into its metrics and completions table.  A re-score
+    of the whole set must leave those buffers, the step's metrics and the token counter as they were (only
+    vas/rescore_seconds is added), while the table does get every prompt's fresh pass rate."""
+    import copy
+
+    from training.config import build_grpo_recipe
+    from training.grpo import build_grpo_trainer
+
+    data = write_rl_text(tmp_path / "rl.parquet", n=4)
+    r = build_grpo_recipe(cpu_grpo_section(tmp_path / "o", data, max_completion_length=8,
+                                           vas={"enabled": True, "refresh": "none", "rescore_every": 1}),
+                          str(tiny_qwen2_dir))
+    tr = build_grpo_trainer(r)
+    tr.model.train()
+    tr._metrics["train"]["reward"].append(0.25)  # as if a training batch had been logged before
+    before = copy.deepcopy((dict(tr._metrics["train"]), dict(tr._pending_metrics), dict(tr._pending_extra_logs)))
+    tokens = tr.state.num_input_tokens_seen
+    tr.rescore_all()
+    metrics = dict(tr._metrics["train"])
+    assert len(metrics.pop("vas/rescore_seconds")) == 1
+    assert (metrics, dict(tr._pending_metrics), dict(tr._pending_extra_logs)) == before
+    assert tr.state.num_input_tokens_seen == tokens
+    assert tr.vps_table.stats()["observed_frac"] == 1.0
+
+
+def test_shuffle_dataset_false_keeps_dataset_order_with_vas(tmp_path, tiny_qwen2_dir):
+    """GRPOConfig(shuffle_dataset=False): with VAS on and lambda = 0 the trainer's sampler is TRL's
+    RepeatSampler(shuffle=False) stream exactly; with lambda = 0.5 the uniform part walks the dataset in order."""
+    from trl.trainer.utils import RepeatSampler
+
+    from training.config import build_grpo_recipe
+    from training.grpo import build_grpo_trainer
+
+    data = write_rl_text(tmp_path / "rl.parquet", n=8)
+    for lam in (0.0, 0.5):
+        r = build_grpo_recipe(cpu_grpo_section(tmp_path / "o", data, shuffle_dataset=False,
+                                               vas={"enabled": True, "lambda": lam}), str(tiny_qwen2_dir))
+        tr = build_grpo_trainer(r)
+        ours = tr._get_train_sampler()
+        trl = RepeatSampler(tr.train_dataset, mini_repeat_count=4, batch_size=2, repeat_count=2, shuffle=False,
+                            seed=0)
+        stream = list(ours)
+        if lam == 0.0:
+            assert stream == list(trl)
+            assert stream[:16] == [0] * 4 + [1] * 4 + [0] * 4 + [1] * 4  # prompts 0, 1 first, in order
+        else:
+            uniform = [i for c, flags in ours.iter_chunks(0) for i, v in zip(c, flags) if not v]
+            assert uniform == list(range(4))
+
+
+class _RunStateAtTrainBegin(TrainerCallback):
+    """What the trainer holds when training (re)starts - after ``train()`` restored a checkpoint."""
+
+    trainer = None
+    seen: dict = {}
+
+    def on_train_begin(self, args, state, control, **kw):
+        t = self.trainer
+        self.seen = {"table": t.vps_table.to_table(), "run_stats": dict(t.run_stats),
+                     "pad_gen": t._pad_gen.get_state().clone(), "block": t._last_rescore_block,
+                     "step": state.global_step}
+
+
+@pytest.mark.slow
+def test_resume_restores_vps_table_run_state_and_rescore_schedule(tmp_path, tiny_qwen2_dir, monkeypatch):
+    """A 4-step run with online refresh, PAD and a re-score every 2 steps (after step 2), checkpointed each step.
+    (a) `VASGRPOTrainer.train(resume_from_checkpoint=checkpoint-3)` - not only the `train grpo` wrapper - starts
+    from the checkpoint's VPS table, run statistics, re-score schedule and PAD generator.  (b) Resuming
+    `train grpo` from checkpoint-3 does not re-score again (the uninterrupted run re-scored once, after step 2)
+    and reports the whole run's statistics.  (c) A checkpoint without its VPS table resumes with a warning."""
+    import base64
+    import shutil
+
+    import torch
+
+    from training.config import build_grpo_recipe
+    from training.grpo import RUN_STATE_FILE, VPS_CKPT_FILE, build_grpo_trainer, train_grpo
+
+    data = write_rl_text(tmp_path / "rl.parquet", n=8, scored={0, 1})
+    sec = dict(max_steps=4, max_completion_length=8, save_strategy="steps", save_steps=1,
+               rewards={"accuracy": 1.0, "length": {"weight": 1.0, "budget": 4}},
+               vas={"enabled": True, "lambda": 0.5, "refresh": "online", "rescore_every": 2},
+               pad={"enabled": True, "rho": 0.5})
+    dbg = tmp_path / "dbg"
+    monkeypatch.setenv("RLCURATE_TRAIN_DEBUG_DIR", str(dbg / "full"))
+    full = train_grpo(build_grpo_recipe(cpu_grpo_section(tmp_path / "full", data, **sec), str(tiny_qwen2_dir)))
+    rescored = [e["step"] for e in _events(dbg / "full") if e["event"] == "rescore"]
+    assert rescored == [2] and full.extra["rescores"] == 1
+    ck = tmp_path / "full" / "checkpoint-3"
+    saved = json.loads((ck / RUN_STATE_FILE).read_text())
+    assert saved["last_rescore_block"] == 1 and saved["run_stats"]["groups"] == 3 * 2
+    assert saved["run_stats"]["pad_total"] == 3 * 8 and saved["run_stats"]["rescores"] == 1
+
+    # (a) the trainer class restores everything itself
+    for name in ("direct", "cli", "no_table"):
+        (tmp_path / name).mkdir()
+        shutil.copytree(ck, tmp_path / name / "checkpoint-3")
+    r = build_grpo_recipe(cpu_grpo_section(tmp_path / "direct", data, **sec), str(tiny_qwen2_dir))
+    snap = _RunStateAtTrainBegin()
+    tr = build_grpo_trainer(r, callbacks=[snap])
+    snap.trainer = tr
+    assert tr.vps_table.stats()["observed_frac"] == 0.0  # built from the dataset: nothing observed yet
+    monkeypatch.setenv("RLCURATE_TRAIN_DEBUG_DIR", str(dbg / "direct"))
+    tr.train(resume_from_checkpoint=str(tmp_path / "direct" / "checkpoint-3"))
+    seen = snap.seen
+    assert seen["step"] == 3
+    cols = ["index", "pass_rate", "tds", "vps", "n_observed", "n_groups", "scored"]
+    assert seen["table"].select(cols).equals(pq.read_table(ck / VPS_CKPT_FILE).select(cols))
+    assert seen["run_stats"] == saved["run_stats"] and seen["block"] == 1
+    assert bytes(seen["pad_gen"].numpy()) == base64.b64decode(saved["pad_generators"][0])
+    assert not [e for e in _events(dbg / "direct") if e["event"] == "rescore"]
+    assert tr.state.global_step == 4 and tr.run_stats["groups"] == 4 * 2
+
+    # (b) `train grpo` resumed from checkpoint-3: no extra re-score, the whole run's statistics
+    monkeypatch.setenv("RLCURATE_TRAIN_DEBUG_DIR", str(dbg / "cli"))
+    res = train_grpo(build_grpo_recipe(cpu_grpo_section(tmp_path / "cli", data, **sec), str(tiny_qwen2_dir)))
+    assert res.resumed_from and res.steps == 4
+    assert not [e for e in _events(dbg / "cli") if e["event"] == "rescore"]
+    assert res.extra["rescores"] == 1 and res.extra["groups"] == full.extra["groups"] == 4 * 2
+    assert res.extra["pad_total"] == full.extra["pad_total"] == 4 * 8
+
+    # (c) a checkpoint without its VPS table: a warning, not a silent restart from the initial scores
+    (tmp_path / "no_table" / "checkpoint-3" / VPS_CKPT_FILE).unlink()
+    tr = build_grpo_trainer(build_grpo_recipe(cpu_grpo_section(tmp_path / "no_table", data, **sec),
+                                              str(tiny_qwen2_dir)))
+    with pytest.warns(UserWarning, match="has no vps_table.parquet"):
+        tr.restore_run_state(tmp_path / "no_table" / "checkpoint-3")
+    assert tr._last_rescore_block == 1 and torch.equal(
+        tr._pad_gen.get_state(), torch.frombuffer(bytearray(base64.b64decode(saved["pad_generators"][0])),
+                                                 dtype=torch.uint8))
+
+
+def _events(d: Path) -> list[dict]:
+    return [json.loads(line) for f in sorted(d.glob("rank*.jsonl")) for line in f.read_text().splitlines() if line]

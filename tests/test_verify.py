@@ -107,6 +107,14 @@ def test_math_vision_agreement(verifier):
         ("45", "\\boxed{45^\\circ}", "correct"),
         ("March", "\\boxed{\\text{march}}", "correct"),
         ("March", "\\boxed{April}", "incorrect"),
+        # different integers are different whatever the tolerance
+        ("120000", "A: 120,006", "incorrect"),
+        # a number and words: neither -1.8 nor -1.8e9 is 2
+        ("2", "A: -1.8 billion", "incorrect"),
+        # plain expressions in different variables cannot be equal under strict comparison
+        ("300", "\\boxed{[P_{0}^{2 / 5}-\\frac{2}{5} g K^{-3 / 5} z]^{5 / 2}}", "incorrect"),
+        ("c x^{-2}-\\frac{\\cos (2 x)}{2 x^{2}}", "\\boxed{\\frac{\\cos (2 t)+\\sin (2 t)}{4}}", "incorrect"),
+        ("\\frac{1}{4-\\omega^{2}}", "\\boxed{1.75}", "incorrect"),
     ],
 )
 def test_fast_path_decides_without_workers(gold, response, status):
@@ -139,6 +147,13 @@ def test_fast_path_decides_without_workers(gold, response, status):
         ("20", "\\boxed{20\\%}", "correct"),
         ("\\pi/2", "\\boxed{\\frac{\\pi}{2}}", "correct"),
         ("\\pi/2", "\\boxed{\\frac{\\pi}{3}}", "incorrect"),
+        # same variables, different form: math-verify decides
+        ("2 \\pi r", "\\boxed{2r\\pi}", "correct"),
+        ("C_{1} e^{t}+C_{2}", "\\boxed{C_{2}+C_{1} e^{t}}", "correct"),
+        ("9", "\\boxed{9 \\text{ km}}", "correct"),
+        # single-letter units are not variables
+        ("1.8 \\mathrm{~m}", "\\boxed{1.8}", "correct"),
+        ("1.8", "\\boxed{1.8 m}", "correct"),
     ],
 )
 def test_math_verify_comparisons(verifier, gold, response, status):
@@ -262,7 +277,7 @@ def test_hard_kill_replaces_a_stuck_worker():
         first = v.pids
         assert len(first) == 1
         t0 = time.perf_counter()
-        golds = ["1", "x^2", "2", "y+1"]
+        golds = ["1", "7", "2", "y+1"]
         out = v.verify_batch(golds, ["\\boxed{x^2}", "\\boxed{10^{10^{8}}}", "\\boxed{1+1}", "\\boxed{1+y}"],
                              timeout=1.0)
         elapsed = time.perf_counter() - t0
@@ -273,7 +288,8 @@ def test_hard_kill_replaces_a_stuck_worker():
 
 
 def test_worker_killed_from_outside_costs_one_item(verifier):
-    assert verifier.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])[0].correct  # workers are up
+    warm = verifier.verify_batch(["x^2", "y^2"], ["\\boxed{x \\cdot x}", "\\boxed{y \\cdot y}"])  # workers are up
+    assert all(v.correct for v in warm)
     assert len(verifier.pids) == 2
     victim = verifier.pids[0]
 
@@ -434,6 +450,154 @@ def test_worker_address_space_limit():
 def test_workers_argument_resizes_the_pool():
     with Verifier(workers=2) as v:
         assert v.verify_batch(["x^2"], ["\\boxed{x \\cdot x}"])[0].correct
+        assert len(v.pids) == 1  # one item needed math-verify: one worker started
+        assert all(x.correct for x in v.verify_batch(["x^2", "y^2"], ["\\boxed{x x}", "\\boxed{y y}"]))
         assert len(v.pids) == 2
         assert v.verify_batch(["x^3"], ["\\boxed{x \\cdot x^2}"], workers=1)[0].correct
         assert len(v.pids) == 1 and v.workers == 1
+
+
+# -- letter golds, decimal commas, several boxes, the lenient rule ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        ("C", "\\boxed{C}", "correct"),
+        ("C", "The answer is (C).", "correct"),
+        ("\\text{C}", "$\\boxed{\\text{(C)}}.$", "correct"),
+        ("\\text{E}", "$E$", "correct"),
+        ("(B)", "B", "correct"),
+        ("C", "\\boxed{D}", "incorrect"),
+        ("C", "\\boxed{6\\pi}", "incorrect"),  # a value, and no options to say which label it is
+    ],
+)
+def test_letter_gold_without_options(gold, response, status):
+    v = Verifier(workers=1)
+    try:
+        (verdict,) = v.verify_batch([gold], [response])
+        assert verdict.status == status, verdict
+        assert v.stats["started"] == 0  # decided by the fast path
+    finally:
+        v.close()
+
+
+def test_letter_gold_without_options_on_real_outputs(verifier):
+    """MATH-Vision problem 59 has gold "C" and no options; none of its 13 graded responses is right."""
+    rows = [json.loads(line) for line in (DATA / "math_vision" / "model_outputs.jsonl").open()]
+    rows = [r for r in rows if r["id"] == "59"]
+    assert len(rows) == 13 and not any(r["correct"] for r in rows)
+    verdicts = verifier.verify_batch(["C"] * len(rows), [r["response"] for r in rows])
+    assert not any(v.correct for v in verdicts)
+    assert verifier.verify_batch(["C"], [rows[0]["response"][:0] + "So it is \\boxed{C}."])[0].correct
+
+
+def test_decimal_comma_gold(verifier):
+    out = verifier.verify_batch(["0,111", "0,111", "0,5"], ["\\boxed{0.111}", "\\boxed{111}", "\\boxed{1/2}"])
+    assert [v.status for v in out] == ["correct", "incorrect", "correct"]
+
+
+@pytest.mark.parametrize(
+    "gold, response, status",
+    [
+        ("(2,1),(1,2),(-1,-20),(-20,-1)",
+         "solutions are:\n\n\\[\n\\boxed{(1, 2)}, \\boxed{(2, 1)}, \\boxed{(-1, -20)}, \\boxed{(-20, -1)}\n\\]", "correct"),
+        ("(2, 2), (6, 2)", "$$\\boxed{(2, 2)} \\quad \\text{and} \\quad \\boxed{(6, 2)}$$", "correct"),
+        ("\\{1,2,3\\}", "\\boxed{1},\\boxed{2},\\boxed{3}", "correct"),
+        ("1, 2, 3", "\\boxed{1} and \\boxed{2} and \\boxed{4}", "incorrect"),
+        ("1, 2, 3", "\\boxed{1} and \\boxed{2}", "incorrect"),  # a missing solution is wrong
+        # a single-valued gold is graded on the last box only, as before
+        ("3", "\\boxed{1}, \\boxed{2}, \\boxed{3}", "correct"),
+        ("(3, -4)", "\\boxed{(1, 2)} and \\boxed{(3, -4)}", "correct"),
+    ],
+)
+def test_several_boxes_against_a_list_gold(verifier, gold, response, status):
+    (v,) = verifier.verify_batch([gold], [response])
+    assert v.status == status, v
+
+
+def test_lenient_rule_is_opt_in(verifier):
+    golds = ["x >= 5", "1000.99", "7"]
+    responses = ["Therefore $x \\geq 5$ is the solution.", "so the number is 10 which is 1,000.99m²",
+                 "Final Answer: The final answer is 7. I hope it is correct."]
+    strict = verifier.verify_batch(golds, responses)
+    assert [v.status for v in strict] == ["no_answer", "no_answer", "correct"]
+    lenient = verifier.verify_batch(golds, responses, lenient=True)
+    assert [v.status for v in lenient] == ["correct", "correct", "correct"]
+    assert [v.rule for v in lenient] == ["last_math", "last_math", "answer_is"]
+    assert verify_batch(golds[:1], responses[:1], lenient=True)[0].correct
+    # lenient=True appends last_math to the rules given
+    mixed = verifier.verify_batch(golds, responses, lenient=True, rules=["boxed"])
+    assert [(v.status, v.rule) for v in mixed] == [("correct", "last_math"), ("correct", "last_math"),
+                                                   ("no_answer", None)]  # "I hope it is correct." has no value
+
+
+def test_curate_verify_rules_and_lenient(tmp_path):
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"answer": "x >= 5", "response": "Therefore $x \\geq 5$ is the solution."},
+        {"answer": "8", "response": "The answer is 7.\n#### 8"},
+    ]))
+    runner = CliRunner()
+    got = {}
+    for name, extra in {"strict": [], "lenient": ["--lenient"], "rules": ["--rules", "answer_is,last_math"]}.items():
+        out = tmp_path / f"{name}.jsonl"
+        res = runner.invoke(app, ["verify", str(src), "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        got[name] = [(r["verdict"], r["extract_rule"]) for r in map(json.loads, out.read_text().splitlines())]
+    assert got["strict"] == [("no_answer", None), ("correct", "gsm8k")]
+    assert got["lenient"] == [("correct", "last_math"), ("correct", "gsm8k")]
+    assert got["rules"] == [("correct", "last_math"), ("incorrect", "answer_is")]
+    res = runner.invoke(app, ["verify", str(src), "--out", str(tmp_path / "x.jsonl"), "--rules", "boxed,nope"])
+    assert res.exit_code != 0 and "unknown extraction rule" in res.output
+
+
+def test_values_differ_shortcut():
+    """In a worker, a wrong answer with symbols is settled by evaluating both sides at two sample points
+    instead of math-verify's symbolic search; identities and numbers without symbols are left to it."""
+    import logging
+
+    from math_verify import parse
+
+    from curation.verify.pool import _values_differ
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+
+    def p(s):
+        return parse("\\boxed{" + s + "}", parsing_timeout=None)[0]
+
+    assert _values_differ(p("(1 - 3e^{-2t} + 2e^{-5t})"), p("(1 - 3e^{-2t} + 2e^{-6t})"))
+    assert _values_differ(p("\\frac{2}{5} g K^{-3/5} z"), p("\\frac{2}{6} g K^{-3/5} z"))
+    assert not _values_differ(p("\\sin^2 x + \\cos^2 x"), p("1"))  # an identity: equal at every point
+    assert not _values_differ(p("(x+1)^2"), p("x^2+2x+1"))
+    assert not _values_differ(p("\\frac{1}{3}"), p("0.3333"))  # no symbols: math-verify's rounding rules
+    assert not _values_differ(p("x = 1"), p("x = 2"))  # relations: math-verify
+    with Verifier(workers=1) as v:
+        wrong, right = v.verify_batch(["(1 - 3e^{-2t} + 2e^{-5t})", "(x+1)^2"],
+                                      ["\\boxed{1 - 3e^{-2t} + 2e^{-6t}}", "\\boxed{x^2+2x+1}"])
+    assert wrong.status == "incorrect" and "values differ" in wrong.detail
+    assert right.status == "correct" and right.detail == "math-verify"
+
+
+def test_identical_items_are_checked_once():
+    """16 rollouts of one prompt, three distinct answers: math-verify checks 3 items for all 16."""
+    with Verifier(workers=1) as v:
+        golds = ["\\frac{\\sqrt{3}}{2}"] * 16
+        responses = ["so \\boxed{\\frac{1}{2}\\sqrt{3}}"] * 12 + ["\\boxed{\\sqrt{3}/2}"] * 3 + ["\\boxed{7}"]
+        done = []
+        out = v.verify_batch(golds, responses, progress=done.append)
+    assert [x.status for x in out] == ["correct"] * 15 + ["incorrect"]
+    assert v.stats["math_verify"] == 16 and v.stats["duplicates"] == 13 and sum(done) == 16
+
+
+def test_option_value_with_a_unit(verifier):
+    """MATH-Vision: the value of the gold option without its unit ("1.8" for option E "$1.8 \\mathrm{~m}$") is
+    right; a single-letter unit is not a variable."""
+    opts = ["$2 \\mathrm{~m}$", "$1.5 \\mathrm{~m}$", "$1.2 \\mathrm{~m}$", "$2.8 \\mathrm{~m}$", "$1.8 \\mathrm{~m}$"]
+    got = verifier.verify_batch(["E", "E", "C"], ["The answer is \\boxed{1.8}.", "\\boxed{1.5}", "\\boxed{1.2 m}"],
+                                options=[opts] * 3)
+    assert [v.status for v in got] == ["correct", "incorrect", "correct"]

@@ -14,7 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_COMMAND_MODULES: list[str] = ["sft", "grpo", "staged"]
+_COMMAND_MODULES: list[str] = ["sft", "grpo", "staged", "plan", "stage_run"]
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"training.commands.{_name}").register(app)

@@ -32,6 +32,7 @@ parsed with YAML typing and applied to the raw mapping before any section is bui
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -126,6 +127,18 @@ class VASSpec:
     tds_metric: str = "edit"  # curation.score.scores.trace_diversity metric (the one `curate score` used)
     seed: int | None = None  # default: the trainer's seed
 
+    def accuracy_uses(self) -> list[str]:
+        """The settings that read each prompt's accuracy reward (GRPO: they need an accuracy reward function;
+        the online refresh and every re-score set pass rates from it)."""
+        uses = []
+        if self.refresh == "online":
+            uses.append("refresh=online")
+        if self.rescore_every > 0:
+            uses.append(f"rescore_every={self.rescore_every}")
+        if self.score_at_start:
+            uses.append("score_at_start=true")
+        return uses
+
 
 @dataclass
 class PADSpec:
@@ -154,6 +167,13 @@ class PADSpec:
 _RENAMES = {"lambda": "lambda_"}  # YAML key -> dataclass field (``lambda`` is a Python keyword)
 
 
+def _enum_has_no(typ: Any) -> bool:
+    """True for an Enum type with a ``"no"`` member (transformers' SaveStrategy, IntervalStrategy)."""
+    import enum
+
+    return isinstance(typ, type) and issubclass(typ, enum.Enum) and any(m.value == "no" for m in typ)
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Coerce a YAML value to a dataclass field type where it is unambiguous (``'1e-6'`` -> float, ints ->
     floats, strings -> Path).  Anything else is passed through and left to the dataclass' own checks."""
@@ -165,6 +185,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     args = typing.get_args(typ)
     if origin in (typing.Union, types.UnionType):
         simple = [a for a in args if a is not type(None)]
+        if value is False and any(_enum_has_no(a) for a in simple):
+            # YAML 1.1 reads an unquoted `no` (`save_strategy: no`, `save_strategy=no` on the command line)
+            # as False; for the strategy fields (SaveStrategy / IntervalStrategy) it means "no".
+            return "no"
         if isinstance(value, str) and float in simple and str not in simple:
             return _coerce(value, float, where)
         if isinstance(value, str) and int in simple and str not in simple and float not in simple:
@@ -289,13 +313,57 @@ class StagedRecipe:
     model: str
     output_dir: Path
     stages: list[StageSpec]
+    raw: dict | None = None  # the recipe mapping it was built from (overrides applied): what stage processes get
 
 
-def _trl_config(cls: type, raw: dict, where: str, *, cpu_defaults: bool = True):
-    """Build ``cls`` (SFTConfig / GRPOConfig) from TRL field names, coercing types; unknown keys raise."""
+# What a launcher (accelerate launch / torchrun) puts in the environment.  TrainingArguments reads it when
+# it is built: it creates accelerate's PartialState, which joins the run's process group and picks a GPU.
+_LAUNCH_ENV_PREFIXES = ("ACCELERATE_", "FSDP_", "TORCHELASTIC_")
+_LAUNCH_ENV_KEYS = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                    "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+
+
+@contextlib.contextmanager
+def detached_from_launch():
+    """Hide the launcher's environment while a config is built only to be validated (``validate_only``):
+    the driver of ``train staged`` checks every stage up front and must not join the run's process group,
+    create a CUDA context or change the accelerate state a real config has set up (it is restored)."""
+    import os
+
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    saved = {k: v for k, v in os.environ.items() if k in _LAUNCH_ENV_KEYS or k.startswith(_LAUNCH_ENV_PREFIXES)}
+    # TrainingArguments resets accelerate's process-wide (Borg) state and builds its own: put back what was
+    # there, so a check made after a real config was built does not leave a CPU-only state behind for it
+    states = [(cls, dict(cls._shared_state)) for cls in (PartialState, AcceleratorState, GradientState)]
+    for k in saved:
+        del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+        for cls, state in states:
+            cls._shared_state.clear()
+            cls._shared_state.update(state)
+
+
+def _trl_config(cls: type, raw: dict, where: str, *, cpu_defaults: bool = True, validate_only: bool = False):
+    """Build ``cls`` (SFTConfig / GRPOConfig) from TRL field names, coercing types; unknown keys raise.
+
+    ``validate_only``: the config is only checked (field names, types, TRL's own rules) - built on the CPU,
+    detached from any launcher (:func:`detached_from_launch`), so world-size dependent values
+    (``generation_batch_size``) are those of one process; :mod:`training.plan` re-derives them for the launch."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     _check_keys(where, raw, set(fields))
     kwargs = {k: _coerce(v, fields[k].type, f"{where}.{k}") for k, v in raw.items()}
+    if validate_only:
+        kwargs["use_cpu"] = True
+        with detached_from_launch():
+            return _make_config(cls, kwargs, where, cpu_defaults)
+    return _make_config(cls, kwargs, where, cpu_defaults)
+
+
+def _make_config(cls: type, kwargs: dict, where: str, cpu_defaults: bool):
     if cpu_defaults:
         import torch
 
@@ -310,7 +378,7 @@ def _trl_config(cls: type, raw: dict, where: str, *, cpu_defaults: bool = True):
         raise RecipeError(f"{where}: {e}") from None
 
 
-def build_sft_recipe(section: dict, model: str, where: str = "sft") -> SFTRecipe:
+def build_sft_recipe(section: dict, model: str, where: str = "sft", *, validate_only: bool = False) -> SFTRecipe:
     from trl import SFTConfig
 
     section = copy.deepcopy(section or {})
@@ -325,11 +393,11 @@ def build_sft_recipe(section: dict, model: str, where: str = "sft") -> SFTRecipe
     if not model:
         raise RecipeError("model: required (a local path or hub id)")
     section.setdefault("output_dir", "runs/sft")
-    args = _trl_config(SFTConfig, section, where)
+    args = _trl_config(SFTConfig, section, where, validate_only=validate_only)
     return SFTRecipe(model=str(model), args=args, data=data, vas=vas)
 
 
-def build_grpo_recipe(section: dict, model: str, where: str = "grpo") -> GRPORecipe:
+def build_grpo_recipe(section: dict, model: str, where: str = "grpo", *, validate_only: bool = False) -> GRPORecipe:
     from trl import GRPOConfig
 
     section = copy.deepcopy(section or {})
@@ -346,7 +414,7 @@ def build_grpo_recipe(section: dict, model: str, where: str = "grpo") -> GRPORec
     if not model:
         raise RecipeError("model: required (a local path or hub id)")
     section.setdefault("output_dir", "runs/grpo")
-    args = _trl_config(GRPOConfig, section, where)
+    args = _trl_config(GRPOConfig, section, where, validate_only=validate_only)
     return GRPORecipe(model=str(model), args=args, data=data, rewards=rewards, vas=vas, pad=pad)
 
 
@@ -392,10 +460,11 @@ def build_staged_recipe(raw: dict) -> StagedRecipe:
                                 on_empty=on_empty))
         # Validate now (unknown keys, types) so a typo in stage 3 fails before stage 1 trains for hours.
         builder = build_sft_recipe if kind == "sft" else build_grpo_recipe
-        builder(section, st.get("model") or raw.get("model") or "<previous stage>", where=where)
+        builder(section, st.get("model") or raw.get("model") or "<previous stage>", where=where, validate_only=True)
     if not raw.get("model") and not stages[0].model:
         raise RecipeError("model: required (the checkpoint stage 1 starts from)")
-    return StagedRecipe(model=str(stages[0].model or raw.get("model")), output_dir=out_dir, stages=stages)
+    return StagedRecipe(model=str(stages[0].model or raw.get("model")), output_dir=out_dir, stages=stages,
+                        raw=copy.deepcopy(raw))
 
 
 # --- loading + overrides -------------------------------------------------------------------------------

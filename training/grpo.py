@@ -1,14 +1,16 @@
 """``train grpo``: TRL ``GRPOTrainer`` + MMR1 Variance-Aware Sampling + (optional) ReVisual-R1 PAD.
 
-:class:`VASGRPOTrainer` overrides three TRL 1.16 hooks and nothing else:
+:class:`VASGRPOTrainer` overrides these TRL 1.16 / transformers 5 hooks:
 
 ``_get_train_sampler``
     returns a :class:`training.sampler.VASSampler` (TRL's ``RepeatSampler`` contract: ``mini_repeat_count =
     num_generations``, ``batch_size = generation_batch_size // num_generations``, ``repeat_count =
     num_iterations * steps_per_generation``; a fraction ``lambda`` of each generation batch drawn by VPS, the
-    rest uniformly).  Seeded from the config, identical on every rank.  Weights are re-read from the shared
-    :class:`training.vps.VPSTable` before every generation batch (``refresh_every=1``) when the table can
-    change (online refresh or periodic re-scoring).
+    rest uniformly; ``shuffle_dataset=False`` keeps the uniform part in dataset order).  Seeded from the config,
+    identical on every rank.  Weights are re-read from the shared :class:`training.vps.VPSTable` before every
+    generation batch (``refresh_every=1``) when the table can change (online refresh or periodic re-scoring).
+    ``_run_epoch`` (:class:`training.utils.SamplerEpochMixin`) tells the sampler the epoch, also when a
+    multi-process run resumes mid-epoch (accelerate's ``set_epoch`` does not reach it there).
 
 ``_calculate_rewards``
     TRL computes every reward function and *gathers* the rewards across processes here; after the parent
@@ -21,20 +23,36 @@
 ``_generate_and_score_completions``
     before: every ``vas.rescore_every`` optimizer steps, a full re-score of the training set with the current
     policy through the trainer's own generation engine (HF ``generate`` here, vLLM where TRL uses it) and
-    reward functions, replacing each prompt's pass rate / TDS (momentum 0).  After: PAD
-    (:func:`training.pad.pad_plan`) on the local batch - keep ``t_low < |A| <= t_high``, draw
-    ``k' = ceil(rho N)`` by ``softmax(|A| / tau)``, ``tau`` annealed over ``max_steps``.  TRL splits the
-    generation batch into ``steps_per_generation`` equal slices, so the kept rows are topped up to a
-    multiple of ``steps_per_generation`` with *loss-masked* filler rows (``completion_mask = 0``, so they add
-    no gradient and no tokens to ``num_items_in_batch``); an empty selection keeps ``steps_per_generation``
-    fully masked rows (a no-op update that keeps every rank's collectives in step).  With several processes
-    every rank tops up to the largest row count of all ranks (TRL gathers per-row tensors, which needs equal
-    shapes) and every rank joins the ``num_items_in_batch`` gather.
+    reward functions, replacing each prompt's pass rate / TDS (momentum 0); what it logs is put back, so the
+    next step's metrics and completions table are the step's own (:meth:`VASGRPOTrainer.rescore_all`).
+    Online refresh, re-scoring and ``score_at_start`` read the accuracy reward: without one the trainer
+    refuses to start.  After: PAD (:func:`training.pad.pad_plan`) on the local batch - keep
+    ``t_low < |A| <= t_high``, draw ``k' = ceil(rho N)`` by ``softmax(|A| / tau)``, ``tau`` annealed over
+    ``max_steps``.  TRL splits the generation batch into ``steps_per_generation`` equal slices, so the kept rows
+    are topped up to a multiple of ``steps_per_generation`` with *loss-masked* filler rows (``completion_mask
+    = 0``, so they add no gradient and no tokens to ``num_items_in_batch``); an empty selection keeps
+    ``steps_per_generation`` fully masked rows (a no-op update that keeps every rank's collectives in step).
+    With several processes every rank tops up to the largest row count of all ranks (TRL gathers per-row
+    tensors, which needs equal shapes) and every rank joins the ``num_items_in_batch`` gather.
 
-Saving: the processor is saved part by part (no torchvision needed), the VPS table goes into every
-checkpoint (``vps_table.parquet``) and is restored on resume, and ``<output_dir>/vps_final.parquet`` holds the
-final table.  After a resume the sampler draws from the restored table, so the prompt stream is not
-bit-identical to an uninterrupted run (the table it draws from is the one saved with the checkpoint).
+``_prepare_inputs`` / ``_compute_loss``
+    the filler rows count in TRL's row means (loss types grpo, sapo, luspo, dr_grpo) and a slice of fillers
+    keeps its micro-batch weight (bnpo), which would scale each update by kept / (kept + fillers).  When a
+    generation batch is buffered we count PAD's rows per slice over all ranks; each micro-batch's advantages
+    and ``beta`` are then multiplied by :meth:`VASGRPOTrainer.pad_loss_scale` (formulas there), so every
+    optimizer step's update equals TRL's loss on the kept rows alone.  dapo / cispo / vespo normalise by
+    ``num_items_in_batch``, which already counts kept tokens only.
+
+``_save_checkpoint`` / ``train``
+    every checkpoint gets the VPS table (``vps_table.parquet``) and ``vas_state.json`` (the re-score schedule,
+    the run statistics, the table's counters and each rank's PAD generator), and
+    ``train(resume_from_checkpoint=...)`` restores them before TRL resumes - whoever calls it, warning when the
+    checkpoint lacks them.  ``<output_dir>/vps_final.parquet`` holds the final table.  With a static table
+    (``refresh: none``, no re-score) a resumed run draws exactly the prompts of the uninterrupted run; with
+    online refresh the resumed sampler reads the table saved with the checkpoint, which the uninterrupted
+    run's look-ahead draw (the dataloader runs one batch ahead) may not have seen yet.
+
+The processor is saved part by part (no torchvision needed).
 """
 
 from __future__ import annotations
@@ -53,11 +71,15 @@ import torch
 from trl import GRPOTrainer
 
 from .config import GRPORecipe
+from .pad import MICROBATCH_TOKEN_MEAN_LOSSES, ROW_MEAN_LOSSES
 from .sampler import VASSampler
 from .utils import (
+    DEBUG_ENV,
     FINAL_DIR,
     ProcessorSaveMixin,
+    SamplerEpochMixin,
     TrainResult,
+    debug_event,
     finish_run,
     freeze_vision_tower,
     last_checkpoint,
@@ -66,26 +88,17 @@ from .utils import (
     progress_callback,
 )
 
-__all__ = ["VASGRPOTrainer", "build_vps_table", "train_grpo", "completion_texts"]
+__all__ = ["VASGRPOTrainer", "build_grpo_trainer", "build_vps_table", "train_grpo", "completion_texts"]
 
 log = logging.getLogger(__name__)
 
 VPS_CKPT_FILE = "vps_table.parquet"
 VPS_FINAL_FILE = "vps_final.parquet"
-# Multi-process debugging/tests: when set, every rank appends JSON lines to <dir>/rank<R>.jsonl - the chunks
-# its VAS sampler draws, the dataset indices of its local batch slice, the gathered (keys, accuracy rewards,
-# texts) fed to the online VPS update (main process), its final VPS values and the files it saves.
-DEBUG_ENV = "RLCURATE_TRAIN_DEBUG_DIR"
+RUN_STATE_FILE = "vas_state.json"  # per checkpoint: re-score schedule, run statistics, PAD generators, VPS counters
 
-
-def debug_event(rank: int, event: str, **data: Any) -> None:
-    """Append ``{"event": event, **data}`` to ``$RLCURATE_TRAIN_DEBUG_DIR/rank<rank>.jsonl`` (no-op when unset)."""
-    d = os.environ.get(DEBUG_ENV)
-    if not d:
-        return
-    Path(d).mkdir(parents=True, exist_ok=True)
-    with open(Path(d) / f"rank{rank}.jsonl", "a") as f:
-        f.write(json.dumps({"event": event, **data}, default=float) + "\n")
+# ROW_MEAN_LOSSES / MICROBATCH_TOKEN_MEAN_LOSSES (TRL 1.16 loss types by how they normalise) live in
+# training/pad.py, which `train plan` imports without loading TRL's trainer
+PAD_KEPT_KEY = "pad_kept"  # per-row flag PAD adds to the generation batch (False = loss-masked filler)
 
 
 def completion_texts(completions: list) -> list[str]:
@@ -132,8 +145,12 @@ class TrackingVASSampler(VASSampler):
         return None
 
 
-class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
-    """GRPOTrainer with Variance-Aware Sampling, online VPS refresh and optional PAD (module docstring)."""
+class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
+    """GRPOTrainer with Variance-Aware Sampling, online VPS refresh and optional PAD (module docstring).
+
+    ``train(resume_from_checkpoint=...)`` restores what the checkpoint holds besides TRL's own state: the VPS
+    table (``vps_table.parquet``) and ``vas_state.json`` (re-score schedule, run statistics, each rank's PAD
+    generator); a checkpoint without them resumes with a warning."""
 
     def __init__(self, *args, vps_table=None, vas=None, pad=None, accuracy_reward: str | None = None, **kwargs):
         self.vps_table = vps_table
@@ -143,13 +160,34 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
         self._accuracy_name = accuracy_reward
         self._rescoring = False
         self._last_rescore_block = 0
+        self._pad_norm: list[tuple[int, int]] | None = None  # per slice of the buffered batch: global (kept, nonempty)
         self.vas_sampler = None
         self.run_stats = {"groups": 0, "zero_var_groups": 0, "acc_groups": 0, "acc_zero_var_groups": 0,
                           "n_vas": 0, "n_uniform": 0, "pad_kept": 0, "pad_total": 0, "pad_empty": 0,
                           "rescores": 0}
         super().__init__(*args, **kwargs)
         self._pad_gen = torch.Generator().manual_seed(int(self.args.seed) + 1)
-        self._debug("start", world_size=self.accelerator.num_processes)
+        self._check_setup()
+        self._debug("start", world_size=self.accelerator.num_processes, pid=os.getpid())
+
+    def _check_setup(self) -> None:
+        """Refuse configurations that would train on wrong numbers instead of failing T steps in."""
+        spec = self.vas_spec
+        if spec is not None and self.vps_table is not None and self._accuracy_column() is None:
+            uses = spec.accuracy_uses()
+            if uses:
+                raise ValueError(
+                    f"vas.{' and vas.'.join(uses)} {'needs' if len(uses) == 1 else 'need'} an accuracy reward "
+                    f"(rewards: {{accuracy: 1.0, ...}}); the reward functions are {list(self.reward_func_names)}"
+                )
+        if self.pad_config is not None and self.loss_type in ROW_MEAN_LOSSES | MICROBATCH_TOKEN_MEAN_LOSSES:
+            ga, spg = self.args.gradient_accumulation_steps, self.args.steps_per_generation
+            if spg % ga:
+                raise ValueError(
+                    f"PAD with loss_type={self.loss_type!r} needs steps_per_generation ({spg}) to be a multiple of "
+                    f"gradient_accumulation_steps ({ga}): the loss is normalised over each optimizer step's kept "
+                    "rollouts, so a step must not straddle two generation batches"
+                )
 
     def _debug(self, event: str, **data: Any) -> None:
         debug_event(self.accelerator.process_index, event, **data)
@@ -205,7 +243,7 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
 
         keys = gather_object([int(x[INDEX_COLUMN]) for x in inputs]) if INDEX_COLUMN in inputs[0] else None
         if keys is not None:
-            self._debug("batch", local_keys=[int(x[INDEX_COLUMN]) for x in inputs])
+            self._debug("batch", step=int(self.state.global_step), local_keys=[int(x[INDEX_COLUMN]) for x in inputs])
         if keys is not None and self.vas_sampler is not None:
             mix = self.vas_sampler.pop_matching(set(keys))
             if mix is not None:
@@ -256,14 +294,17 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
 
     def rescore_all(self) -> dict:
         """Re-score every training prompt with ``num_generations`` rollouts of the current policy and reset
-        its pass rate / TDS to the observed values (momentum 0).  Metrics and token counters touched by the
-        generation are restored, so the training logs only show the re-score's own metrics."""
+        its pass rate / TDS to the observed values (momentum 0).  Everything the generation and the reward
+        functions log - the step's metrics, TRL's pending ``log_metric`` / ``log_extra`` buffers (flushed into
+        the next step's metrics and completions table) and the token counter - is put back as it was, so the
+        training logs only gain the re-score's own ``vas/rescore_seconds``."""
         from accelerate.utils import gather_object
         from trl.data_utils import prepare_multimodal_messages
 
         from .vps import INDEX_COLUMN
 
         t0 = time.perf_counter()
+        self._debug("rescore", step=int(self.state.global_step))
         ds = self.train_dataset
         n = len(ds)
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -273,7 +314,12 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
         share = -(-n // world)
         mine += [mine[-1]] * (share - len(mine)) if mine else [0] * share
         acc_col = self._accuracy_column()
-        saved_metrics = {k: len(v) for k, v in self._metrics["train"].items()}
+        if acc_col is None:
+            raise ValueError(f"re-scoring needs an accuracy reward; the reward functions are {list(self.reward_func_names)}")
+        # Everything TRL's generation and reward code logs into: the step's metrics (some keys are *replaced*,
+        # e.g. num_tokens), and the pending log_metric / log_extra buffers that the next training batch flushes.
+        metrics, pending_m, pending_x = self._metrics["train"], self._pending_metrics, self._pending_extra_logs
+        saved = [(d, {k: list(v) for k, v in d.items()}) for d in (metrics, pending_m, pending_x)]
         saved_tokens = self.state.num_input_tokens_seen
         keys_all, rewards_all, texts_all = [], [], []
         self._rescoring = True
@@ -292,8 +338,9 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
                 rewards_all.append(rewards[:, acc_col].detach().cpu().numpy())
         finally:
             self._rescoring = False
-            for k, v in self._metrics["train"].items():
-                del v[saved_metrics.get(k, 0):]
+            for d, snapshot in saved:
+                d.clear()
+                d.update(snapshot)
             self.state.num_input_tokens_seen = saved_tokens
         m = self.vps_table.config.momentum
         self.vps_table.config.momentum = 0.0
@@ -362,19 +409,170 @@ class VASGRPOTrainer(ProcessorSaveMixin, GRPOTrainer):
             new["advantages"] = new["advantages"].masked_fill(filler_mask.to(new["advantages"].device), 0.0)
         loss_mask = new["completion_mask"] if "tool_mask" not in new else new["completion_mask"] * new["tool_mask"]
         new["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        # which rows are PAD's (the fillers only make the slices equal): TRL shuffles the rows and splits them
+        # into steps_per_generation slices after this hook; _prepare_inputs counts the kept rows per slice
+        new[PAD_KEPT_KEY] = torch.arange(len(order), device=adv.device) < len(kept)
         return unsplit_pixel_values_by_grid(new)
+
+    # -- PAD: loss scale of the filler-padded slices ------------------------------------------------------
+
+    def _prepare_inputs(self, generation_batch):
+        buffered = self._buffered_inputs
+        out = super()._prepare_inputs(generation_batch)
+        if self.model.training and self._buffered_inputs is not buffered:  # a new generation batch
+            slices = self._buffered_inputs
+            if slices and all(PAD_KEPT_KEY in b for b in slices):
+                local = torch.tensor([[int(b[PAD_KEPT_KEY].sum()), int(b[PAD_KEPT_KEY].any())] for b in slices],
+                                     device=self.accelerator.device)
+                glob = self.accelerator.reduce(local, reduction="sum") if self.accelerator.num_processes > 1 else local
+                self._pad_norm = [(int(k), int(e)) for k, e in glob.tolist()]
+            else:
+                self._pad_norm = None
+        return out
+
+    def pad_loss_scale(self, inputs: dict) -> float:
+        """Factor that gives a micro-batch of PAD-selected rows plus masked fillers the update scale of the kept
+        rows alone.  Fillers add zero to TRL's loss sums but count in its row means, so without this the update
+        of a step is scaled by kept / (kept + fillers).
+
+        For an optimizer step made of the slices ``S`` (``current_gradient_accumulation_steps = GA`` of them,
+        ``W`` processes, ``m`` rows per slice, ``K`` rows PAD kept in ``S`` over all processes):
+
+        - row means (grpo, sapo, luspo, dr_grpo): TRL divides each slice by ``m`` (dr_grpo: ``m *
+          max_completion_length``) and by ``GA``, DDP averages over ``W``; the factor ``m GA W / K`` makes the
+          step's gradient the mean over its ``K`` kept rows - what TRL computes for a batch of only kept rows,
+          and exactly 1 when nothing is filler (``K = m GA W``).
+        - micro-batch token mean (bnpo): a slice holding only fillers contributes 0 where TRL would give it
+          weight ``1 / (GA W)``; the factor ``GA W / E`` (``E`` = slices in ``S`` with a kept row, over all
+          processes) restores the step's total weight to 1.
+        - global token count (dapo, cispo, vespo): ``num_items_in_batch`` already counts only kept tokens: 1.
+
+        The factor multiplies the advantages and ``beta`` (both enter TRL's per-token loss linearly, with a
+        positive factor the clipping and sign tests are unchanged), so the KL term is scaled with the policy term
+        while TRL's entropy bonus and auxiliary losses keep their own normalisation."""
+        if not self.model.training or self._pad_norm is None or PAD_KEPT_KEY not in inputs:
+            return 1.0
+        ga = int(self.current_gradient_accumulation_steps)
+        spg = self.args.steps_per_generation
+        s = self._step % spg  # the slice TRL's _prepare_inputs handed out for this micro-step
+        first = s - s % ga  # spg is a multiple of GA (checked at start), so a step's slices are consecutive
+        step = self._pad_norm[first: first + ga]
+        world = self.accelerator.num_processes
+        if self.loss_type in ROW_MEAN_LOSSES:
+            kept = sum(k for k, _ in step)
+            return inputs["advantages"].shape[0] * ga * world / kept if kept else 1.0
+        if self.loss_type in MICROBATCH_TOKEN_MEAN_LOSSES:
+            nonempty = sum(e for _, e in step)
+            return ga * world / nonempty if nonempty else 1.0
+        return 1.0
+
+    def _compute_loss(self, model, inputs):
+        c = self.pad_loss_scale(inputs)
+        if c == 1.0:
+            return super()._compute_loss(model, inputs)
+        inputs = {**inputs, "advantages": inputs["advantages"] * c}
+        beta = self.beta
+        self.beta = beta * c
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self.beta = beta
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
+    def run_state(self) -> dict:
+        """What a checkpoint needs besides TRL's state and the VPS table to resume this trainer exactly: the
+        re-score schedule, the run statistics, the VPS table's counters and this rank's PAD generator."""
+        import base64
+
+        t = self.vps_table
+        return {
+            "format": 1,
+            "global_step": int(self.state.global_step),
+            "last_rescore_block": int(self._last_rescore_block),
+            "run_stats": dict(self.run_stats),
+            "vps": None if t is None else {"version": t.version, "total_groups": t._total_groups,
+                                           "total_zero_var": t._total_zero_var},
+            "pad_generator": base64.b64encode(bytes(self._pad_gen.get_state().numpy())).decode(),
+        }
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.vps_table is not None and self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        from accelerate.utils import gather_object
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-            ckpt = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            if ckpt.is_dir():
-                self.vps_table.save(ckpt / VPS_CKPT_FILE)
-                self._debug("save", path=str(ckpt / VPS_CKPT_FILE))
+        from curation.core.io import write_json_atomic
+
+        state = self.run_state()
+        # every rank joins (collective); PAD draws from each rank's own generator, so all are kept
+        gens = gather_object([state.pop("pad_generator")])
+        if not self.args.should_save:
+            return
+        ckpt = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if not ckpt.is_dir():
+            return
+        if self.vps_table is not None:
+            self.vps_table.save(ckpt / VPS_CKPT_FILE)
+            self._debug("save", path=str(ckpt / VPS_CKPT_FILE))
+        write_json_atomic({**state, "pad_generators": gens}, ckpt / RUN_STATE_FILE)
+        self._debug("save", path=str(ckpt / RUN_STATE_FILE))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """TRL's ``train``; when resuming, first restores the VPS table and :meth:`run_state` saved with the
+        checkpoint (:meth:`restore_run_state`)."""
+        ckpt = resume_from_checkpoint
+        if ckpt is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            ckpt = get_last_checkpoint(self.args.output_dir)  # None: transformers raises its own error
+        if ckpt:
+            self.restore_run_state(ckpt)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def restore_run_state(self, checkpoint: str | Path) -> list[str]:
+        """Load ``vps_table.parquet`` into the shared table and apply ``vas_state.json``; warns about what the
+        checkpoint lacks.  Returns notes on what was restored."""
+        import base64
+        import warnings
+
+        ckpt = Path(checkpoint)
+        notes: list[str] = []
+        state_path = ckpt / RUN_STATE_FILE
+        state = json.loads(state_path.read_text()) if state_path.exists() else None
+        if self.vps_table is not None:
+            from .vps import VPSTable
+
+            if (ckpt / VPS_CKPT_FILE).exists():
+                saved = VPSTable.load(ckpt / VPS_CKPT_FILE, config=self.vps_table.config)
+                counters = (state or {}).get("vps") or {}
+                self.vps_table.load_state_dict({
+                    "table": saved.to_table(), "version": counters.get("version", 0),
+                    "total_groups": counters.get("total_groups", 0),
+                    "total_zero_var": counters.get("total_zero_var", 0),
+                })
+                notes.append(f"VPS table restored from {ckpt / VPS_CKPT_FILE}")
+            else:
+                warnings.warn(f"{ckpt} has no {VPS_CKPT_FILE}: VAS resumes from the VPS table it was given (the "
+                              "initial scores), not from the one the run had reached", stacklevel=3)
+        if state is None:
+            warnings.warn(f"{ckpt} has no {RUN_STATE_FILE}: the re-score schedule, the run statistics and PAD's "
+                          "random stream restart from scratch", stacklevel=3)
+            return notes
+        self._last_rescore_block = int(state["last_rescore_block"])
+        self.run_stats.update(state["run_stats"])
+        gens = state.get("pad_generators") or []
+        rank = self.accelerator.process_index
+        if len(gens) == self.accelerator.num_processes:
+            buf = base64.b64decode(gens[rank])
+            self._pad_gen.set_state(torch.frombuffer(bytearray(buf), dtype=torch.uint8).clone())
+        else:
+            warnings.warn(f"{ckpt / RUN_STATE_FILE} holds PAD generators for {len(gens)} processes, this run has "
+                          f"{self.accelerator.num_processes}: PAD's random stream restarts from the seed", stacklevel=3)
+        notes.append(f"run state restored from {state_path} (step {state['global_step']})")
+        self._debug("restore", checkpoint=str(ckpt), last_rescore_block=self._last_rescore_block)
+        for n in notes:
+            log.info(n)
+        return notes
 
 
 def torch_nan_ptp(x):
@@ -406,26 +604,21 @@ def _load_rl_dataset(recipe: GRPORecipe):
     return ds.add_column(INDEX_COLUMN, list(range(len(ds))))
 
 
-def train_grpo(
+def build_grpo_trainer(
     recipe: GRPORecipe,
     *,
-    resume: bool = True,
-    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
-    report: Callable[[str], None] | None = None,
-    freeze_vision: bool = False,
     callbacks: list | None = None,
-) -> TrainResult:
-    """Run GRPO (+VAS, +PAD) from a recipe; returns a :class:`~training.utils.TrainResult`.
-
-    ``freeze_vision``: ``requires_grad_(False)`` on the vision tower before training (ReVisual-R1 stage 3)."""
+    report: Callable[[str], None] | None = None,
+) -> VASGRPOTrainer:
+    """The :class:`VASGRPOTrainer` a recipe describes - dataset (with its ``vas_index`` column), reward
+    functions and weights, the VPS table (when VAS is on) - without training it.  :func:`train_grpo` is this
+    plus resume, start-of-run scoring and the final checkpoint; use it directly to drive the trainer yourself
+    (``trainer.train(resume_from_checkpoint=...)`` restores the VPS table and run state)."""
     from .rewards import build_reward_funcs
-    from .utils import model_and_processor
+    from .utils import check_single_process_gpus, model_and_processor, resolve_attn_implementation
 
     say = report or (lambda s: log.info(s))
-    t0 = time.perf_counter()
     args = recipe.args
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model_dir = recipe.model
     processing_class, vl_model = model_and_processor(model_dir, "left")
 
@@ -448,46 +641,67 @@ def train_grpo(
     table = None
     vas = recipe.vas
     if vas.enabled:
-        if acc_name is None and vas.refresh == "online":
-            raise ValueError("vas.refresh=online needs an accuracy reward (rewards: {accuracy: 1.0, ...})")
+        uses = vas.accuracy_uses()
+        if acc_name is None and uses:  # before the model loads (the trainer checks again, for direct use)
+            raise ValueError(f"vas.{' and vas.'.join(uses)} {'needs' if len(uses) == 1 else 'need'} an accuracy "
+                             f"reward (rewards: {{accuracy: 1.0, ...}}); the recipe's rewards are {names}")
         table = build_vps_table(dataset, recipe)
         st = table.stats()
         say(f"VAS: lambda={vas.lambda_}, refresh={vas.refresh}, rescore_every={vas.rescore_every}; initial VPS "
             f"mean {st['vps_mean']:.3f} (min {st['vps_min']:.3f}, max {st['vps_max']:.3f})")
+        if not args.shuffle_dataset and vas.lambda_ > 0:
+            say(f"VAS with shuffle_dataset=false: the uniform part of each epoch walks the first "
+                f"{1 - vas.lambda_:.0%} of the rows in dataset order; the rest are reached by VAS draws only")
     else:
         say("sampler: uniform (TRL RepeatSampler)")
     if recipe.pad.enabled:
         p = recipe.pad
         say(f"PAD: rho={p.rho}, |A| in ({p.t_low}, {p.t_high}], tau {p.tau_start} -> {p.tau_end} ({p.schedule})")
-
-    ckpt = last_checkpoint(out) if resume else None
-    if ckpt and table is not None and (Path(ckpt) / VPS_CKPT_FILE).exists():
-        from .vps import VPSTable
-
-        saved = VPSTable.load(Path(ckpt) / VPS_CKPT_FILE, config=table.config)
-        table.load_state_dict({"table": saved.to_table(), "version": 0, "total_groups": 0, "total_zero_var": 0})
-        say(f"restored the VPS table from {ckpt}")
-
-    cbs = list(callbacks or [])
-    if progress:
-        cbs.append(progress_callback(progress, "grpo"))
-    trainer = VASGRPOTrainer(
+    check_single_process_gpus(args, "grpo")
+    resolve_attn_implementation(args)
+    return VASGRPOTrainer(
         model=model_dir,
         reward_funcs=funcs,
         args=args,
         train_dataset=dataset,
         processing_class=processing_class,
-        callbacks=cbs,
+        callbacks=list(callbacks or []),
         vps_table=table,
         vas=vas,
         pad=recipe.pad,
         accuracy_reward=acc_name,
     )
+
+
+def train_grpo(
+    recipe: GRPORecipe,
+    *,
+    resume: bool = True,
+    progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    report: Callable[[str], None] | None = None,
+    freeze_vision: bool = False,
+    callbacks: list | None = None,
+) -> TrainResult:
+    """Run GRPO (+VAS, +PAD) from a recipe; returns a :class:`~training.utils.TrainResult`.
+
+    ``freeze_vision``: ``requires_grad_(False)`` on the vision tower before training (ReVisual-R1 stage 3)."""
+    say = report or (lambda s: log.info(s))
+    t0 = time.perf_counter()
+    args = recipe.args
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cbs = list(callbacks or [])
+    if progress:
+        cbs.append(progress_callback(progress, "grpo"))
+    trainer = build_grpo_trainer(recipe, callbacks=cbs, report=say)
+    dataset, table, vas = trainer.train_dataset, trainer.vps_table, recipe.vas
+    names, weights = list(trainer.reward_func_names), list(args.reward_weights)
+    ckpt = last_checkpoint(out) if resume else None
     frozen = freeze_vision_tower(trainer.model) if freeze_vision else 0
     if frozen:
         say(f"vision tower frozen ({frozen:,} parameters)")
     if ckpt:
-        say(f"resuming from {ckpt}")
+        say(f"resuming from {ckpt} (the trainer restores its VPS table and run state from it)")
     elif table is not None and vas.score_at_start:
         trainer.model.train()
         t1 = time.perf_counter()

@@ -31,6 +31,14 @@ from dataclasses import dataclass
 
 import torch
 
+# TRL 1.16 loss types by how they normalise (GRPOTrainer._compute_loss): a mean over the micro-batch's rows
+# (grpo, sapo: per-sequence token mean, then mean over rows; luspo: per-sequence sum, mean over rows; dr_grpo:
+# sum / (rows * max_completion_length)), a token mean over the micro-batch (bnpo), or a sum over the
+# generation batch's global token count num_items_in_batch (dapo, cispo, vespo).  With PAD, the first two
+# need steps_per_generation to be a multiple of gradient_accumulation_steps (VASGRPOTrainer._check_setup).
+ROW_MEAN_LOSSES = frozenset({"grpo", "sapo", "dr_grpo", "luspo"})
+MICROBATCH_TOKEN_MEAN_LOSSES = frozenset({"bnpo"})
+
 __all__ = ["PADConfig", "PADSelection", "pad_select", "pad_plan", "tau_at"]
 
 

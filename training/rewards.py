@@ -17,6 +17,7 @@ TRL uses as its logging key (``rewards/<name>/mean``).
 Recipes name rewards through :data:`REWARDS` and :func:`build_reward_funcs`::
 
     rewards: {accuracy: 1.0, format: {weight: 0.5}, length: {weight: 0.5, budget: 1024}}
+    rewards: {accuracy: {weight: 1.0, lenient: true}}    # the lenient last_math extraction rule on
 
 gives ``reward_funcs`` and ``reward_weights`` for ``GRPOTrainer`` / ``GRPOConfig``.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
-from curation.verify import DEFAULT_RULES, last_boxed
+from curation.verify import last_boxed, resolve_rules
 
 __all__ = [
     "AccuracyReward",
@@ -113,7 +114,11 @@ class AccuracyReward:
     The gold comes from the ``answer`` column (``answer_key``); without it, from ``solution`` through its
     last ``\\boxed{}`` (TRL's convention). Multiple-choice ``options`` are used when present. Verification
     runs in the shared worker pool (:func:`curation.verify.get_verifier`) with a hard per-item deadline
-    of ``timeout`` seconds: a timeout, an error or no extractable answer give ``0``. When TRL passes
+    of ``timeout`` seconds: a timeout, an error or no extractable answer give ``0``. Extraction is strict by
+    default (a final-answer marker is required: ``\\boxed{}``, ``<answer>``, "the answer is", ...);
+    ``lenient=True`` (recipe: ``accuracy: {weight: 1.0, lenient: true}``) adds the ``last_math`` rule (the last
+    math expression or number of the final sentence), ``rules`` picks the rule list
+    (:data:`curation.verify.RULES`). When TRL passes
     ``log_extra`` / ``log_metric``, the extracted answers and verdicts go to the completions table and the
     share of each verdict to the metrics.
     """
@@ -121,11 +126,12 @@ class AccuracyReward:
     __name__ = "accuracy_reward"
 
     def __init__(self, timeout: float = 5.0, answer_key: str = "answer", options_key: str = "options",
-                 rules: Sequence[str] = DEFAULT_RULES):
+                 rules: Sequence[str] | None = None, lenient: bool = False):
         self.timeout = float(timeout)
         self.answer_key = answer_key
         self.options_key = options_key
-        self.rules = tuple(rules)
+        self.rules = resolve_rules(rules, lenient)
+        self.lenient = "last_math" in self.rules
 
     def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         from curation.verify import get_verifier, parse_gold
@@ -167,9 +173,11 @@ class AccuracyReward:
 
 
 def make_accuracy_reward(timeout: float = 5.0, answer_key: str = "answer", options_key: str = "options",
-                         rules: Sequence[str] = DEFAULT_RULES) -> AccuracyReward:
-    """Factory of :class:`AccuracyReward` (registry name ``accuracy``)."""
-    return AccuracyReward(timeout=timeout, answer_key=answer_key, options_key=options_key, rules=rules)
+                         rules: Sequence[str] | None = None, lenient: bool = False) -> AccuracyReward:
+    """Factory of :class:`AccuracyReward` (registry name ``accuracy``; options ``timeout``, ``answer_key``,
+    ``options_key``, ``rules``, ``lenient``)."""
+    return AccuracyReward(timeout=timeout, answer_key=answer_key, options_key=options_key, rules=rules,
+                          lenient=lenient)
 
 
 accuracy_reward = AccuracyReward()

@@ -24,10 +24,22 @@ from the other prompts and counted as ``n_vas_fallback`` in :meth:`VASSampler.la
 
 **Determinism / ranks.** Nothing depends on the rank or on global RNG state.  The uniform permutation of epoch
 ``e`` is the ``(e+1)``-th ``torch.randperm`` of a generator seeded with ``seed`` - the very stream TRL's
-``RepeatSampler`` uses - so with ``lambda = 0`` the output equals ``RepeatSampler``'s, epoch by epoch.  The VAS
-draw of chunk ``j`` uses ``numpy.random.default_rng([seed, epoch, j])`` and the weight snapshot ``P``.  Every
-rank holds an identical :class:`~training.vps.VPSTable` (updates take gathered data) and consumes the dataloader
-in lockstep, so streams are identical on every rank.
+``RepeatSampler`` uses - so with ``lambda = 0`` the output equals ``RepeatSampler``'s, epoch by epoch (in a run
+that is not resumed: see **Epochs**).  The VAS draw of chunk ``j`` uses ``numpy.random.default_rng([seed,
+epoch, j])`` and the weight snapshot ``P``.  Every rank holds an identical :class:`~training.vps.VPSTable`
+(updates take gathered data) and consumes the dataloader in lockstep, so streams are identical on every rank.
+
+**Shuffle off** (``shuffle=False``; TRL's ``shuffle_dataset=False``, read by :meth:`VASSampler.for_grpo`).  The
+epoch's uniform order is the dataset order ``0..N-1`` instead of a permutation, restarting at row 0 every epoch
+as ``RepeatSampler(shuffle=False)`` does: with ``lambda = 0`` the stream is exactly RepeatSampler's.  With
+``lambda > 0`` the uniform slots still take the *first* ``n - n_vas`` entries of that order, so an epoch's
+uniform part walks rows ``0 .. n - n_vas - 1`` in order and the rows after them are reached by VAS draws only;
+each chunk lists its uniform picks first (in dataset order), then its VAS picks (no position shuffle).
+
+**Epochs.** :meth:`VASSampler.set_epoch` picks the epoch of the next ``__iter__``; the trainers call it at every
+epoch start (:class:`training.utils.SamplerEpochMixin`), which also covers a multi-process resume, where
+accelerate's own ``set_epoch`` does not reach the sampler.  TRL's ``RepeatSampler`` has no ``set_epoch``: on a
+resume it restarts its permutation stream, so a resumed run of stock TRL orders the resumed epoch as epoch 0.
 
 **Refresh.** ``refresh_every=None``: ``P`` is snapshotted from the table when an epoch starts.
 ``refresh_every=T``: re-snapshotted every ``T`` chunks (generation rounds) too - needed when training is
@@ -38,7 +50,7 @@ reaches the draw within about ``T + 1`` generation rounds (the dataloader looks 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence, Sized
+from typing import Any, Callable, Iterator, Sequence, Sized
 
 import numpy as np
 import torch
@@ -74,7 +86,8 @@ class VASSampler(Sampler[int]):
     steps_per_generation`` (:meth:`for_grpo` reads them from a trainer).
 
     ``scores``: a :class:`~training.vps.VPSTable` (shared with the trainer, updated online) or a static
-    array of VPS values, one per dataset row.  ``vas_fraction``: MMR1's lambda in [0, 1].
+    array of VPS values, one per dataset row.  ``vas_fraction``: MMR1's lambda in [0, 1].  ``shuffle``:
+    ``False`` keeps the uniform part in dataset order (module docstring).
     """
 
     def __init__(
@@ -90,6 +103,7 @@ class VASSampler(Sampler[int]):
         epsilon: float = 1e-3,
         power: float = 1.0,
         refresh_every: int | None = None,
+        shuffle: bool = True,
     ):
         self.num_samples = data_source if isinstance(data_source, int) else len(data_source)
         self.scores = scores
@@ -113,6 +127,7 @@ class VASSampler(Sampler[int]):
         self.power = float(power)
         vas_probabilities(arr, epsilon=self.epsilon, power=self.power)  # validate scores/epsilon/power now
         self.refresh_every = refresh_every
+        self.shuffle = bool(shuffle)
         self.epoch = 0
         self._perm_gen: torch.Generator | None = None
         self._perm_epoch = -1
@@ -131,6 +146,7 @@ class VASSampler(Sampler[int]):
         """
         args = trainer.args
         kwargs.setdefault("seed", args.seed)
+        kwargs.setdefault("shuffle", bool(getattr(trainer, "shuffle_dataset", getattr(args, "shuffle_dataset", True))))
         return cls(
             trainer.train_dataset if dataset is None else dataset,
             scores,
@@ -167,7 +183,10 @@ class VASSampler(Sampler[int]):
         return ((j + 1) * n_vas) // k - (j * n_vas) // k
 
     def _epoch_perm(self, epoch: int) -> np.ndarray:
-        """The ``(epoch+1)``-th ``torch.randperm(N)`` of a generator seeded with ``seed`` (RepeatSampler's)."""
+        """The epoch's uniform order: the ``(epoch+1)``-th ``torch.randperm(N)`` of a generator seeded with
+        ``seed`` (RepeatSampler's), or ``0..N-1`` with ``shuffle=False``."""
+        if not self.shuffle:
+            return np.arange(self.num_samples)
         if self._perm_gen is None or self._perm_epoch != epoch - 1:
             self._perm_gen = torch.Generator()
             self._perm_gen.manual_seed(self.seed)
@@ -253,8 +272,10 @@ class VASSampler(Sampler[int]):
                 stats["n_vas_fallback"] += short
                 allidx = np.concatenate([u, v])
                 flags = np.concatenate([np.zeros(u.size, dtype=bool), np.ones(v.size, dtype=bool)])
-                order = rng.permutation(B)  # mix VAS and uniform picks across positions (and ranks)
-                idx, is_vas = allidx[order].tolist(), flags[order].tolist()
+                if self.shuffle:  # mix VAS and uniform picks across positions (and ranks)
+                    order = rng.permutation(B)
+                    allidx, flags = allidx[order], flags[order]
+                idx, is_vas = allidx.tolist(), flags.tolist()
             stats["n_chunks"] += 1
             stats["n_vas"] += c
             stats["n_uniform"] += B - c
@@ -331,6 +352,7 @@ class VASEpochSampler(Sampler[int]):
         self.per_problem = per_problem
         self.epoch = 0
         self._stats: dict[str, Any] = {}
+        self.on_epoch: Callable[[int, list[int]], None] | None = None  # debug hook (epoch, row order)
         self.row_probabilities()  # validate now
 
     def set_epoch(self, epoch: int) -> None:
@@ -388,7 +410,10 @@ class VASEpochSampler(Sampler[int]):
         out = out[rng.permutation(out.size)]
         self._stats = {"epoch": epoch, "n_vas": int(n_vas), "n_uniform": int(n_uni),
                        "n_unique": int(np.unique(out).size), **probability_stats(p)}
-        return iter(out.tolist())
+        order = out.tolist()
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, order)
+        return iter(order)
 
     def last_epoch_stats(self) -> dict[str, Any]:
         """``n_vas``, ``n_uniform``, ``n_unique`` and the weight statistics of the last epoch drawn."""

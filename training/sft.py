@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -38,9 +39,13 @@ from trl import SFTTrainer
 
 from .config import SFTRecipe
 from .utils import (
+    DEBUG_ENV,
     FINAL_DIR,
     ProcessorSaveMixin,
+    SamplerEpochMixin,
     TrainResult,
+    check_single_process_gpus,
+    debug_event,
     finish_run,
     freeze_vision_tower,
     is_vlm_processor,
@@ -49,6 +54,7 @@ from .utils import (
     load_parquet_dataset,
     model_and_processor,
     progress_callback,
+    resolve_attn_implementation,
 )
 
 __all__ = [
@@ -242,8 +248,9 @@ def _training_chat_template(processing_class: Any) -> str | None:
 # --- the trainer -----------------------------------------------------------------------------------------
 
 
-class VASSFTTrainer(ProcessorSaveMixin, SFTTrainer):
-    """``SFTTrainer`` whose epoch order comes from a VAS epoch sampler when one is given."""
+class VASSFTTrainer(SamplerEpochMixin, ProcessorSaveMixin, SFTTrainer):
+    """``SFTTrainer`` whose epoch order comes from a VAS epoch sampler when one is given (told the epoch by
+    :class:`training.utils.SamplerEpochMixin`, also when a multi-process run resumes mid-epoch)."""
 
     def __init__(self, *args, vas_sampler=None, **kwargs):
         self.vas_sampler = vas_sampler
@@ -258,6 +265,9 @@ class VASSFTTrainer(ProcessorSaveMixin, SFTTrainer):
                 f"TRL's prepared dataset has {len(ds)} rows but the VAS sampler was built for "
                 f"{self.vas_sampler.n_rows}; rows were dropped during preparation"
             )
+        if os.environ.get(DEBUG_ENV):
+            rank = self.accelerator.process_index
+            self.vas_sampler.on_epoch = lambda e, order: debug_event(rank, "sampler_epoch", epoch=int(e), indices=order)
         return self.vas_sampler
 
 
@@ -337,6 +347,8 @@ def train_sft(
     if loss_mode == "completion":
         dataset = to_prompt_completion(dataset, str(recipe.data.train))
 
+    check_single_process_gpus(args, "sft")
+    resolve_attn_implementation(args)
     callbacks = [progress_callback(progress, "sft")] if progress else []
     trainer = VASSFTTrainer(
         model=model_dir,

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 __all__ = [
+    "DEBUG_ENV",
     "EmptyDatasetError",
+    "check_single_process_gpus",
+    "flash_attention_problem",
+    "module_installed",
+    "resolve_attn_implementation",
     "FINAL_DIR",
     "RESULT_FILE",
     "ProcessorSaveMixin",
+    "SamplerEpochMixin",
     "TrainResult",
+    "debug_event",
     "finish_run",
     "freeze_vision_tower",
     "is_vlm_processor",
@@ -27,20 +35,32 @@ __all__ = [
     "last_logged",
     "load_parquet_dataset",
     "mean_logged",
+    "param_numel",
     "parquet_num_rows",
     "model_and_processor",
     "progress_callback",
+    "run_info",
     "save_processing_class",
     "tokenizer_of",
 ]
 
 
 RESULT_FILE = "result.json"
-
-
-
 FINAL_DIR = "final"
+# Multi-process debugging/tests: when set, every rank appends JSON lines to <dir>/rank<R>.jsonl (GRPO: the chunks
+# its VAS sampler draws, the dataset indices of its local batch slice, the gathered rollouts fed to the online
+# VPS update, re-scores, its final VPS values and the files it saves; SFT: the row order of every epoch).
+DEBUG_ENV = "RLCURATE_TRAIN_DEBUG_DIR"
 
+
+def debug_event(rank: int, event: str, **data: Any) -> None:
+    """Append ``{"event": event, **data}`` to ``$RLCURATE_TRAIN_DEBUG_DIR/rank<rank>.jsonl`` (no-op when unset)."""
+    d = os.environ.get(DEBUG_ENV)
+    if not d:
+        return
+    Path(d).mkdir(parents=True, exist_ok=True)
+    with open(Path(d) / f"rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({"event": event, **data}, default=float) + "\n")
 
 
 @dataclass
@@ -63,7 +83,6 @@ class TrainResult:
 
     def to_json(self) -> dict:
         return asdict(self)
-
 
 
 class EmptyDatasetError(ValueError):
@@ -100,17 +119,14 @@ def load_parquet_dataset(path: str | Path, *, limit: int | None = None, required
     return ds
 
 
-
 def is_vlm_processor(processing_class: Any) -> bool:
     from transformers import ProcessorMixin
 
     return isinstance(processing_class, ProcessorMixin)
 
 
-
 def tokenizer_of(processing_class: Any) -> Any:
     return processing_class.tokenizer if is_vlm_processor(processing_class) else processing_class
-
 
 
 def save_processing_class(processing_class: Any, out_dir: str | Path) -> None:
@@ -135,7 +151,6 @@ def save_processing_class(processing_class: Any, out_dir: str | Path) -> None:
     processing_class.save_pretrained(out_dir)
 
 
-
 class ProcessorSaveMixin:
     """Trainer mixin: save the processing class with :func:`save_processing_class` (checkpoints included)."""
 
@@ -150,6 +165,38 @@ class ProcessorSaveMixin:
             save_processing_class(proc, output_dir or self.args.output_dir)
 
 
+class SamplerEpochMixin:
+    """Trainer mixin: tell our own sampler (``self.vas_sampler``) the epoch at the start of every epoch.
+
+    transformers calls ``train_dataloader.set_epoch(epoch)`` and accelerate's ``DataLoaderShard.set_epoch``
+    forwards it at most two wrappers deep (``batch_sampler.sampler``, ``batch_sampler.batch_sampler.sampler``).
+    When a run resumes mid-epoch with several processes the chain is three deep - ``SkipBatchSampler`` ->
+    ``BatchSamplerShard`` -> ``BatchSampler`` -> sampler - so neither accelerate nor transformers' own
+    fallback reaches the sampler, and a sampler that derives its order from the epoch (ours do) would replay
+    epoch 0.  We set the epoch ourselves, from the epoch the training loop is about to run
+    (``Trainer._run_epoch``'s ``epoch`` argument), before the dataloader is iterated; the later ``set_epoch``
+    calls that do get through set the same value.  One process was never affected (no ``BatchSamplerShard``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        import inspect
+
+        super().__init__(*args, **kwargs)
+        hook = getattr(super(), "_run_epoch", None)
+        if hook is None or "epoch" not in inspect.signature(hook).parameters:
+            raise RuntimeError("this transformers version has no Trainer._run_epoch(epoch=...) hook; the VAS "
+                               "samplers cannot be told the epoch on a multi-process resume")
+
+    def _run_epoch(self, *args: Any, **kwargs: Any):
+        import inspect
+
+        parent = super()._run_epoch
+        epoch = inspect.signature(parent).bind(*args, **kwargs).arguments["epoch"]
+        sampler = getattr(self, "vas_sampler", None)
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(int(epoch))
+        return parent(*args, **kwargs)
+
 
 def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
     """``(processing_class, is_vision_language)`` for a local checkpoint or a hub id, both resolved by
@@ -163,7 +210,6 @@ def model_and_processor(model: str, padding_side: str) -> tuple[Any, bool]:
     return load_processor(model_dir, padding_side=padding_side), is_vision_language(model_dir)
 
 
-
 def last_checkpoint(output_dir: str | Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -173,7 +219,6 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(output_dir))
 
 
-
 def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
     """Save the final model + processor to ``<output_dir>/final`` and ``result.json`` (written last).
 
@@ -181,6 +226,7 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
     writes.  All ranks then wait for it, so no rank returns - and, in ``train staged``, loads ``final/`` as
     the next stage's model - before the checkpoint is complete."""
     final = Path(result.final_dir)
+    result.extra.setdefault("run", run_info(trainer))
     trainer.save_model(str(final))
     if trainer.args.should_save:
         from curation.core.io import write_json_atomic
@@ -191,6 +237,41 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
 
 
 
+def run_info(trainer: Any) -> dict:
+    """How a run actually trained (``result.json``'s ``extra.run``): device, distributed type, world size,
+    mixed precision, the dtype of the parameters the forward runs in and of the optimizer's master copy (the
+    innermost torch optimizer's parameters: the model's own under DDP, DeepSpeed's fp32 partitions under
+    ZeRO), gradient checkpointing and the attention implementation."""
+    acc = trainer.accelerator
+    model = acc.unwrap_model(trainer.model)
+    master = None
+    opt = trainer.optimizer if trainer.optimizer is not None else getattr(trainer.model_wrapped, "optimizer", None)
+    while opt is not None and master is None:  # AcceleratedOptimizer / DeepSpeed wrappers -> torch optimizer
+        # DeepSpeed's ZeRO optimizers keep the master partitions here (stage 3 / stages 1-2 / BF16_Optimizer);
+        # the torch optimizer inside only holds them during step()
+        for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+            flat = getattr(opt, attr, None)
+            if flat:
+                master = str(flat[0].dtype)
+                break
+        if master is None and not hasattr(opt, "optimizer"):
+            ps = [p for g in getattr(opt, "param_groups", []) for p in g["params"]]
+            master = str(ps[0].dtype) if ps else None
+        opt = getattr(opt, "optimizer", None)
+    param = next(iter(model.parameters()), None)
+    return {
+        "device": str(trainer.args.device),
+        "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+        "world_size": int(acc.num_processes),
+        "mixed_precision": str(acc.mixed_precision),
+        "param_dtype": str(param.dtype) if param is not None else None,
+        "master_dtype": master,
+        "gradient_checkpointing": bool(getattr(model, "is_activation_checkpointing" if hasattr(
+            type(model), "is_activation_checkpointing") else "is_gradient_checkpointing", False)),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
+
+
 def last_logged(log_history: list[dict], key: str) -> float | None:
     for rec in reversed(log_history):
         if key in rec and rec[key] is not None:
@@ -198,11 +279,9 @@ def last_logged(log_history: list[dict], key: str) -> float | None:
     return None
 
 
-
 def mean_logged(log_history: list[dict], key: str) -> float | None:
     vals = [float(r[key]) for r in log_history if key in r and r[key] is not None and not math.isnan(float(r[key]))]
     return sum(vals) / len(vals) if vals else None
-
 
 
 def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None]] | None, label: str):
@@ -229,10 +308,14 @@ def progress_callback(new_task: Callable[[str, int | None], Callable[[int], None
     return _Progress()
 
 
-
 def freeze_vision_tower(model: Any) -> int:
     """``requires_grad_(False)`` on the vision tower (Qwen2-VL family: ``model.model.visual``, merger
-    included); returns the number of frozen parameters."""
+    included); returns the number of frozen parameters.
+
+    Call it before ``trainer.train()``: the optimizer (and DeepSpeed's ZeRO partitions) are built inside
+    ``train()`` from the parameters that require grad, so frozen ones get no fp32 master or Adam state.  Under
+    ZeRO-3 the parameters are already partitioned (``numel()`` is 0 on every rank); DeepSpeed keeps the full
+    size in ``ds_numel``, which is what is counted then."""
     inner = getattr(model, "model", None)
     visual = getattr(inner, "visual", None) if inner is not None else None
     if visual is None:
@@ -240,4 +323,82 @@ def freeze_vision_tower(model: Any) -> int:
     if visual is None:
         raise ValueError(f"{type(model).__name__} has no vision tower (model.model.visual) to freeze")
     visual.requires_grad_(False)
-    return sum(p.numel() for p in visual.parameters())
+    return sum(param_numel(p) for p in visual.parameters())
+
+
+def param_numel(p: Any) -> int:
+    """Full size of a parameter, also when DeepSpeed ZeRO-3 has partitioned it (``ds_numel``)."""
+    return int(getattr(p, "ds_numel", None) or p.numel())
+
+
+_FLASH_CHECKS = {"flash_attention_2": ("flash_attn", "is_flash_attn_2_available"),
+                 "flash_attention_3": ("flash_attn_interface", "is_flash_attn_3_available")}
+
+
+def module_installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (found on the path; not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # sys.modules[module] = None (import blocked), broken package
+        return False
+
+
+def flash_attention_problem(attn_implementation: str) -> str | None:
+    """Why ``attn_implementation`` (flash_attention_2 / _3) cannot run here, or None when it can
+    (transformers' own check: the package installed, recent enough, and a CUDA device)."""
+    module, check = _FLASH_CHECKS[attn_implementation]
+    if not module_installed(module):
+        pkg = "flash-attn" if module == "flash_attn" else "flash-attn 3 (hopper build)"
+        return (f"{pkg} is not installed (`make gpu-setup` builds it, or `pip install --no-build-isolation "
+                "flash-attn==2.8.3.post2`)")
+    import transformers.utils as tu
+
+    if not getattr(tu, check)():
+        import torch
+
+        return "no CUDA device" if not torch.cuda.is_available() else f"transformers' {check}() is False"
+    return None
+
+
+def resolve_attn_implementation(args: Any) -> str | None:
+    """The one place that decides ``model_init_kwargs.attn_implementation`` before a trainer loads the
+    model: a recipe's ``flash_attention_2`` is kept where flash-attn can run, and replaced by ``sdpa`` - with
+    one warning naming the reason - where it cannot (not installed, no CUDA), instead of transformers'
+    ImportError.  Returns the implementation the trainer will use (None: transformers' default)."""
+    import warnings
+
+    mik = dict(args.model_init_kwargs or {})
+    want = mik.get("attn_implementation")
+    if want not in _FLASH_CHECKS:
+        return want
+    why = flash_attention_problem(want)
+    if why is None:
+        return want
+    warnings.warn(f"attn_implementation {want} requested but {why}: using sdpa (PyTorch's fused attention) "
+                  "instead", stacklevel=3)
+    mik["attn_implementation"] = "sdpa"
+    args.model_init_kwargs = mik
+    return "sdpa"
+
+
+def check_single_process_gpus(args: Any, command: str) -> None:
+    """A plain (not launched) run on a machine with several visible GPUs: TRL would load the model with
+    ``device_map="auto"`` and spread it over all of them, one GPU busy at a time.  Refused with the launch
+    line to use, unless the recipe sets ``model_init_kwargs.device_map`` itself."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or getattr(args, "use_cpu", False):
+        return
+    if "device_map" in (args.model_init_kwargs or {}):
+        return
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n > 1:
+        raise ValueError(
+            f"{n} GPUs are visible to this single process: TRL would spread the model over all of them with "
+            f"device_map='auto' (one GPU busy at a time). Launch one process per GPU: `accelerate launch "
+            f"--config_file pipelines/accelerate/zero3.yaml --num_processes {n} -m training.cli {command} ...`, "
+            f"or use one GPU: `CUDA_VISIBLE_DEVICES=0 train {command} ...`")

@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
         console.print(t)
         for path, why in result.skipped:
             console.print(f"  [dim]not published: {path} ({why})[/]")
+        for note in result.repaired:
+            console.print(f"  [yellow]repaired[/] {note}")
         if result.dry_run is not None:
             console.print(f"wrote {len(result.added)} files ({result.kind} card) to [bold]{result.dry_run}[/]")
         elif result.commit is None:

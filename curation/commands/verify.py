@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional, Sequence
 
 import typer
 
@@ -48,33 +48,39 @@ def verify_file(
     options_col: str | None = "options",
     timeout: float = 5.0,
     workers: int | None = None,
-    batch_size: int = 2048,
+    batch_size: int = 50_000,
+    rules: Sequence[str] | str | None = None,
+    lenient: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Verify every row of ``path`` and write ``out`` (``.parquet``, else JSONL) atomically.
 
-    Returns ``{"rows": n, "verdicts": {status: count}, "rules": {rule: count}, "out": path}``.
+    ``rules`` / ``lenient``: the extraction rules (:func:`curation.verify.resolve_rules`; default strict).
+    Rows go to the verifier ``batch_size`` at a time (one batch for most files: the workers never wait
+    for the next batch to be read).
+    Returns ``{"rows": n, "verdicts": {status: count}, "rules": {rule: count}, "repaired": n, "out": path}``.
     """
-    import pyarrow as pa
+    from curation.core.io import read_records, table_from_rows, write_jsonl_atomic, write_parquet_atomic
+    from curation.verify import Verifier, resolve_rules
 
-    from curation.core.io import read_records, write_parquet_atomic
-    from curation.verify import Verifier
+    rules = resolve_rules(rules, lenient)  # a bad rule name fails here, before any work
 
     rows: list[dict[str, Any]] = []
     pending: list[int] = []
     golds: list[str] = []
     responses: list[str] = []
     options: list[list[str] | None] = []
+    repaired: dict[int, str] = {}  # row -> what was repaired on reading (noted in verdict_detail)
 
     def flush(verifier: Verifier) -> None:
         if not pending:
             return
-        verdicts = verifier.verify_batch(golds, responses, options=options, timeout=timeout)
+        verdicts = verifier.verify_batch(golds, responses, options=options, timeout=timeout, rules=rules,
+                                         progress=progress)
         for i, v in zip(pending, verdicts):
+            detail = v.detail if i not in repaired else f"{v.detail}; {repaired[i]}"
             rows[i].update(extracted=v.extracted, extract_rule=v.rule, correct=v.correct, verdict=v.status,
-                           verdict_detail=v.detail)
-        if progress:
-            progress(len(pending))
+                           verdict_detail=detail)
         pending.clear()
         golds.clear()
         responses.clear()
@@ -89,10 +95,13 @@ def verify_file(
                     progress(1)
                 continue
             row = dict(rec.data or {})
+            if rec.repairs:
+                repaired[len(rows)] = "repaired: " + "; ".join(rec.repairs)
             missing = [c for c in (gold_col, response_col) if c not in row]
             opts, problem = _options_value(row.get(options_col), rec.locator) if options_col else (None, None)
             if missing or problem:
                 why = problem or f"{rec.locator}: missing column(s) {missing}; columns are {sorted(row)}"
+                why = why if len(rows) not in repaired else f"{why}; {repaired[len(rows)]}"
                 row.update(extracted=None, extract_rule=None, correct=False, verdict="error", verdict_detail=why)
                 rows.append(row)
                 if progress:
@@ -115,27 +124,14 @@ def verify_file(
         columns.update(dict.fromkeys(row))
     rows = [{c: row.get(c) for c in columns} for row in rows]
     if out.suffix == ".parquet":
-        write_parquet_atomic(pa.Table.from_pylist(rows), out)
+        write_parquet_atomic(table_from_rows(rows), out)
     else:
-        import os
-        import tempfile
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_jsonl_atomic(rows, out)
     return {
         "rows": len(rows),
         "verdicts": dict(Counter(r["verdict"] for r in rows)),
         "rules": dict(Counter(r["extract_rule"] or "-" for r in rows)),
+        "repaired": len(repaired),
         "out": str(out),
     }
 
@@ -150,6 +146,8 @@ def register(app: typer.Typer) -> None:
         options_col: Annotated[str, typer.Option("--options-col", help="Column with multiple-choice options (used when present).")] = "options",
         timeout: Annotated[float, typer.Option("--timeout", help="Per-item deadline in seconds.")] = 5.0,
         workers: Annotated[Optional[int], typer.Option("--workers", help="Verification worker processes (default: CPUs).")] = None,
+        rules: Annotated[Optional[str], typer.Option("--rules", help="Extraction rules in order, comma-separated (default: boxed,answer_tag,gsm8k,answer_is,a_line,choice,bare; also last_math, last_number).")] = None,
+        lenient: Annotated[bool, typer.Option("--lenient", help="Add the lenient last_math rule: a response with no final-answer marker is graded on the last math expression / number of its final sentence.")] = False,
     ) -> None:
         """Extract final answers and check them against the gold answers (math-verify, hard deadline)."""
         from rich.table import Table
@@ -161,8 +159,8 @@ def register(app: typer.Typer) -> None:
         try:
             with progress_factory() as new_task:
                 summary = verify_file(file, out, gold_col=gold_col, response_col=response_col,
-                                      options_col=options_col, timeout=timeout, workers=workers,
-                                      progress=new_task("verify", None))
+                                      options_col=options_col, timeout=timeout, workers=workers, rules=rules,
+                                      lenient=lenient, progress=new_task("verify", None))
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))
         n = summary["rows"]
@@ -174,6 +172,9 @@ def register(app: typer.Typer) -> None:
             k = summary["verdicts"].get(status, 0)
             t.add_row(status, str(k), f"{k / n:.1%}" if n else "-")
         console.print(t)
-        rules = ", ".join(f"{r}: {k}" for r, k in sorted(summary["rules"].items(), key=lambda x: -x[1]))
-        console.print(f"extraction rules: {rules}")
+        used = ", ".join(f"{r}: {k}" for r, k in sorted(summary["rules"].items(), key=lambda x: -x[1]))
+        console.print(f"extraction rules: {used}")
+        if summary["repaired"]:
+            console.print(f"[yellow]repaired {summary['repaired']} row(s)[/]: text no writer can store (lone surrogates, "
+                          "invalid UTF-8) replaced by U+FFFD; noted in verdict_detail")
         console.print(f"-> [bold]{summary['out']}[/]")

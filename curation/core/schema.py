@@ -53,11 +53,24 @@ def _with_hf_image_metadata(schema: pa.Schema) -> pa.Schema:
     return schema.with_metadata(meta)
 
 
+_HF_DTYPES = {pa.string(): "string", pa.large_string(): "large_string", pa.int32(): "int32", pa.int64(): "int64",
+              pa.float64(): "float64", pa.float32(): "float32", pa.bool_(): "bool", pa.binary(): "binary"}
+
+
+def _hf_feature(t: pa.DataType) -> dict[str, Any]:
+    """The 🤗 datasets feature dict of an Arrow type - what ``datasets.Features.from_arrow_schema(...)
+    .to_dict()`` gives (checked in tests/test_schema_io.py) - without importing ``datasets`` (a second of
+    start-up for every command that only needs the schemas)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return {"feature": _hf_feature(t.value_type), "_type": "LargeList" if pa.types.is_large_list(t) else "List"}
+    if pa.types.is_struct(t):
+        return {f.name: _hf_feature(f.type) for f in t}
+    return {"dtype": _HF_DTYPES[t], "_type": "Value"}
+
+
 def _partial_features(schema: pa.Schema, overrides: dict[str, Any]) -> dict[str, Any]:
     """Feature dict for 🤗 datasets: ``Image`` for images, everything else inferred from Arrow."""
-    from datasets import Features
-
-    feats = Features.from_arrow_schema(schema.remove_metadata()).to_dict()
+    feats = {f.name: _hf_feature(f.type) for f in schema}
     feats.update(overrides)
     return feats
 
@@ -284,7 +297,12 @@ def to_table(rows: Sequence[dict], kind: str, *, validate: bool = True) -> pa.Ta
             raise SchemaError(kind, errors)
     schema = SCHEMAS[kind]
     cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
-    return pa.Table.from_pydict(cols, schema=schema)
+    try:
+        return pa.Table.from_pydict(cols, schema=schema)
+    except UnicodeEncodeError:  # a lone surrogate: repaired to U+FFFD (and logged), never fatal at the write
+        from curation.core.text import table_from_rows
+
+        return table_from_rows([{f.name: r.get(f.name) for f in schema} for r in rows], schema)[0]
 
 
 def validate_table(table: pa.Table, kind: str) -> pa.Table:

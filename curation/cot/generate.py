@@ -69,6 +69,7 @@ from curation.core.io import (
     ExclusionWriter,
     open_chunk_job,
     read_records,
+    repair_summary,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -293,6 +294,8 @@ def read_responses(
         d = rec.data
         pid = d.get("problem_id", d.get("id"))
         pid = None if pid is None else str(pid)
+        if pid is not None and shard_of(pid, k) == i_shard:
+            excl.note_repair(rec)
         if pid is None or shard_of(pid, k) != i_shard or pid in excluded_ids:
             if pid is None and shard_of("responses:" + rec.locator.rsplit(":", 1)[-1], k) == i_shard:
                 excl.add(None, step=STEP, reason="unknown_problem",
@@ -377,6 +380,7 @@ def run_cot(
     else:
         vision = None
     rows, excl, n_read, n_in_shard = _load_inputs(data, shard_t, text_only, vision, teacher)
+    noted = [excl]  # the writers that noted rows repaired on reading (stats["repaired"])
     extra_excl: list[pa.Table] = []
     timing: dict[str, float] = {}
     n_chunks = n_resumed = 0
@@ -393,6 +397,7 @@ def run_cot(
         excluded_ids = {r["id"] for r in excl.rows if r.get("id")}
         samples_by_pid, rx = read_responses(responses, rows, excluded_ids, shard_t)  # type: ignore[arg-type]
         extra_excl = [rx.table()]
+        noted.append(rx)
         by_id = {r["id"]: r for r in rows}
         flat = [s for pid in samples_by_pid for s in samples_by_pid[pid]]
         verdicts = _verify_samples([(by_id[s["problem_id"]], s["text"]) for s in flat], verify_timeout)
@@ -446,6 +451,7 @@ def run_cot(
         "checks_failed": dict(sorted(checks.items())),
         "acceptance_histogram": dict(sorted(hist.items(), key=lambda kv: [int(x) for x in kv[0].split("/")])),
         "per_problem": per_problem,
+        "repaired": repair_summary(*noted),
         "timing": timing,
     }
     write_json_atomic(json.loads(json.dumps(stats, default=str)), out / "stats.json")

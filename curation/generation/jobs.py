@@ -87,6 +87,7 @@ def load_problems(
                 excl.add(None, step=step, reason="malformed_row", detail=f"{rec.locator}: {rec.error}",
                          locator=rec.locator, raw=rec.raw)
             continue
+        excl.note_repair(rec)
         row = dict(rec.data)
         row["_locator"] = rec.locator
         pid = row.get("id")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,6 +67,7 @@ class PublishResult:
     dry_run: Path | None
     skipped: list[tuple[Path, str]]
     card: str
+    repaired: list[str] = field(default_factory=list)  # text repaired on reading (invalid UTF-8 -> U+FFFD)
 
 
 
@@ -136,7 +137,7 @@ def _publish(folder, repo_id, *, token, private, revision, dry_run, license, mes
         st = stage(discovery, dry_run, **common)
         return PublishResult(repo_id, revision, None, None, [f.path_in_repo for f in st.files], [], [],
                              {c: i.num_rows for c, i in st.configs.items()}, st.kind, Path(dry_run),
-                             st.skipped, st.card)
+                             st.skipped, st.card, st.repaired)
 
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
@@ -163,4 +164,5 @@ def _publish(folder, repo_id, *, token, private, revision, dry_run, license, mes
             )
             commit = info.oid
         return PublishResult(repo_id, revision, str(repo_url), commit, added, deleted, unchanged,
-                             {c: i.num_rows for c, i in st.configs.items()}, st.kind, None, st.skipped, st.card)
+                             {c: i.num_rows for c, i in st.configs.items()}, st.kind, None, st.skipped, st.card,
+                             st.repaired)

@@ -9,7 +9,7 @@ import json
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curation.core.text import repair_table
 from curation.publish.card import SPLIT, ConfigInfo, card_context, render_card, validate_card
 from curation.publish.discover import (
     CONFIG_DESCRIPTIONS,
@@ -186,6 +187,7 @@ class Staging:
     configs: dict[str, ConfigInfo]
     context: dict
     skipped: list[tuple[Path, str]]
+    repaired: list[str] = field(default_factory=list)  # text repaired on reading ("file: column ...: rows")
 
 
 def _source_counts(table: pa.Table) -> dict[str, int]:
@@ -206,8 +208,14 @@ def _image_rows(table: pa.Table) -> int | None:
     return None
 
 
-def _load_config_table(found: list[FoundTable]) -> pa.Table:
-    tables = [pq.read_table(t.path) for t in found]
+def _load_config_table(found: list[FoundTable], root: Path, repaired: list[str]) -> pa.Table:
+    """The config's tables, concatenated; invalid UTF-8 (a file written by another tool) is replaced by
+    U+FFFD (:func:`curation.core.text.repair_table`) with a note per column in ``repaired``."""
+    tables = []
+    for t in found:
+        table, notes = repair_table(pq.read_table(t.path))
+        repaired += [f"{_rel(t.path, root)}: {n}" for n in notes]
+        tables.append(table)
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="default")
@@ -257,9 +265,10 @@ def stage(
     infos: dict[str, ConfigInfo] = {}
     scores_table: pa.Table | None = None
     rollout_verdicts: dict[str, int] | None = None
+    repaired: list[str] = []
     for config in order:
         found = discovery.tables[config]
-        table = _load_config_table(found)
+        table = _load_config_table(found, root, repaired)
         for t in found:
             _check_images(table if len(found) == 1 else pq.read_table(t.path), t.path)
         feats = _features_for(table.schema)
@@ -319,7 +328,7 @@ def stage(
         if p.is_file():
             staged.append(StagedFile(p.relative_to(out_dir).as_posix(), p, p.stat().st_size, _sha256(p),
                                      git_blob_sha1(p)))
-    return Staging(out_dir, staged, card, kind, infos, context, discovery.skipped)
+    return Staging(out_dir, staged, card, kind, infos, context, discovery.skipped, repaired)
 
 
 # --- card --------------------------------------------------------------------------------------------------------

@@ -68,7 +68,13 @@ import pyarrow.parquet as pq
 
 from curation.core import images as I
 from curation.core import schema as S
-from curation.core.io import ExclusionWriter, read_records, write_json_atomic, write_parquet_atomic
+from curation.core.io import (
+    ExclusionWriter,
+    read_records,
+    repair_summary,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from curation.core.prompts import PromptError, build_prompt, image_order, load_template, to_mm_messages
 from curation.verify import normalize_answer
 
@@ -264,6 +270,7 @@ def build_rl_set(
             excl.add(None, step=STEP, reason="malformed_row", detail=f"{rec.locator}: {rec.error}",
                      locator=rec.locator, raw=rec.raw)
             continue
+        excl.note_repair(rec)
         row = dict(rec.data)
         loc = rec.locator
         pid = row.get("id")
@@ -415,6 +422,7 @@ def build_rl_set(
         "excluded_reasons": reasons,
         "groups": {g: {"before": b, "after": a} for g, (b, a) in groups_info.items()},
         "answer_kinds": dict(sorted(kinds.items())),
+        "repaired": repair_summary(excl),
     }
     write_json_atomic(stats, out / "stats.json")
     return RlSetResult(out, rl_all, rl_text, rl_mm, excluded, stats)

@@ -62,6 +62,7 @@ from curation.core.io import (
     open_chunk_job,
     read_records,
     read_table,
+    repair_summary,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -301,7 +302,7 @@ def run_score_job(
         "writing_s": cw_s + t_read,
     }
     return _finish(out, rollouts, scores, excluded, settings, counts, timing, t_start,
-                   title=f"curate score: {name}")
+                   title=f"curate score: {name}", repaired=repair_summary(excl))
 
 
 def _finish(
@@ -315,8 +316,10 @@ def _finish(
     t_start: float,
     *,
     title: str,
+    repaired: dict | None = None,
 ) -> ScoreResult:
-    """Write rollouts/scores/excluded/stats/report (atomically) and return the result."""
+    """Write rollouts/scores/excluded/stats/report (atomically) and return the result. ``repaired``: the
+    input rows kept after a text repair (:func:`curation.core.io.repair_summary`), for ``stats.json``."""
     t0 = time.perf_counter()
     write_parquet_atomic(rollouts, out / "rollouts.parquet")
     write_parquet_atomic(scores, out / "scores.parquet")
@@ -347,6 +350,7 @@ def _finish(
         "zero_variance_frac": zero_var,
         "mean_pass_rate": (sum(p) / len(p)) if p else None,
         "models": models,
+        "repaired": repaired or {"rows": 0, "examples": []},
         "timing": timing,
     }
     write_json_atomic(stats, out / "stats.json")
@@ -382,6 +386,7 @@ def gsm8k_examples_to_long(path: str | Path, *, model: str = "gsm8k-examples") -
             excl.add(None, step=STEP, reason="malformed_row", detail=f"{rec.locator}: {rec.error}",
                      locator=rec.locator, raw=rec.raw)
             continue
+        excl.note_repair(rec)
         d = rec.data
         pid = f"gsm8k-test-{i:04d}"
         gold = gsm8k_gold(d.get("ground_truth", ""))
@@ -425,6 +430,7 @@ def read_long_rollouts(
             excl.add(None, step=STEP, reason="malformed_row", detail=f"{rec.locator}: {rec.error}",
                      locator=rec.locator, raw=rec.raw)
             continue
+        excl.note_repair(rec)
         d = rec.data
         pid = d.get("problem_id", d.get("id"))
         pid = None if pid is None else str(pid)
@@ -517,7 +523,7 @@ def score_pregenerated(
               "external_labels": len(labels)}
     timing = {"generation_s": 0.0, "verification_s": t_ver, "tds_scoring_s": t_tds, "writing_s": 0.0}
     return _finish(out, table, scores, excl.table(), settings, counts, timing, t_start,
-                   title=f"curate score (pre-generated): {Path(rollouts).name}")
+                   title=f"curate score (pre-generated): {Path(rollouts).name}", repaired=repair_summary(excl))
 
 
 # --- merge ----------------------------------------------------------------------------------------------------

@@ -2,13 +2,24 @@
 
 Pipeline for one (gold, response) item:
 
-1. **Extraction** (parent process, regex only, linear time): :func:`curation.verify.extract.extract_answer`.
-   Nothing found -> ``no_answer``.
+1. **Extraction** (parent process, regex only, linear time): :func:`curation.verify.extract.extract_answer`
+   with the batch's rules (strict by default; ``lenient=True`` adds ``last_math``). Nothing found ->
+   ``no_answer``. When the gold lists several values (:func:`curation.verify.rules.several_values`) and the
+   response boxes several, the union of its final boxes (:func:`curation.verify.extract.final_boxes`) is
+   the answer (the verdict's detail says so).
 2. **Fast path** (parent process, no IPC, no sympy): :func:`curation.verify.rules.fast_path` settles
-   choice labels, equal strings, plain numbers and plain words (rules in :mod:`curation.verify.rules`).
+   choice labels, equal strings, plain numbers, plain words and plain expressions in different variables
+   (rules in :mod:`curation.verify.rules`). Most items end here; a batch whose items all do starts no worker.
 3. **math-verify** (worker processes): ``verify(parse("\\boxed{gold}"), parse("\\boxed{answer}"))`` for
    everything else (expressions, intervals, sets, matrices, equations, units, MC answers given as option
-   text - compared with the gold option's text). Parsed golds are cached per worker.
+   text - compared with the gold option's text). Parsed golds are cached per worker. One shortcut, after
+   ``parse``: two plain expressions with free symbols whose values differ at two fixed sample points
+   (:func:`_values_differ`) are ``incorrect`` without math-verify's symbolic search (``simplify`` of the
+   difference, ~100 ms for a long wrong answer), which could only end in "not equal"; numbers without
+   symbols, relations, sets and anything that does not evaluate stay with math-verify. Identical
+   (gold, answer) items of a batch - many rollouts of one prompt give the same answer - are checked once,
+   and each worker parses an answer string once. A batch starts at most as many workers as it has items
+   for them.
 
 **Deadlines.** Each item has a budget of ``timeout`` seconds inside its worker, enforced with
 ``signal.setitimer`` in the worker's main thread (math-verify's own ``signal.alarm`` timeouts are turned
@@ -24,13 +35,14 @@ processes such as ``DataLoader`` workers. A :class:`Verifier` inherited through 
 pid and starts its own workers. Items are sent to workers in chunks (amortising IPC) but every item
 reports back on its own, so the per-item deadline is measured from the end of the previous item.
 
-**Start method** (``start_method``): ``"forkserver"`` (default) forks workers from a small server process
-that has imported math-verify once - safe when the caller has threads (TRL, torch) and a replacement
-worker is ready in milliseconds; ``"fork"`` is slightly faster to start when math-verify is already
-imported, but forks the whole (possibly multi-threaded, GPU-holding) caller; ``"spawn"`` pays a full
-interpreter start per worker. Like any multiprocessing code, forkserver/spawn re-import the caller's
-``__main__`` module in each worker: scripts need the usual ``if __name__ == "__main__":`` guard.
-``bench/verify.py`` measures the three.
+**Start method** (``start_method``): ``"fork"`` (default where available) imports math-verify once in
+the caller, then forks the workers from a dedicated helper thread: the fastest start and the fastest
+replacement of a killed worker; like any fork it copies the caller's memory (only the helper thread
+carries over into a worker). ``"forkserver"`` forks workers from a small server process that has
+imported math-verify once - use it when the caller holds a GPU context or must not be forked;
+``"spawn"`` pays a full interpreter start per worker. forkserver/spawn re-import the caller's ``__main__``
+module in each worker: scripts need the usual ``if __name__ == "__main__":`` guard. ``bench/verify.py
+--start-methods`` measures the three.
 """
 
 from __future__ import annotations
@@ -46,10 +58,10 @@ import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from curation.verify.extract import DEFAULT_RULES, choice_labels, extract_answer, normalize_answer
-from curation.verify.rules import classify_gold, fast_path, latex_problem
+from curation.verify.extract import _extract, choice_labels, final_boxes, normalize_answer, resolve_rules
+from curation.verify.rules import classify_gold, fast_path, latex_problem, several_values
 
 __all__ = ["STATUSES", "Verdict", "Verifier", "get_verifier", "verify_batch"]
 
@@ -154,13 +166,19 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
         if budget > 0:
             signal.setitimer(signal.ITIMER_REAL, budget)
         try:
-            pred = parse("\\boxed{" + answer + "}", parsing_timeout=None)
+            pred = parsed(answer)  # answers repeat too (N rollouts of one prompt): parsed once per worker
             if not pred:
                 return "error", "math-verify could not parse the answer"
             gold_ok = False
+            shortcut = False
+            texts = {x.strip() for x in pred if isinstance(x, str)}  # math-verify also compares the strings
             for g in golds:
                 gp = parsed(g)
                 gold_ok = gold_ok or any(isinstance(x, (Basic, MatrixBase)) for x in gp)
+                same_text = any(isinstance(x, str) and x.strip() and x.strip() in texts for x in gp)
+                if gp and pred and not same_text and _values_differ(gp[0], pred[0]):
+                    shortcut = True  # not equal: math-verify's symbolic search would end in "no"
+                    continue
                 if gp and verify(gp, pred, timeout_seconds=None):
                     return "correct", "math-verify"
             # parse() falls back to the raw string when LaTeX parsing fails: no sympy object = invalid
@@ -168,7 +186,7 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
                 return "error", "math-verify could not parse the answer"
             if not gold_ok:
                 return "error", "math-verify could not parse the gold answer"
-            return "incorrect", "math-verify"
+            return "incorrect", "math-verify (parsed; values differ at sample points)" if shortcut else "math-verify"
         except _Deadline:
             return "timeout", f"math-verify ran past {budget:g}s (soft deadline)"
         except MemoryError:
@@ -196,6 +214,44 @@ def _worker_main(conn: Any, memory_limit_mb: int | None) -> None:
                 conn.send((idx, status, detail))
             except (BrokenPipeError, OSError):
                 return
+
+
+# two fixed points (up to 8 symbols), in (1.1, 2.3): positive, away from 0, 1 and the usual poles
+_SAMPLE_POINTS = ((1.3137, 1.7213, 1.1529, 2.0411, 1.6182, 2.2279, 1.4821, 1.9023),
+                  (1.8862, 1.2345, 2.2719, 1.4471, 1.1917, 1.7707, 2.1351, 1.5563))
+_VALUE_RTOL = 1e-6  # about math-verify's float_rounding (6 digits); far above float error
+
+
+def _values_differ(a: Any, b: Any) -> bool:
+    """In a worker, after ``parse``: ``True`` when the parsed gold ``a`` and answer ``b`` are plain sympy
+    expressions with free symbols (no relation, set, matrix, tuple) whose values differ - relative
+    difference above ``_VALUE_RTOL`` - at each of two fixed sample points (symbols in sorted order get
+    values in (1.1, 2.3)). Two expressions that differ at a point are not identical, so math-verify's
+    symbolic comparison (``simplify`` of the difference: ~100 ms per wrong answer on long expressions)
+    could only say "no"; it is skipped. Numbers without symbols (math-verify's own rounding and percent
+    rules apply there), relations, lone symbols (math-verify reads ``east`` and ``e*a*s*t`` as the same
+    word) and anything that does not evaluate to a finite number return ``False``: math-verify decides."""
+    import sympy
+    from sympy.core.relational import Relational
+
+    if not isinstance(a, sympy.Expr) or not isinstance(b, sympy.Expr):
+        return False
+    if isinstance(a, (Relational, sympy.Symbol)) or isinstance(b, (Relational, sympy.Symbol)):
+        return False  # relations: solved by math-verify; a lone symbol may be a word ("\\text{east}" = e*a*s*t)
+    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    if not symbols or len(symbols) > len(_SAMPLE_POINTS[0]):
+        return False
+    for point in _SAMPLE_POINTS:
+        subs = {s: sympy.Float(v) for s, v in zip(symbols, point)}
+        try:
+            x, y = complex(a.evalf(subs=subs)), complex(b.evalf(subs=subs))
+        except (TypeError, ValueError, ArithmeticError, AttributeError):
+            return False
+        if not (math.isfinite(x.real) and math.isfinite(x.imag) and math.isfinite(y.real) and math.isfinite(y.imag)):
+            return False
+        if abs(x - y) <= _VALUE_RTOL * max(abs(x), abs(y)):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,8 +282,8 @@ class Verifier:
     """A pool of math-verify worker processes with a hard per-item deadline.
 
     ``workers``: pool size (default: the CPUs this process may use, at most 16); ``start_method``:
-    ``fork`` (default) | ``forkserver`` | ``spawn``; ``grace``: seconds past ``timeout`` before the hard
-    kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address space each
+    ``fork`` (default where available, see the module docstring) | ``forkserver`` | ``spawn``; ``grace``:
+    seconds past ``timeout`` before the hard kill; ``chunk_size``: most items sent to a worker at once; ``memory_limit_mb``: address space each
     worker may add to what it maps at start (``None``: no limit); ``max_answer_chars``: longer extracted
     answers get ``error`` without being parsed; ``start_timeout``: seconds a new worker may take to
     import math-verify; ``soft_deadline=False`` turns off the in-worker timer so that only the parent's
@@ -272,7 +328,7 @@ class Verifier:
         self._pool: list[_Worker] = []
         self._pid = os.getpid()
         self._spawner: Any = None
-        self.stats = {"fast_path": 0, "math_verify": 0, "killed": 0, "died": 0, "started": 0}
+        self.stats = {"fast_path": 0, "math_verify": 0, "duplicates": 0, "killed": 0, "died": 0, "started": 0}
         _INSTANCES.add(self)
 
     def _forget_after_fork(self) -> None:
@@ -371,14 +427,17 @@ class Verifier:
         self.stats["started"] += 1
         return w
 
-    def _ensure_pool(self) -> None:
+    def _ensure_pool(self, jobs: int | None = None) -> None:
+        """Start workers up to the pool size - or up to ``jobs`` when fewer items need one (a batch with
+        one math-verify item starts one worker; a later, larger batch grows the pool)."""
         if os.getpid() != self._pid:  # we are a fork child: forget the parent's workers and helper thread
             self._pool = []
             self._spawner = None
             self._pid = os.getpid()
         for w in [w for w in self._pool if not w.proc.is_alive()]:
             self._retire(w, kill=False)
-        while len(self._pool) < self.workers:
+        want = self.workers if jobs is None else max(1, min(self.workers, jobs))
+        while len(self._pool) < want:
             self._pool.append(self._start_worker())
 
     def _retire(self, w: _Worker, kill: bool) -> None:
@@ -406,21 +465,28 @@ class Verifier:
         options: Sequence[Sequence[str] | None] | None = None,
         timeout: float = 5.0,
         workers: int | None = None,
-        rules: Sequence[str] = DEFAULT_RULES,
+        rules: Sequence[str] | None = None,
+        lenient: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Verdict]:
         """One :class:`Verdict` per (gold, response), in order. ``options[i]`` (or ``None``) are the
         choices of item ``i``; ``timeout`` is the per-item budget in seconds; ``workers`` resizes the
-        pool. Never raises for a bad item: it gets ``error`` / ``timeout`` / ``no_answer``."""
+        pool; ``rules`` / ``lenient``: the extraction rules (:func:`curation.verify.extract.resolve_rules`;
+        default strict, ``lenient=True`` adds ``last_math``); ``progress(k)`` is called as items are
+        decided (a progress bar for one large batch). Never raises for a bad item: it gets ``error`` /
+        ``timeout`` / ``no_answer``."""
         if len(golds) != len(responses):
             raise ValueError(f"verify_batch: {len(golds)} golds but {len(responses)} responses")
         if options is not None and len(options) != len(golds):
             raise ValueError(f"verify_batch: {len(options)} option lists for {len(golds)} items")
         if timeout is None or not (timeout > 0) or math.isinf(timeout):
             raise ValueError(f"verify_batch: timeout must be a positive number of seconds, got {timeout!r}")
+        rules = resolve_rules(rules, lenient)
         n = len(golds)
         out: list[Verdict | None] = [None] * n
         jobs: list[tuple[int, list[str], str]] = []
-        extractions: dict[int, tuple[str, str | None]] = {}
+        extractions: dict[int, tuple[str, str | None, str]] = {}
+        decided = reported = 0  # fast-path verdicts, and how many of them progress() was told about
         for i in range(n):
             opts = options[i] if options is not None else None
             opts = [str(o) for o in opts] if opts is not None and len(opts) else None
@@ -431,63 +497,95 @@ class Verifier:
             if verdict is not None:
                 out[i] = verdict
                 self.stats["fast_path"] += 1
+                decided += 1
             else:
                 assert job is not None
-                answer, rule, gold_texts = job
-                extractions[i] = (answer, rule)
+                answer, rule, gold_texts, note = job
+                extractions[i] = (answer, rule, note)
                 jobs.append((i, gold_texts, answer))
+            if progress and (i % 256 == 255 or i == n - 1) and decided > reported:
+                progress(decided - reported)
+                reported = decided
         if jobs:
+            # identical (gold, answer) items - many rollouts of one prompt give the same answer - are checked
+            # once; the others take the same result
+            first: dict[tuple, int] = {}
+            copies: dict[int, list[int]] = {}
+            unique = []
+            for job in jobs:
+                key = (tuple(job[1]), job[2])
+                if key in first:
+                    copies[first[key]].append(job[0])
+                else:
+                    first[key] = job[0]
+                    copies[job[0]] = []
+                    unique.append(job)
+            self.stats["duplicates"] += len(jobs) - len(unique)
             with self._lock:
                 if workers and int(workers) != self.workers:
                     self.close()
                     self.workers = int(workers)
-                results = self._run_jobs(jobs, float(timeout))
+                results = self._run_jobs(unique, float(timeout), progress)
+            for i in list(results):
+                for j in copies.get(i, []):
+                    results[j] = results[i]
+                if progress and copies.get(i):
+                    progress(len(copies[i]))
             for i, (status, detail) in results.items():
-                answer, rule = extractions[i]
-                out[i] = Verdict(status, answer, rule, detail)
+                answer, rule, note = extractions[i]
+                out[i] = Verdict(status, answer, rule, (detail or "") + note or None)
                 self.stats["math_verify"] += 1
         return [v if v is not None else Verdict("error", None, None, "internal: no result") for v in out]
 
     def _prepare(
-        self, gold: Any, response: Any, opts: list[str] | None, rules: Sequence[str]
-    ) -> tuple[Verdict | None, tuple[str, str | None, list[str]] | None]:
+        self, gold: Any, response: Any, opts: list[str] | None, rules: tuple[str, ...]
+    ) -> tuple[Verdict | None, tuple[str, str | None, list[str], str] | None]:
         """Extraction + fast path. Returns a final verdict, or the job for a worker."""
         if isinstance(response, bytes):
             response = response.decode("utf-8", errors="replace")
         if not isinstance(response, str):
             return Verdict("no_answer", None, None, f"response is {type(response).__name__}, not text"), None
-        ext = extract_answer(response, options=opts, rules=rules)
+        ext = _extract(response, opts, rules)
         if ext.answer is None:
             return Verdict("no_answer", None, None, "no extraction rule matched"), None
         answer = ext.answer
         gold_s = "" if gold is None else str(gold)
         if not gold_s.strip():
             return Verdict("error", answer, ext.rule, "empty gold answer"), None
+        parsed, _reason = classify_gold(gold_s, opts)
+        union = ""
+        if ext.rule == "boxed" and several_values(parsed):
+            # the gold lists several values and the response may box each one: compare the union of its
+            # final boxes (curation.verify.extract.final_boxes) with the gold
+            boxes = [normalize_answer(b) for b in final_boxes(response)]
+            if len(boxes) > 1:
+                answer = ", ".join(b for b in boxes if b)
+                union = f" (union of {len(boxes)} final boxes)"
         if len(answer) > self.max_answer_chars:
             return Verdict("error", answer[:200], ext.rule,
                            f"extracted answer is {len(answer)} chars (> {self.max_answer_chars})"), None
         bad_latex = latex_problem(answer)
         if bad_latex:
             return Verdict("error", answer, ext.rule, f"invalid LaTeX in the extracted answer: {bad_latex}"), None
-        parsed, _reason = classify_gold(gold_s, opts)
         fast = fast_path(parsed, normalize_answer(gold_s), answer, opts)
         if fast is not None:
-            return Verdict(fast[0], answer, ext.rule, fast[1]), None
+            return Verdict(fast[0], answer, ext.rule, fast[1] + union), None
         if parsed is not None and parsed.kind == "choice" and opts:
             gold_texts = [normalize_answer(opts[choice_labels(opts).index(parsed.choice)])]
         else:
             gold_texts = [normalize_answer(gold_s) or gold_s.strip()]
         # math-verify reads "^\circ" but not the degree sign
         gold_texts = [g.replace("°", "^{\\circ}") for g in gold_texts]
-        return None, (answer.replace("°", "^{\\circ}"), ext.rule, gold_texts)
+        return None, (answer.replace("°", "^{\\circ}"), ext.rule, gold_texts, union)
 
-    def _run_jobs(self, jobs: list[tuple[int, list[str], str]], timeout: float) -> dict[int, tuple[str, str | None]]:
+    def _run_jobs(self, jobs: list[tuple[int, list[str], str]], timeout: float,
+                  progress: Callable[[int], None] | None = None) -> dict[int, tuple[str, str | None]]:
         """Distribute jobs over the pool with the hard per-item deadline (caller holds the lock).
 
         Each worker holds at most one chunk; it answers item by item, and the parent restarts the item
         clock at every answer, so a chunk of 16 items still gives each item ``timeout + grace`` seconds.
         """
-        self._ensure_pool()
+        self._ensure_pool(len(jobs))
         # items with the same gold go together: the worker's parse cache then hits
         queue: deque = deque(sorted(jobs, key=lambda j: j[1]))
         results: dict[int, tuple[str, str | None]] = {}
@@ -495,6 +593,7 @@ class Verifier:
         budget = timeout if self.soft_deadline else 0.0  # 0: no in-worker timer
         chunk = max(1, min(self.chunk_size, math.ceil(len(jobs) / (2 * max(1, self.workers)))))
         start_failures = 0
+        told = 0  # results reported to progress()
 
         def dispatch(w: _Worker) -> None:
             if not w.ready or w.items or not queue:
@@ -543,6 +642,9 @@ class Verifier:
                         if w.items and w.items[0][0] == idx:
                             w.items.popleft()
                         results[idx] = (status, detail)
+                        if progress:
+                            progress(1)
+                            told += 1
                         w.started = time.monotonic()
                         if not w.items:
                             break
@@ -565,6 +667,8 @@ class Verifier:
                 elif not w.ready and now - w.born > self.start_timeout:
                     self.stats["killed"] += 1
                     self._replace(w, kill=True)
+        if progress and len(results) > told:  # items settled by a kill or a failed start
+            progress(len(results) - told)
         return results
 
 
@@ -604,9 +708,10 @@ def verify_batch(
     options: Sequence[Sequence[str] | None] | None = None,
     timeout: float = 5.0,
     workers: int | None = None,
-    rules: Sequence[str] = DEFAULT_RULES,
+    rules: Sequence[str] | None = None,
+    lenient: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Verdict]:
     """:meth:`Verifier.verify_batch` on the shared verifier (:func:`get_verifier`)."""
-    return get_verifier().verify_batch(
-        golds, responses, options=options, timeout=timeout, workers=workers, rules=rules
-    )
+    return get_verifier().verify_batch(golds, responses, options=options, timeout=timeout, workers=workers,
+                                       rules=rules, lenient=lenient, progress=progress)

@@ -4,12 +4,17 @@
   interval, set, tuple, matrix, choice, text; or a reason such as ``proof`` / ``open_ended``);
 - the *fast path* (:func:`fast_path`) that settles most items before any worker is involved:
 
-  - the gold is a choice label (``A``..) and the extracted answer is a label: labels compared;
+  - the gold is a choice label (``A``..) and the extracted answer is a label: labels compared; without
+    options only a label can name the gold (``\\boxed{C}``, ``(C)``), anything else is ``incorrect``;
   - the comparison keys are equal (normalised, spaces removed, case-folded, ``^\\circ`` dropped);
   - both sides are plain numbers (``1,000``, ``0.5``, ``1/2``, ``\\frac{1}{2}``, ``-3``, ``2e3``):
     equal as exact fractions -> ``correct``; relative difference ``|a-b| / max(|a|,|b|) > 1e-4`` ->
     ``incorrect``; closer than that (``0.3333`` vs ``1/3``) -> left to math-verify's rounding rules;
-  - both sides are plain words (``March`` vs ``April``): case-insensitive string comparison.
+  - both sides are plain words (``March`` vs ``April``): case-insensitive string comparison;
+  - both sides are plain expressions (no relation, list or function application; :func:`variables`) in
+    *different* variables (``300`` vs ``\\frac{2}{5} g K z``, ``c x^{-2}`` vs ``\\cos(2t)``): ``incorrect`` -
+    math-verify's default comparison is strict, so they cannot be equal;
+  - a multiple-choice answer given as a value is checked the same way against the gold option's text.
 
 Everything else goes to math-verify in the worker pool (:mod:`curation.verify.pool`).
 """
@@ -22,9 +27,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Sequence
 
-from curation.verify.extract import choice_labels, map_choice, normalize_answer
+from curation.verify.extract import (
+    _LABEL_LEAD,
+    _LABEL_ONLY,
+    _NUM_WITH_COMMAS,
+    choice_labels,
+    map_choice,
+    normalize_answer,
+)
 
-__all__ = ["ParsedGold", "classify_gold", "parse_gold", "gold_kind", "fast_path", "latex_problem"]
+__all__ = ["ParsedGold", "answer_label", "classify_gold", "fast_path", "gold_kind", "latex_problem", "parse_gold",
+           "several_values", "variables"]
 
 
 @dataclass(frozen=True)
@@ -115,8 +128,9 @@ def _as_number(s: str) -> Fraction | None:
         return None
     t = normalize_answer(s)
     t = _DEG.sub("", t).strip()
-    t = t.replace(" ", "")
-    if re.fullmatch(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", t):
+    if "," not in t:  # "1 000" is a number; "11, 111" is a list, not 11111
+        t = t.replace(" ", "")
+    if _NUM_WITH_COMMAS.match(t):
         t = t.replace(",", "")
     try:
         if _PLAIN_NUM.match(t):
@@ -277,7 +291,91 @@ def _key(s: str) -> str:
 
 
 
+def answer_label(answer: str) -> str | None:
+    """The choice label an answer names without options (``C``, ``(C)``, ``c``, ``C.``, ``(C) 6\\pi``), or
+    ``None``."""
+    cand = normalize_answer(answer)
+    m = _LABEL_ONLY.match(cand)
+    if m:
+        return m.group(1).upper()
+    m = _LABEL_LEAD.match(cand)
+    return (m.group(1) or m.group(2)).upper() if m else None
+
+
+def _top_level_commas(s: str) -> int:
+    """Commas of ``s`` outside brackets and braces (``(1,2),(3,4)`` has one; ``\\{1,2\\}`` none)."""
+    depth = n = 0
+    for c in s:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif c == "," and depth == 0:
+            n += 1
+    return n
+
+
+def several_values(gold: ParsedGold | None) -> bool:
+    """Whether a gold answer lists several values - a set (``\\{1, 2, 3\\}``, ``1, 2, 3``), solution pairs
+    (``(2,1),(1,2)``) or several equations (``k = 45, n = 2``) - so that a response boxing each value
+    separately is compared through the union of its final boxes."""
+    if gold is None or gold.kind in ("number", "choice", "text", "interval", "tuple", "matrix"):
+        return False
+    return gold.kind == "set" or _top_level_commas(gold.text) > 0
+
+
 _NUM_TOL = 1e-4
+_INTEGER = re.compile(r"[-+]?\d+")
+_NUMBER_WORDS = re.compile(r"^([-+]?\d[\d,]*(?:\.\d+)?)\s+([A-Za-z][A-Za-z .]*)$")
+_SCALE = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+
+# variables of an expression, read from its LaTeX without sympy: single letters (``x``, ``C_{1}``,
+# ``\\dot{x}``) and symbol commands (``\\omega``, ``\\hbar``); ``e``, ``i`` and ``\\pi`` are constants
+_SYMBOL_COMMANDS = frozenset(
+    "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi rho varrho "
+    "sigma varsigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Pi Sigma Upsilon Phi Psi "
+    "Omega hbar ell".split()
+)
+_NEUTRAL_COMMANDS = frozenset(
+    "frac dfrac tfrac cfrac sqrt sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh exp ln log cdot "
+    "times div pi infty left right circ degree pm mp quad qquad dot ddot hat bar vec tilde prime".split()
+)
+# "1.8 m", "5 g", "9.8 m/s^2": a number and its unit, not a product with a variable
+_UNIT_AFTER_NUMBER = re.compile(r"^[-+]?[\d.,]+\s*[A-Za-z]+(?:\s*/\s*[A-Za-z]+)?(?:\^\{?\d\}?)?$")
+_TEXT_GROUP = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox|operatorname|mathbf)\s*\{[^{}]*\}")
+_TOKEN = re.compile(r"\\([A-Za-z]+)|([A-Za-z]+)(?:_(\{[^{}]*\}|[A-Za-z0-9]))?")
+_RELATION = re.compile(r"[=<>,;:|!]|\\(?:le|ge|ne|neq|leq|geq|lt|gt|in|cup|cap|to|begin|mid|\{)(?![a-zA-Z])")
+
+
+@_small_cache
+def variables(s: str) -> frozenset[str] | None:
+    """The variables of a plain expression (``\\frac{x}{2} + C_{1}`` -> ``{x, C_1}``), or ``None`` when unsure:
+    relations, lists, intervals, matrices, function applications, units (``\\text{}`` / ``\\mathrm{}``
+    groups, a number followed by letters only: ``1.8 m``, ``9.8 m/s^2``) or words (a run of two or more letters outside
+    a known command) are left to math-verify."""
+    if _TEXT_GROUP.search(s):  # "1.8 \\mathrm{~m}", "9 \\text{ km}": units, math-verify's to handle
+        return None
+    t = normalize_answer(s)
+    if not t or len(t) > 300 or _RELATION.search(t) or _UNIT_AFTER_NUMBER.search(t):
+        return None
+    out = set()
+    for m in _TOKEN.finditer(t):
+        cmd, letters, sub = m.groups()
+        if cmd is not None:
+            if cmd in _SYMBOL_COMMANDS:
+                out.add(cmd)
+            elif cmd not in _NEUTRAL_COMMANDS:
+                return None
+            continue
+        if len(letters) > 1:
+            return None
+        if letters in "ei" and not sub:
+            continue
+        out.add(letters + ("_" + sub.strip("{}").replace(" ", "") if sub else ""))
+        end = m.end()
+        if end < len(t) and t[end] == "(":  # f(x): a function application, not a product
+            return None
+    return frozenset(out)
 
 
 
@@ -291,12 +389,19 @@ def fast_path(gold: ParsedGold | None, gold_raw: str, answer: str, options: Sequ
     if gold is not None and gold.kind == "choice":
         if re.fullmatch(r"[A-Z]", answer) and options and answer in choice_labels(options):
             return ("correct" if answer == gold.choice else "incorrect"), "fast: choice label"
-        gold_text = options[choice_labels(options).index(gold.choice)] if options else ""
+        if not options:
+            # a letter gold without its options: only a label can name it ("C", "(C)", "C.", "(C) 6\pi")
+            label = answer_label(answer)
+            if label is None:
+                return "incorrect", "fast: choice label (the answer names no label; no options to map a value)"
+            return ("correct" if label == gold.choice else "incorrect"), "fast: choice label"
+        gold_text = options[choice_labels(options).index(gold.choice)]
         if not _MATH_CHARS.search(normalize_answer(gold_text)):
             # the option is plain text ("A" - a label in the figure -, "P and R"): string comparison only,
             # math-verify would read "A, A, A" as the set {a} and accept it
             return ("correct" if _key(gold_text) == _key(answer) else "incorrect"), "fast: option text"
-        return None  # an answer given as a value: math-verify against the gold option's text
+        # an answer given as a value: the same cheap checks against the gold option's text, else math-verify
+        return fast_path(classify_gold(gold_text)[0], normalize_answer(gold_text), answer, None)
     gkey = _key(gold_raw)
     akey = _key(answer)
     if gkey and gkey == akey:
@@ -307,9 +412,24 @@ def fast_path(gold: ParsedGold | None, gold_raw: str, answer: str, options: Sequ
         if gnum == anum:
             return "correct", "fast: equal numbers"
         scale = max(abs(gnum), abs(anum))
-        if abs(gnum - anum) > _NUM_TOL * scale:
+        if abs(gnum - anum) > _NUM_TOL * scale or (_INTEGER.fullmatch(gkey) and _INTEGER.fullmatch(akey)):
             return "incorrect", "fast: different numbers"
         return None
+    if gnum is not None:
+        # "-1.8 billion", "12 apples": a number followed by words is not the gold number if neither its
+        # value nor its value times the scale word is
+        m = _NUMBER_WORDS.match(normalize_answer(answer))
+        lead = _as_number(m.group(1)) if m else None
+        if lead is not None:
+            factor = _SCALE.get(m.group(2).split()[0].lower(), 1)
+            if all(abs(gnum - x) > _NUM_TOL * max(abs(gnum), abs(x)) for x in (lead, lead * factor)):
+                return "incorrect", "fast: different numbers"
+            return None
     if _WORDS.match(gold_raw.strip()) and _WORDS.match(answer.strip()):
         return "incorrect", "fast: different words"
+    if gold is None or gold.kind in ("number", "expression"):
+        gvars, avars = variables(gold_raw), variables(answer)
+        if gvars is not None and avars is not None and gvars != avars:
+            # strict comparison (math-verify's default): expressions in different variables are not equal
+            return "incorrect", "fast: different variables"
     return None

@@ -79,3 +79,23 @@ def print_result(result: Any, title: str) -> None:
     if result.excluded_path:
         console.print(f"excluded rows -> {result.excluded_path}")
     console.print(f"final checkpoint -> [bold]{result.final_dir}[/]")
+
+
+def preflight(config: Any, overrides: list[str], kind: str, *, full: bool = False, skip: bool = False) -> Any:
+    """``train plan``'s checks for the launch this process runs under (``kind``: staged | grpo | sft); a
+    refused run stops here, before any model is loaded, unless ``skip`` (``--skip-plan``)."""
+    from curation.core.console import console
+
+    from ..config import load_raw
+    from ..plan import launch_from_env, plan_recipe
+    from .plan import render_plan
+
+    plan = run_guarded(lambda: plan_recipe(load_raw(config, overrides), launch=launch_from_env(), kind=kind,
+                                           recipe_path=str(config), overrides=overrides))
+    render_plan(plan, full=full)
+    if plan.refused and not skip:
+        fail("the run was refused before training (see above); fix the settings named, or pass --skip-plan to "
+             "start anyway")
+    if plan.refused:
+        console.print("[yellow]--skip-plan: starting although the checks refused the run[/]")
+    return plan
