@@ -134,6 +134,7 @@ def run_pipeline(
                 "rows_out": len(kept),
                 "excluded": dict(sorted(reasons.items())),
                 "seconds": round(time.perf_counter() - t0, 3),
+                **step.summary(),
             }
         )
         current = kept

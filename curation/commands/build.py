@@ -1,4 +1,4 @@
-"""``curate build IN... --out DIR [--recipe R] [--decontaminate BENCH ...]``."""
+"""``curate build IN... --out DIR [--recipe R] [--decontaminate BENCH[:preset] ...]``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         inputs: Annotated[list[Path], typer.Argument(help="problems.parquet file(s) or ingest folder(s).")],
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
         recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML with a build.steps list.")] = None,
-        decontaminate: Annotated[Optional[list[Path]], typer.Option("--decontaminate", "-d", help="Benchmark file(s) to decontaminate against (repeatable).")] = None,
+        decontaminate: Annotated[Optional[list[str]], typer.Option("--decontaminate", "-d", help="Benchmark file or folder to decontaminate against, optionally with a preset: PATH[:preset] (e.g. data/mathvista:mathvista); repeatable.")] = None,
     ) -> None:
         """Clean problems: normalize, sanity, verifiable filter, exact + near dedup, decontamination."""
         from curation.build.pipeline import build

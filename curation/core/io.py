@@ -1,10 +1,13 @@
 """Reading inputs, writing outputs atomically, exclusion tables and resumable chunked jobs.
 
-- :func:`read_records` streams JSONL / Parquet / a local 🤗 ``datasets`` directory as :class:`Record` s.  A
-  malformed JSON line does not stop the stream: it comes out as a record with ``error`` set and its
-  ``locator`` (``file:line``), so the caller can send it to the exclusion table.  Text no writer could
-  store (lone surrogates from ``"\\ud800"`` escapes, invalid UTF-8 in a foreign Parquet file) is replaced by
-  U+FFFD as it is read, and ``Record.repairs`` says what was repaired (:mod:`curation.core.text`).
+- :func:`read_records` streams JSONL / Parquet / a folder of Parquet files / a local 🤗 ``datasets``
+  directory as :class:`Record` s; a ``.json`` file may also be one JSON document: a list of records
+  (WeMath's ``testmini.json``) or an object of records keyed by id (LogicVista's ``dataset.json``; the key
+  comes out as the field ``__key__``).  A malformed JSON line does not stop the stream: it comes out as a
+  record with ``error`` set and its ``locator`` (``file:line``), so the caller can send it to the exclusion
+  table.  Text no writer could store (lone surrogates from ``"\\ud800"`` escapes, invalid UTF-8 in a foreign
+  Parquet file) is replaced by U+FFFD as it is read, and ``Record.repairs`` says what was repaired
+  (:mod:`curation.core.text`).
 - :func:`write_parquet_atomic` writes to a temporary file in the destination folder, fsyncs and renames:
   readers never see a half-written file, and a crash leaves the previous version intact;
   :func:`write_jsonl_atomic` does the same for JSONL; :func:`table_from_rows` builds the Arrow table of a
@@ -51,7 +54,7 @@ class Record:
 
 def detect_format(path: Path) -> str:
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+        if any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "hf_disk"
         if any(path.glob("*.parquet")) or any(path.glob("*/*.parquet")):
             return "parquet_dir"
@@ -71,7 +74,8 @@ def read_records(path: str | Path) -> Iterator[Record]:
         raise FileNotFoundError(f"{path}: no such file or directory")
     fmt = detect_format(path)
     if fmt == "jsonl":
-        yield from _read_jsonl(path)
+        doc = _json_document(path) if path.suffix == ".json" else None
+        yield from (_read_json_document(path, doc) if doc is not None else _read_jsonl(path))
     elif fmt == "parquet":
         yield from _read_parquet_file(path)
     elif fmt == "parquet_dir":
@@ -116,6 +120,40 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             # json.loads makes lone surrogates only from "\\udXXX" escapes: most lines need no repair pass
             repairs = tuple(T.repair_row(data)) if _SURROGATE_ESCAPE.search(raw) else ()
             yield Record(loc, data=data, repairs=repairs)
+
+
+KEY_FIELD = "__key__"  # the key of a record in a JSON object of records keyed by id
+
+
+def _json_document(path: Path) -> list | dict | None:
+    """The whole ``.json`` file as one JSON document: a list of records, an object whose values are all
+    objects (records keyed by id), or one record; None when it is not valid JSON as a whole (JSON Lines, or a
+    malformed file: the line reader then reads it line by line and reports the bad lines)."""
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith((b"[", b"{")):
+        return None
+    try:
+        doc = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(doc, dict) and not (doc and all(isinstance(v, dict) for v in doc.values())):
+        return [doc]  # one record (also what a one-line JSON Lines file is)
+    return doc if isinstance(doc, (list, dict)) else None
+
+
+def _read_json_document(path: Path, doc: list | dict) -> Iterator[Record]:
+    if isinstance(doc, dict):
+        for key, row in doc.items():
+            data = {KEY_FIELD: key, **row}
+            yield Record(f"{path}[{key}]", data=data, repairs=tuple(T.repair_row(data)))
+        return
+    for k, row in enumerate(doc):
+        if isinstance(row, dict):
+            yield Record(f"{path}[{k}]", data=row, repairs=tuple(T.repair_row(row)))
+        else:
+            yield Record(f"{path}[{k}]", error=f"expected a JSON object, got {type(row).__name__}",
+                         raw=json.dumps(row)[:2000])
 
 
 def _read_parquet_file(path: Path) -> Iterator[Record]:

@@ -27,20 +27,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from curation.core import schema as S
-from curation.core.images import ImageError, content_hash, load_image
+from curation.core.columns import (
+    DEFAULT_COLUMNS,
+    MappingError,
+    column_value,
+    find_columns,
+    parse_mapping,
+    spec_of,
+)
+from curation.core.images import ImageError, content_hash, image_structs
 from curation.core.io import ExclusionWriter, Record, read_records
 
 FORMATS = ("gsm8k", "math", "math_vision", "jsonl", "parquet", "hf")
-
-DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "problem": ("problem", "question", "prompt", "query"),
-    "answer": ("answer", "gt", "final_answer", "ground_truth", "gold"),
-    "solution": ("solution", "rationale", "explanation"),
-    "images": ("images", "image", "image_path", "image_paths"),
-    "options": ("options", "choices"),
-    "id": ("id", "idx", "uid"),
-}
-TARGETS = tuple(DEFAULT_COLUMNS)
 
 
 class RowProblem(ValueError):
@@ -49,28 +47,6 @@ class RowProblem(ValueError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-class MappingError(ValueError):
-    """A ``--map`` that names a column the input does not have (a usage error: the job stops at once)."""
-
-
-def parse_mapping(spec: str | None) -> dict[str, str]:
-    """``"problem=question,answer=gt"`` -> ``{"problem": "question", "answer": "gt"}``."""
-    if not spec:
-        return {}
-    out = {}
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise MappingError(f"--map entry {part!r} is not of the form target=column")
-        target, col = (x.strip() for x in part.split("=", 1))
-        if target not in TARGETS:
-            raise MappingError(f"--map target {target!r} unknown; targets are {', '.join(TARGETS)}")
-        out[target] = col
-    return out
 
 
 def stable_id(source: str, problem: str, answer: str, images: list[dict]) -> str:
@@ -96,33 +72,13 @@ def _as_text(value: Any, what: str) -> str:
 
 
 def _resolve_images(value: Any, base_dir: Path) -> list[dict]:
-    """Accept a path, a list of paths, image structs ({bytes, path}) or a list of them."""
-    if value is None:
-        return []
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out = []
-    for i, item in enumerate(items):
-        if item is None:
-            continue
-        if isinstance(item, dict) and item.get("bytes"):
-            out.append({"bytes": bytes(item["bytes"]), "path": item.get("path") or f"image{i}"})
-        elif isinstance(item, dict) and item.get("path"):
-            out.append(_load(item["path"], base_dir))
-        elif isinstance(item, str):
-            out.append(_load(item, base_dir))
-        else:
-            raise RowProblem("bad_image", f"image {i}: unsupported value of type {type(item).__name__}")
-    return out
-
-
-def _load(path: str, base_dir: Path) -> dict:
-    p = Path(path)
-    if not p.is_absolute():
-        p = base_dir / p
+    """Image structs of a row (:func:`curation.core.images.image_structs`: paths, bytes, structs, lists)."""
     try:
-        return load_image(p)
+        return image_structs(value, base_dir)
     except ImageError as e:
         raise RowProblem("missing_image", str(e)) from e
+    except TypeError as e:
+        raise RowProblem("bad_image", str(e)) from e
 
 
 def _verify_images(images: list[dict]) -> None:
@@ -201,7 +157,7 @@ def from_generic(data: dict, ctx: "Context") -> dict:
     options = get("options") or []
     if isinstance(options, str):
         options = [options]
-    used = {c for c in ctx.resolved.values() if c}
+    used = {c for cols in ctx.resolved.values() for c in cols}
     meta = {k: v for k, v in data.items() if k not in used and isinstance(v, (str, int, float, bool))}
     if get("id") is not None:
         meta["orig_id"] = get("id")
@@ -224,25 +180,22 @@ class Context:
     source: str
     base_dir: Path
     mapping: dict[str, str] = field(default_factory=dict)
-    resolved: dict[str, str | None] = field(default_factory=dict)
+    resolved: dict[str, list[str]] = field(default_factory=dict)
 
     def resolve(self, first_row: dict, locator: str) -> None:
-        """Fix the column for each target from the mapping or defaults; a mapped column must exist."""
-        for target, candidates in DEFAULT_COLUMNS.items():
-            if target in self.mapping:
-                col = self.mapping[target]
-                if col not in first_row:
-                    cols = ", ".join(sorted(first_row))
-                    raise MappingError(
-                        f"{locator}: --map {target}={col}: no column {col!r} in the input "
-                        f"(columns: {cols})"
-                    )
-                self.resolved[target] = col
-            else:
-                self.resolved[target] = next((c for c in candidates if c in first_row), None)
+        """Fix the column(s) of each target from the mapping (``a|b``, ``a+b``: :mod:`curation.core.columns`)
+        or the defaults; a mapped column must exist."""
+        for target in DEFAULT_COLUMNS:
+            cols = find_columns(spec_of(target, self.mapping), first_row)
+            if target in self.mapping and not cols:
+                raise MappingError(
+                    f"{locator}: --map {target}={self.mapping[target]}: no column {self.mapping[target]!r} in "
+                    f"the input (columns: {', '.join(sorted(first_row))})"
+                )
+            self.resolved[target] = cols
 
     def getter(self, data: dict) -> Callable[[str], Any]:
-        return lambda target: data.get(self.resolved[target]) if self.resolved.get(target) else None
+        return lambda target: column_value(data, self.resolved.get(target) or [])
 
 
 @dataclass

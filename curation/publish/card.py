@@ -85,15 +85,28 @@ def _infer_license(infos: Mapping[str, ConfigInfo]) -> str:
 
 
 
+def _benchmark_label(b: Any) -> str:
+    """A ``decontaminate`` benchmark entry (``PATH``, ``PATH:preset`` or ``{path, preset, name, ...}``) by
+    file name."""
+    if isinstance(b, dict):
+        label = Path(str(b.get("path"))).name
+        return b.get("name") or (f"{label}:{b['preset']}" if b.get("preset") else label)
+    return Path(str(b)).name
+
+
+# step-entry keys of stats.json that are results (a step's summary()), not options
+_STEP_RESULT_KEYS = {"step", "rows_in", "rows_out", "excluded", "seconds", "benchmarks_checked", "thresholds",
+                     "rows_compared"}
+
+
 def _step_options(step: dict) -> str:
     """Compact ``k=v`` list of a build step's options (paths shown by file name)."""
-    skip = {"step", "rows_in", "rows_out", "excluded", "seconds"}
     parts = []
     for k, v in step.items():
-        if k in skip or v is None or v == [] or v == {}:
+        if k in _STEP_RESULT_KEYS or v is None or v == [] or v == {}:
             continue
         if k == "benchmarks" and isinstance(v, list):
-            v = [Path(str(b)).name for b in v]
+            v = [_benchmark_label(b) for b in v]
         if isinstance(v, (list, tuple)):
             v = ",".join(str(x) for x in v)
         parts.append(f"{k}={v}")
@@ -287,7 +300,13 @@ def card_context(
             "steps": steps,
             "decontamination": [
                 {
-                    "benchmarks": [Path(str(b)).name for b in (d.get("benchmarks") or [])],
+                    "benchmarks": [_benchmark_label(b) for b in (d.get("benchmarks") or [])],
+                    "checked": [
+                        {**c, "file": Path(str(c.get("path"))).name,
+                         "by_rule": ", ".join(f"{r}: {n}" for r, n in (c.get("excluded_by_rule") or {}).items())}
+                        for c in d.get("benchmarks_checked") or []
+                    ],
+                    "thresholds": d.get("thresholds") or {},
                     "options": _step_options({k: v for k, v in d.items() if k != "benchmarks"}),
                     "rows_in": d.get("rows_in"), "excluded": dict(d.get("excluded") or {}),
                     "excluded_total": sum((d.get("excluded") or {}).values()),

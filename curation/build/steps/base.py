@@ -63,6 +63,11 @@ class Step(ABC):
                 raise ValueError(f"step {name!r}: unknown option(s) {bad}; allowed: {sorted(allowed)}")
         return klass(**options)
 
+    def summary(self) -> dict:
+        """What the last :meth:`run` found beyond the exclusion counts (e.g. per-benchmark counts of
+        ``decontaminate``); merged into the step's entry of stats.json. Empty by default."""
+        return {}
+
     def describe(self) -> dict:
         opts = dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
         return {"step": self.name, **opts}
