@@ -591,7 +591,8 @@ def build_vps_table(dataset: Any, recipe: GRPORecipe):
     from .vps import VPSConfig, VPSTable
 
     v = recipe.vas
-    cfg = VPSConfig(alpha=v.alpha, beta=v.beta, momentum=v.momentum, tds_metric=v.tds_metric, vps_from=v.vps_from)
+    cfg = VPSConfig(alpha=v.alpha, beta=v.beta, momentum=v.momentum, tds_metric=v.tds_metric, vps_from=v.vps_from,
+                    normalize_ovs=v.normalize_ovs)
     return VPSTable.from_dataset(dataset, config=cfg, scores=str(v.scores) if v.scores else None)
 
 
