@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Regenerate the demo's own arithmetic problems (pipelines/demo_data/arithmetic*.jsonl), deterministically.
 
-    .venv/bin/python scripts/make_demo_problems.py [--train 160] [--heldout 40] [--seed 17]
+    .venv/bin/python scripts/make_demo_problems.py [--train 128] [--heldout 40] [--seed 17]
 
 Two disjoint sets (no family-and-numbers pair in both, :func:`problem_key`) from the generator of bench/make_rollout_pool.py (two-number
 arithmetic of graded difficulty and short template word problems; ``difficulty`` and ``family`` kept):
@@ -59,7 +59,7 @@ def draw(count: int, rng: random.Random, seen: set[tuple]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", type=int, default=160)
+    ap.add_argument("--train", type=int, default=128)
     ap.add_argument("--heldout", type=int, default=40)
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--out", default=str(ROOT / "pipelines" / "demo_data"))
