@@ -43,7 +43,7 @@ def test_reduced_demo_recipe_end_to_end(tmp_path):
     # the RL sets keep every pass rate (the reduced run is too short for a 0 < p < 1 band to keep prompts
     # on every machine); whatever SmolLM2 writes, every assertion below holds
     cmd = [sys.executable, "-m", "curation.cli", "run", "pipelines/demo.yaml", "--set", f"out={out}",
-           "--set", f"data={data}", "--set", "score_engine=hf", "--set", "n_max=4", "--set", "round=2", "--set", "score_tokens=16",
+           "--set", f"data={data}", "--set", "score_engine=hf", "--set", "score_engine_opt=dtype=bfloat16", "--set", "n_max=4", "--set", "round=2", "--set", "score_tokens=16",
            "--set", "train_steps=1", "--set", "learn_steps=1", "--set", "eval_n=2",
            "--set", "min_pass=>=0", "--set", "max_pass=<=1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
