@@ -487,3 +487,20 @@ def test_checks_leave_the_launch_state_alone(tmp_path):
            "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "STATE KEPT DistributedType.MULTI_CPU" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_validation_build_accepts_a_batch_that_is_right_only_for_the_launch():
+    """2 ranks x 3 rows x 2 steps = 12 completions = 3 prompts x 4 is right for a 2-process launch; the
+    validation build (one process, detached from the launcher) must not refuse it as TRL would at world 1
+    (3 x 1 x 2 = 6, not divisible by 4), while the plan's own geometry still refuses it at one process."""
+    from training.config import build_grpo_recipe
+    from training.plan import grpo_geometry
+
+    section = {"num_generations": 4, "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2,
+               "use_cpu": True, "data": {"train": "rl.parquet"}}
+    r = build_grpo_recipe(section, "model", validate_only=True)
+    assert r.args.num_generations == 4 and r.args.per_device_train_batch_size == 3
+    geo2, errs2 = grpo_geometry(3, 2, 2, 4)
+    assert errs2 == [] and geo2["generation_batch_size"] == 12 and geo2["prompts_per_generation"] == 3
+    _geo1, errs1 = grpo_geometry(3, 1, 2, 4)
+    assert errs1 and "generation_batch_size (6) must be divisible by num_generations (4)" in errs1[0]

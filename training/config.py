@@ -354,13 +354,24 @@ def _trl_config(cls: type, raw: dict, where: str, *, cpu_defaults: bool = True, 
     """Build ``cls`` (SFTConfig / GRPOConfig) from TRL field names, coercing types; unknown keys raise.
 
     ``validate_only``: the config is only checked (field names, types, TRL's own rules) - built on the CPU,
-    detached from any launcher (:func:`detached_from_launch`), so world-size dependent values
-    (``generation_batch_size``) are those of one process; :mod:`training.plan` re-derives them for the launch."""
+    detached from any launcher (:func:`detached_from_launch`): the world-size dependent batch geometry
+    (``generation_batch_size`` / ``steps_per_generation``) is replaced by one valid at one process, and
+    :mod:`training.plan` checks the recipe's own geometry for the launch's world size."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     _check_keys(where, raw, set(fields))
     kwargs = {k: _coerce(v, fields[k].type, f"{where}.{k}") for k, v in raw.items()}
     if validate_only:
         kwargs["use_cpu"] = True
+        if "num_generations" in fields and "generation_batch_size" in fields:
+            # TRL checks generation_batch_size against per_device x world and num_generations; at the one
+            # process of a validation build a batch that is right for the launch (2 ranks x 3 x 2 = 12 for
+            # 4 generations) reads 6 and is refused.  Check TRL's other rules on a geometry that is valid at
+            # one process; training.plan.grpo_geometry checks the real one at the launch's world size.
+            n_gen = kwargs.get("num_generations", fields["num_generations"].default)
+            if isinstance(n_gen, int) and n_gen >= 2 and not ("generation_batch_size" in kwargs
+                                                               and "steps_per_generation" in kwargs):
+                kwargs.pop("generation_batch_size", None)
+                kwargs["steps_per_generation"] = n_gen
         with detached_from_launch():
             return _make_config(cls, kwargs, where, cpu_defaults)
     return _make_config(cls, kwargs, where, cpu_defaults)
