@@ -211,6 +211,16 @@ def test_bare_rule_refuses_prose_replies():
         assert extract_answer(ok).rule == "bare", ok
 
 
+def test_bare_rule_reads_a_connector_word_as_equals():
+    """SmolLM2 often answers "2 + 4 equals 6" without a final-answer marker (demo scoring): the bare rule
+    gives the equation, whose right-hand side the verifier compares; a wrong sum stays wrong."""
+    from curation.verify import extract_answer, verify_batch
+
+    assert extract_answer("2 + 4 equals 6").answer == "2 + 4 = 6"
+    v = verify_batch(["6", "7", "6"], ["2 + 4 equals 6", "2 + 4 equals 6", "2 + 4 is 6"])
+    assert [x.status for x in v] == ["correct", "incorrect", "correct"]
+
+
 # -- final-answer markers of common output formats ----------------------------------------------------------
 
 

@@ -319,3 +319,23 @@ def test_two_models_merge_to_wide_scores_and_filter_needs_model(tiny, tmp_path):
                       problems=tiny["data"])
     assert r.table.column_names == S.PROBLEMS.names  # the problems' own rows, not score rows
     assert sorted(set(r.table.column("id").to_pylist())) == sorted(f"add-{i}" for i in range(8))
+
+
+def test_score_extraction_rules_strict_lenient_and_bad_name(tmp_path):
+    """`curate score --lenient` grades replies without a final-answer marker on their last sentence's number
+    (the demo's SmolLM2 rollouts); the default stays strict; the rules are recorded; a bad name is refused."""
+    rows = [{"problem_id": "q1", "model": "a", "answer": "12", "response": "Tom has 5 and gets 7. So the total is 12."},
+            {"problem_id": "q1", "model": "a", "answer": "12", "response": "The answer is 12. Tom is happy."},
+            {"problem_id": "q1", "model": "a", "answer": "12", "response": "5 + 7 equals 12"}]
+    f = tmp_path / "long.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = {}
+    for flag in ([], ["--lenient"]):
+        out = tmp_path / ("lenient" if flag else "strict")
+        res = runner.invoke(app, ["score", "--rollouts", str(f), "--out", str(out), *flag])
+        assert res.exit_code == 0, res.output
+        got[bool(flag)] = pq.read_table(out / "scores.parquet").to_pylist()[0]["n_correct"]
+        assert ("last_math" in json.loads((out / "stats.json").read_text())["settings"]["rules"]) == bool(flag)
+    assert (got[False], got[True]) == (2, 3)
+    res = runner.invoke(app, ["score", "--rollouts", str(f), "--out", str(tmp_path / "bad"), "--rules", "boxed,nope"])
+    assert res.exit_code != 0 and "nope" in res.output

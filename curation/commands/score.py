@@ -96,6 +96,8 @@ def register(app: typer.Typer) -> None:
         band: Annotated[tuple[str, str], typer.Option("--band", help="Adaptive: the pass-rate band to decide, MIN MAX (e.g. '>0' '<1'; 'none' for no bound).")] = (">0", "<1"),
         delta: Annotated[float, typer.Option("--delta", help="Adaptive: decided when in / out of band with probability >= 1 - delta.")] = 0.1,
         vps_precision: Annotated[float, typer.Option("--vps-precision", help="Adaptive: an in-band prompt stops when the posterior sd of its VPS is at most this.")] = 0.03,
+        rules: Annotated[Optional[str], typer.Option("--rules", help="Extraction rules in order, comma-separated (default: boxed,answer_tag,gsm8k,answer_is,a_line,choice,bare; also last_math, last_number).")] = None,
+        lenient: Annotated[bool, typer.Option("--lenient", help="Add the lenient last_math rule: a rollout with no final-answer marker is graded on the last math expression / number of its final sentence.")] = False,
         budget: Annotated[Optional[int], typer.Option("--budget", help="Adaptive: total rollouts of the job (per shard); the last ones go to the least-decided prompts.")] = None,
     ) -> None:
         """Sample N rollouts per prompt, verify them, and score pass rate, OVS, TDS and VPS (MMR1), with the
@@ -118,7 +120,11 @@ def register(app: typer.Typer) -> None:
                 bounds = tuple(None if b.strip().lower() in ("", "none") else b for b in band)
                 policy = AdaptivePolicy(n_max=n_max, round_size=round_size, band=bounds, delta=delta,
                                         vps_precision=vps_precision, budget=budget, prior=prior_spec)
-            post_kw = {"prior": prior_spec, "credible": credible, "vps_from": vps_from, "adaptive": policy}
+            post_kw = {"prior": prior_spec, "credible": credible, "vps_from": vps_from, "adaptive": policy,
+                       "rules": rules, "lenient": lenient}
+            from curation.verify import resolve_rules
+
+            resolve_rules(rules, lenient)  # a bad rule name is a usage error, before any work
         except ValueError as e:
             fail(str(e))
         try:

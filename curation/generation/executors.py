@@ -134,6 +134,8 @@ class GenJobSpec:
     max_tokens: int
     seed: int
     verify_timeout: float = 5.0
+    # extraction rules of the verifier (None: DEFAULT_RULES; curation.verify.extract.resolve_rules names)
+    rules: tuple[str, ...] | None = None
     engine_options: Mapping[str, Any] = field(default_factory=dict)
     # builds the engine instead of ``make_engine(engine, model, **engine_options)`` (a custom engine; must
     # be picklable - a module-level function - to reach Ray workers)
@@ -252,7 +254,8 @@ def process_chunk(engine: Any, spec: GenJobSpec, rows: Sequence[dict], fail_stre
             golds.append(row["answer"])
             texts.append(c.text)
             options.append(row.get("options") or None)
-    verdicts = verify_batch(golds, texts, options=options, timeout=spec.verify_timeout) if texts else []
+    verdicts = (verify_batch(golds, texts, options=options, timeout=spec.verify_timeout, rules=spec.rules)
+                if texts else [])
     t_ver = time.perf_counter() - t0
 
     recs, k = [], 0
@@ -718,12 +721,12 @@ class RayExecutor:
                                                          "generated_text", "num_generated_tokens",
                                                          "__inference_error__")},
         )
-        timeout = spec.verify_timeout
+        timeout, rules = spec.verify_timeout, spec.rules
 
         def verify(batch: dict) -> dict:
             texts = [t or "" for t in batch["generated_text"]]
             opts_ = [list(o) if o is not None and len(o) else None for o in batch["_options"]]
-            vs = verify_batch(list(batch["_gold"]), texts, options=opts_, timeout=timeout)
+            vs = verify_batch(list(batch["_gold"]), texts, options=opts_, timeout=timeout, rules=rules)
             batch["_verdict"] = [v.status for v in vs]
             batch["_extracted"] = [v.extracted for v in vs]
             batch["_correct"] = [bool(v.correct) for v in vs]

@@ -75,6 +75,7 @@ from curation.score.adaptive import AdaptivePolicy
 from curation.score.posterior import PriorSpec
 from curation.score.report import write_score_report
 from curation.score.scores import LEVENSHTEIN_BACKEND, check_weights, pivot_scores, score_rollouts
+from curation.verify.extract import resolve_rules
 
 __all__ = [
     "ScoreResult",
@@ -177,6 +178,8 @@ def run_score_job(
     credible: float = 0.9,
     vps_from: str = "pass_rate",
     adaptive: AdaptivePolicy | None = None,
+    rules: Sequence[str] | str | None = None,
+    lenient: bool = False,
 ) -> ScoreResult:
     """Generate ``n`` rollouts per problem of ``data`` with ``model``, verify, score; resumable.
 
@@ -184,6 +187,10 @@ def run_score_job(
     (:func:`curation.score.scores.score_rollouts`).  ``adaptive``: an
     :class:`~curation.score.adaptive.AdaptivePolicy` - rollouts in rounds until each prompt is decided
     (``n`` is then ignored: the policy's ``n_max`` caps it); see :func:`_run_adaptive`.
+
+    ``rules`` / ``lenient``: the verifier's extraction rules (:func:`curation.verify.resolve_rules`; default
+    the strict :data:`~curation.verify.extract.DEFAULT_RULES`; ``lenient`` appends ``last_math``), recorded in
+    the settings (a re-run with other rules regenerates instead of mixing verdicts).
 
     ``engine_obj`` may be an already built engine (reused across calls; then ``engine`` is only recorded).
     ``executor``: ``"local"`` (this process) or ``"ray"`` (a Ray Data pipeline with ``num_workers`` engine
@@ -197,6 +204,7 @@ def run_score_job(
     """
     t_start = time.perf_counter()
     check_weights(alpha, beta, normalize_ovs)
+    rule_names = resolve_rules(rules, lenient)  # a bad rule name fails here, before any work
     prior = prior or (adaptive.prior if adaptive is not None else PriorSpec())
     if adaptive is not None:  # the policy decides with the job's prior and VPS weights
         adaptive = dataclasses.replace(adaptive, prior=prior, alpha=alpha, beta=beta, normalize_ovs=normalize_ovs)
@@ -214,7 +222,8 @@ def run_score_job(
     rows, n_read = load_problems(data, shard_t, excl, step=STEP)
     chunks = _chunks(rows, chunk_size)
     common = {"model": str(model), "model_name": name, "engine": engine, "n": n, "temperature": temperature,
-              "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "prompt_template": template.name}
+              "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "prompt_template": template.name,
+              "rules": list(rule_names)}
     gen_settings = {
         **common,
         "prompt_fingerprint": template.fingerprint(),
@@ -229,7 +238,7 @@ def run_score_job(
 
     spec = GenJobSpec(step=STEP, model=str(model), model_label=name, engine=engine, template=template, n=n,
                       temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
-                      verify_timeout=verify_timeout, engine_options=dict(engine_options or {}),
+                      verify_timeout=verify_timeout, rules=rule_names, engine_options=dict(engine_options or {}),
                       engine_factory=engine_factory)
     ex = make_executor(executor, ray_address=ray_address, num_workers=num_workers,
                        gpus_per_worker=gpus_per_worker, **(executor_options or {}))
@@ -709,6 +718,8 @@ def score_pregenerated(
     credible: float = 0.9,
     vps_from: str = "pass_rate",
     adaptive: AdaptivePolicy | None = None,
+    rules: Sequence[str] | str | None = None,
+    lenient: bool = False,
 ) -> ScoreResult:
     """Verify and score pre-generated long-form rollouts (:func:`read_long_rollouts`); no generation.
 
@@ -721,6 +732,7 @@ def score_pregenerated(
 
     t_start = time.perf_counter()
     check_weights(alpha, beta, normalize_ovs)
+    rule_names = resolve_rules(rules, lenient)
     prior = prior or (adaptive.prior if adaptive is not None else PriorSpec())
     if adaptive is not None:
         adaptive = dataclasses.replace(adaptive, prior=prior, alpha=alpha, beta=beta, normalize_ovs=normalize_ovs)
@@ -737,7 +749,8 @@ def score_pregenerated(
         for i in range(0, len(rows), step):
             part = rows[i : i + step]
             verdicts += verify_batch([r["answer"] for r in part], [r["response"] for r in part],
-                                     options=[r["options"] for r in part], timeout=verify_timeout)
+                                     options=[r["options"] for r in part], timeout=verify_timeout,
+                                     rules=rule_names)
             if advance:
                 advance(len(part))
         recs = [{"problem_id": r["problem_id"], "model": r["model"], "sample": r["sample"], "text": r["response"],
@@ -769,6 +782,7 @@ def score_pregenerated(
     settings = {"mode": "replay" if adaptive is not None else "pregenerated", "rollouts": str(rollouts),
                 "problems": str(problems) if problems else None,
                 "verdicts": "stored" if stored is not None else "verified here",
+                "rules": None if stored is not None else list(rule_names),
                 "tds_metric": tds, "levenshtein_backend": LEVENSHTEIN_BACKEND, "alpha": alpha, "beta": beta,
                 "normalize_ovs": normalize_ovs, "prior": prior.to_dict(), "credible": credible, "vps_from": vps_from}
     if adaptive is not None:

@@ -15,7 +15,8 @@ the name of the rule that matched. The rules (``DEFAULT_RULES`` order):
                 leading value, its only value, or what follows its last "is" / "="
 ``a_line``      the last line of the form ``A: x`` (GSM8K example solutions)
 ``choice``      only with ``options``: the last stand-alone choice label such as ``(C)`` / ``option C``
-``bare``        a short one-line response is its own answer (``"10"``, ``"(B)"``, ``"$\\frac{1}{2}$"``)
+``bare``        a short one-line response is its own answer (``"10"``, ``"(B)"``, ``"$\\frac{1}{2}$"``); a
+                connector word between math is an ``=`` (``"2 + 4 equals 6"`` -> ``2 + 4 = 6``)
 
 Not in the default list (strict is the default, and the right one for rewards: a response without a
 final-answer marker gets ``no_answer``):
@@ -501,7 +502,12 @@ def _rule_bare(text: str, options: Sequence[str] | None) -> str | None:
         return None
     if _PROSE.search(_LATEX_CMD.sub(" ", s)):
         return None
-    return s
+    # "2 + 4 equals 6" (a single connector word between math): the equation math-verify reads ("2 + 4 = 6"),
+    # whose right-hand side is then compared - not the whole phrase, which never equals the gold
+    return _BARE_CONNECTOR.sub(" = ", s)
+
+
+_BARE_CONNECTOR = re.compile(r"\s(?:is|are|equals|was)\s")
 
 
 def _rule_last_number(text: str, options: Sequence[str] | None) -> str | None:
