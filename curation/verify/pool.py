@@ -35,10 +35,13 @@ processes such as ``DataLoader`` workers. A :class:`Verifier` inherited through 
 pid and starts its own workers. Items are sent to workers in chunks (amortising IPC) but every item
 reports back on its own, so the per-item deadline is measured from the end of the previous item.
 
-**Start method** (``start_method``): ``"fork"`` (default where available) imports math-verify once in
-the caller, then forks the workers from a dedicated helper thread: the fastest start and the fastest
-replacement of a killed worker; like any fork it copies the caller's memory (only the helper thread
-carries over into a worker). ``"forkserver"`` forks workers from a small server process that has
+**Start method** (``start_method``): ``"fork"`` (default where available) forks the workers from a
+dedicated helper thread; like any fork it copies the caller's memory (only the helper thread carries over
+into a worker). A batch starts its first workers as soon as its first item needs math-verify, before
+math-verify is imported in the caller: each new worker imports it on its own core while the caller goes on
+with the rest of the batch's extraction and fast path (a batch of 5,000 short answers with one math-verify
+item no longer waits half a second for the import). Once the pool's first workers exist, the caller imports
+math-verify itself before the next fork, so a replacement for a killed worker starts with it loaded. ``"forkserver"`` forks workers from a small server process that has
 imported math-verify once - use it when the caller holds a GPU context or must not be forked;
 ``"spawn"`` pays a full interpreter start per worker. forkserver/spawn re-import the caller's ``__main__``
 module in each worker: scripts need the usual ``if __name__ == "__main__":`` guard. ``bench/verify.py
@@ -396,8 +399,10 @@ class Verifier:
         """Start one worker (from the helper thread); it reports ``ready`` once math-verify is imported."""
 
         def start() -> _Worker:
-            if self.start_method == "fork":
-                import math_verify  # noqa: F401  (imported once here, inherited by every forked worker)
+            if self.start_method == "fork" and self.stats["started"] >= self.workers:
+                # a replacement (or a grown pool): fork with math-verify loaded (imported once here, inherited
+                # by every later worker); the first workers import it themselves, in parallel with the caller
+                import math_verify  # noqa: F401
             parent_conn, child_conn = self._ctx.Pipe(duplex=True)
             proc = self._ctx.Process(
                 target=_worker_main, args=(child_conn, self.memory_limit_mb), name="verify-worker", daemon=True
@@ -500,6 +505,8 @@ class Verifier:
                 decided += 1
             else:
                 assert job is not None
+                if not jobs and (not workers or int(workers) == self.workers):
+                    self._start_early()
                 answer, rule, gold_texts, note = job
                 extractions[i] = (answer, rule, note)
                 jobs.append((i, gold_texts, answer))
@@ -536,6 +543,16 @@ class Verifier:
                 out[i] = Verdict(status, answer, rule, (detail or "") + note or None)
                 self.stats["math_verify"] += 1
         return [v if v is not None else Verdict("error", None, None, "internal: no result") for v in out]
+
+    def _start_early(self) -> None:
+        """Fork one worker now, at the batch's first math-verify item, so that it is importing math-verify
+        while this thread decides the rest of the batch; another thread's batch holding the lock just means
+        the pool is already up."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._ensure_pool(1)
+            finally:
+                self._lock.release()
 
     def _prepare(
         self, gold: Any, response: Any, opts: list[str] | None, rules: tuple[str, ...]
