@@ -28,7 +28,7 @@ draws, so it is not a held-out score).  Ratios are against the uniform arm of th
 Only the top transformer block trains (``bench/vas_effect.py``'s ``top_block_only``: the 135M backward pass is what
 makes CPU steps slow), learning rate 1e-6: the policy barely moves, so the comparison isolates the sampling.
 
-    .venv/bin/python bench/dynamic_sampling.py [--steps 6] [--problems 64] [--out runs/dynamic_sampling]
+    .venv/bin/python bench/dynamic_sampling.py [--steps 10] [--problems 64] [--out runs/dynamic_sampling]
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ def run_arm(arm: str, model: str, rows: list[dict], data: Path, scores: Path | N
         "arm": arm, "steps": res.steps, "groups": ex["groups_generated"], "rollouts": rollouts,
         "effective_groups": eff, "skipped": ex["groups_skipped"], "explored": ex["groups_explored"],
         "dropped": ex["groups_dropped"], "refilled": ex["groups_refilled"], "fillers": ex["filler_rows"],
+        "unused_rows": ex["unused_rows"],
         "eff_per_1k": 1000 * eff / rollouts if rollouts else float("nan"),
         "expected_eff_per_1k": 1000 * expect / rollouts if rollouts and pool_p else float("nan"),
         "train_runtime_s": runtime, "s_per_eff_group": runtime / eff if eff else float("inf"),
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--gsm8k", default=str(HERE.parent.parent / "shared" / "data" / "gsm8k" / "train.jsonl"))
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--problems", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--prompts-per-step", type=int, default=3)
     ap.add_argument("--G", type=int, default=4)
     ap.add_argument("--max-completion-length", type=int, default=16)

@@ -10,7 +10,10 @@
     identical on every rank.  Weights are re-read from the shared :class:`training.vps.VPSTable` before every
     generation batch (``refresh_every=1``) when the table can change (online refresh or periodic re-scoring).
     ``_run_epoch`` (:class:`training.utils.SamplerEpochMixin`) tells the sampler the epoch, also when a
-    multi-process run resumes mid-epoch (accelerate's ``set_epoch`` does not reach it there).
+    multi-process run resumes mid-epoch (accelerate's ``set_epoch`` does not reach it there).  With
+    ``dynamic.skip`` the sampler skips prompts whose posterior predicts a zero-variance group with probability
+    ``>= q`` (kept anyway with probability ``floor``) and puts another prompt in their place
+    (:mod:`training.dynamic`, :class:`training.sampler.SkipRule`).
 
 ``_calculate_rewards``
     TRL computes every reward function and *gathers* the rewards across processes here; after the parent
@@ -18,10 +21,19 @@
     fold the groups into the VPS table (EMA on pass rate and trace diversity, no extra generation:
     ``VPSTable.update_from_flat``).  It also logs the zero-variance fraction of the groups (all
     ``num_generations`` rewards equal, so every advantage is 0), the sampler mix of this batch (VAS vs
-    uniform prompts) and VPS statistics.
+    uniform prompts) and VPS statistics.  Each update also scores the posterior's zero-variance prediction
+    against what the groups did (``dynamic/pred_zero_var`` vs ``dynamic/obs_zero_var``), and the round's
+    informative groups are kept for the refill.
 
 ``_generate_and_score_completions``
-    before: every ``vas.rescore_every`` optimizer steps, a full re-score of the training set with the current
+    with ``dynamic.refill``: TRL's generation and scoring, then refill rounds for further prompts until every
+    rank's batch is full of informative rows, ``max_rounds`` or the rollout budget is reached; zero-variance
+    rows are dropped, a short rank is topped up with loss-masked fillers (scaled like PAD's, below), old /
+    reference log-probs are recomputed when merging changed a row's padding (:mod:`training.dynamic` has the
+    rules; every decision is taken from gathered numbers, so all ranks run the same rounds).  Every generation
+    batch logs ``dynamic/*`` (rollouts, groups generated / skipped / dropped / refilled, effective groups,
+    fillers, calibration) and, with ``vas.posterior_decay < 1``, pulls the posterior toward the prior once.
+    Before: every ``vas.rescore_every`` optimizer steps, a full re-score of the training set with the current
     policy through the trainer's own generation engine (HF ``generate`` here, vLLM where TRL uses it) and
     reward functions, replacing each prompt's pass rate / TDS (momentum 0); what it logs is put back, so the
     next step's metrics and completions table are the step's own (:meth:`VASGRPOTrainer.rescore_all`).
@@ -45,7 +57,8 @@
 
 ``_save_checkpoint`` / ``train``
     every checkpoint gets the VPS table (``vps_table.parquet``) and ``vas_state.json`` (the re-score schedule,
-    the run statistics, the table's counters and each rank's PAD generator), and
+    the run statistics, the number of generation batches (it seeds the refill draws), the table's counters and
+    each rank's PAD generator), and
     ``train(resume_from_checkpoint=...)`` restores them before TRL resumes - whoever calls it, warning when the
     checkpoint lacks them.  ``<output_dir>/vps_final.parquet`` holds the final table.  With a static table
     (``refresh: none``, no re-score) a resumed run draws exactly the prompts of the uninterrupted run; with
@@ -177,7 +190,7 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
                           # dynamic sampling (logged for every run; skip/refill counts stay 0 when they are off)
                           "rollouts": 0, "groups_generated": 0, "effective_groups": 0.0, "groups_skipped": 0,
                           "groups_explored": 0, "groups_dropped": 0, "groups_refilled": 0, "refill_rounds": 0,
-                          "filler_rows": 0, "budget_exhausted": 0, "calib_groups": 0, "calib_pred_zero_var": 0.0,
+                          "filler_rows": 0, "unused_rows": 0, "budget_exhausted": 0, "calib_groups": 0, "calib_pred_zero_var": 0.0,
                           "calib_obs_zero_var": 0}
         super().__init__(*args, **kwargs)
         self._pad_gen = torch.Generator().manual_seed(int(self.args.seed) + 1)
@@ -453,7 +466,9 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
             merged["completion_mask"] * merged["tool_mask"]
         merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         merged[PAD_KEPT_KEY] = kept
-        tot = self.accelerator.gather(torch.tensor([[taken, n_fill]], device=device)).view(-1, 2).sum(dim=0)
+        unused = sum(sum(flags) for _, flags in rounds) - taken  # informative rows that did not fit (overflow)
+        tot = self.accelerator.gather(torch.tensor([[taken, n_fill, unused]], device=device)).view(-1, 3).sum(dim=0)
+        self._batch_acc["unused"] = int(tot[2])
         self._log_dynamic(rollouts=spent, groups=spent // G, effective=float(tot[0]) / G, dropped=sum(zero_groups),
                           refilled=refilled, rounds=refill_rounds, fillers=int(tot[1]), exhausted=exhausted)
         self._debug("dynamic", step=int(self.state.global_step), rounds=1 + refill_rounds, rollouts=spent,
@@ -514,7 +529,8 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
         """Per generation batch (global counts): ``dynamic/rollouts`` generated, ``groups_generated``,
         ``groups_skipped`` / ``groups_explored`` by the sampler's skip rule, ``groups_dropped`` (zero-variance
         groups generated and not trained on - refill only), ``groups_refilled``, ``refill_rounds``,
-        ``effective_groups`` (informative groups trained on), ``filler_rows``, ``budget_exhausted``, and the
+        ``effective_groups`` (informative groups trained on), ``filler_rows``, ``unused_rows`` (informative rows
+        of the last refill round that did not fit: generated, not trained on), ``budget_exhausted``, and the
         posterior's calibration ``pred_zero_var`` / ``obs_zero_var`` (mean predicted vs observed fraction of
         all-correct-or-all-wrong groups, over the groups the online update saw)."""
         acc, rs, m = self._batch_acc, self.run_stats, self._metrics["train"]
@@ -530,11 +546,12 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
         rs["groups_refilled"] += int(refilled)
         rs["refill_rounds"] += int(rounds)
         rs["filler_rows"] += int(fillers)
+        rs["unused_rows"] += int(acc.get("unused", 0))
         rs["budget_exhausted"] += int(bool(exhausted and fillers))
         for k, v in (("rollouts", rollouts), ("groups_generated", groups), ("effective_groups", effective),
                      ("groups_skipped", skipped), ("groups_explored", explored),
                      ("groups_dropped", dropped if refill else 0), ("groups_refilled", refilled),
-                     ("refill_rounds", rounds), ("filler_rows", fillers),
+                     ("refill_rounds", rounds), ("filler_rows", fillers), ("unused_rows", acc.get("unused", 0)),
                      ("budget_exhausted", float(bool(exhausted and fillers)))):
             m[f"dynamic/{k}"].append(float(v))
         cg = int(acc.get("calib_groups", 0))
