@@ -314,6 +314,29 @@ def test_plan_applies_the_trainers_start_up_rules(tmp_path, tiny_qwen2_vl_dir):
                     "or generation_batch_size"], msgs
 
 
+def test_plan_applies_the_refill_rules(tmp_path, tiny_qwen2_vl_dir):
+    """dynamic.refill tops batches up with loss-masked fillers as PAD does: the same whole-steps rule; and a
+    budget smaller than one generation batch at the launch's world size is refused."""
+    from test_train_grpo import write_rl_mm, write_rl_text
+    from test_train_sft import write_sft_text
+
+    from training.config import load_raw
+    from training.plan import Launch, plan_recipe
+
+    sets = {"sft": write_sft_text(tmp_path / "sft.parquet", n=4), "rl": write_rl_text(tmp_path / "rl.parquet", n=8)}
+    ov = [*_overrides(tiny_qwen2_vl_dir, sets, tmp_path / "run", mm=write_rl_mm(tmp_path / "mm.parquet", 8)),
+          "staged.stages.2.dynamic.refill.enabled=true", "staged.stages.2.generation_batch_size=12",
+          "staged.stages.2.dynamic.refill.budget_rollouts=8", "grpo.loss_type=grpo"]
+    plan = plan_recipe(load_raw(REPO / "pipelines" / "staged_cpu.yaml", ov),
+                       launch=Launch(strategy="single", gpus=1, origin="environment", cpu=True))
+    msgs = [str(f) for f in plan.failures]
+    assert msgs == ["stage 3 text_rl: dynamic.refill with loss_type='grpo' needs steps_per_generation (3 at 1 "
+                    "processes) to be a multiple of gradient_accumulation_steps (2); change "
+                    "staged.stages.2.gradient_accumulation_steps or generation_batch_size",
+                    "stage 3 text_rl: staged.stages.2.dynamic.refill.budget_rollouts (8) is less than one generation "
+                    "batch (12 rollouts at 1 processes); the budget counts the first round"], msgs
+
+
 def test_grpo_geometry_follows_trl(tmp_path):
     """grpo_geometry re-derives TRL's generation batch rules for another world size; at one process it must
     agree with GRPOConfig itself - values and refusals."""
