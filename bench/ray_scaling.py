@@ -21,8 +21,8 @@ processes and everything else on the box.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,20 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def gsm8k_problems(n: int) -> list[dict]:
-    rows = []
-    with open(DATA / "gsm8k" / "test.jsonl") as f:
-        for i, line in enumerate(f):
-            if i >= n:
-                break
-            d = json.loads(line)
-            rows.append({"id": f"gsm8k-test-{i}", "source": "gsm8k", "problem": d["question"], "images": [],
-                         "answer": d["answer"].split("####")[-1].strip().replace(",", ""), "options": [],
-                         "solution": None, "meta": None})
-    return rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from data_rows import gsm8k_rows as gsm8k_problems  # noqa: E402  (the tests' problem rows: real GSM8K)
 
 
 def main() -> None:

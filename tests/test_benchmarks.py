@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from curation.build.benchmarks import PRESETS, BenchmarkError, BenchmarkSpec, read_benchmark
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -116,6 +116,8 @@ def test_imports_only_lower_layers(path: Path):
     ("curation.build.steps.near_dup", "from curation import cot\n", False),
     ("training.grpo", "from curation.score.vas import vas_probabilities\n", True),
     ("training.grpo", "from curation.publish import publish\n", False),
+    ("training.dynamic", "from curation.score.posterior import zero_variance_prob\n", True),
+    ("curation.score.posterior", "from training.dynamic import refill_draw\n", False),
 ])
 def test_the_rule_fires(module, source, ok):
     """Lazy (function-level), relative and ``from curation import pkg`` imports are all seen."""

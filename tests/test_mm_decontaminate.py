@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from curation.build.image_index import ImageIndex
 from PIL import Image
 
+from curation.build.image_index import ImageIndex
 from curation.build.pipeline import build
 from curation.build.steps.base import Excluded, Step
 from curation.build.steps.decontaminate import IMAGE_LOOSE, IMAGE_NCC, IMAGE_STRICT, content_overlap

@@ -314,6 +314,29 @@ def test_plan_applies_the_trainers_start_up_rules(tmp_path, tiny_qwen2_vl_dir):
                     "or generation_batch_size"], msgs
 
 
+def test_plan_applies_the_refill_rules(tmp_path, tiny_qwen2_vl_dir):
+    """dynamic.refill tops batches up with loss-masked fillers as PAD does: the same whole-steps rule; and a
+    budget smaller than one generation batch at the launch's world size is refused."""
+    from test_train_grpo import write_rl_mm, write_rl_text
+    from test_train_sft import write_sft_text
+
+    from training.config import load_raw
+    from training.plan import Launch, plan_recipe
+
+    sets = {"sft": write_sft_text(tmp_path / "sft.parquet", n=4), "rl": write_rl_text(tmp_path / "rl.parquet", n=8)}
+    ov = [*_overrides(tiny_qwen2_vl_dir, sets, tmp_path / "run", mm=write_rl_mm(tmp_path / "mm.parquet", 8)),
+          "staged.stages.2.dynamic.refill.enabled=true", "staged.stages.2.generation_batch_size=12",
+          "staged.stages.2.dynamic.refill.budget_rollouts=8", "grpo.loss_type=grpo"]
+    plan = plan_recipe(load_raw(REPO / "pipelines" / "staged_cpu.yaml", ov),
+                       launch=Launch(strategy="single", gpus=1, origin="environment", cpu=True))
+    msgs = [str(f) for f in plan.failures]
+    assert msgs == ["stage 3 text_rl: dynamic.refill with loss_type='grpo' needs steps_per_generation (3 at 1 "
+                    "processes) to be a multiple of gradient_accumulation_steps (2); change "
+                    "staged.stages.2.gradient_accumulation_steps or generation_batch_size",
+                    "stage 3 text_rl: staged.stages.2.dynamic.refill.budget_rollouts (8) is less than one generation "
+                    "batch (12 rollouts at 1 processes); the budget counts the first round"], msgs
+
+
 def test_grpo_geometry_follows_trl(tmp_path):
     """grpo_geometry re-derives TRL's generation batch rules for another world size; at one process it must
     agree with GRPOConfig itself - values and refusals."""
@@ -487,3 +510,20 @@ def test_checks_leave_the_launch_state_alone(tmp_path):
            "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "STATE KEPT DistributedType.MULTI_CPU" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_validation_build_accepts_a_batch_that_is_right_only_for_the_launch():
+    """2 ranks x 3 rows x 2 steps = 12 completions = 3 prompts x 4 is right for a 2-process launch; the
+    validation build (one process, detached from the launcher) must not refuse it as TRL would at world 1
+    (3 x 1 x 2 = 6, not divisible by 4), while the plan's own geometry still refuses it at one process."""
+    from training.config import build_grpo_recipe
+    from training.plan import grpo_geometry
+
+    section = {"num_generations": 4, "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2,
+               "use_cpu": True, "data": {"train": "rl.parquet"}}
+    r = build_grpo_recipe(section, "model", validate_only=True)
+    assert r.args.num_generations == 4 and r.args.per_device_train_batch_size == 3
+    geo2, errs2 = grpo_geometry(3, 2, 2, 4)
+    assert errs2 == [] and geo2["generation_batch_size"] == 12 and geo2["prompts_per_generation"] == 3
+    _geo1, errs1 = grpo_geometry(3, 1, 2, 4)
+    assert errs1 and "generation_batch_size (6) must be divisible by num_generations (4)" in errs1[0]

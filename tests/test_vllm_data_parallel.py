@@ -203,3 +203,51 @@ def test_hub_id_vision_model_in_the_vllm_worker(tiny_qwen2_vl_dir: Path, tmp_pat
                                                                          {"type": "text", "text": "Area?"}]}], [img])],
                               SamplingConfig(n=1, max_tokens=4))
         assert engine.vision and engine.source == str(snap) and len(out[0]) == 1
+
+
+def test_worker_exits_when_its_parent_is_killed_mid_generate(tiny_qwen2_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """``kill -9`` of the process that owns the engine while a ``generate`` runs in the worker: the worker
+    (and what it started) goes within seconds instead of holding the model until its call ends (here the
+    stand-in's call would wait 60 s for a release that never comes)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    log = tmp_path / "log"
+    _fake_env(monkeypatch, log, FAKE_VLLM_HOLD="HOLD-Z:NEVER", FAKE_VLLM_TIMEOUT="60")
+    pidfile = tmp_path / "worker.pid"
+    script = f"""
+import sys
+from pathlib import Path
+from curation.engines import GenRequest, SamplingConfig
+from curation.engines.vllm import VLLMEngine
+e = VLLMEngine({str(tiny_qwen2_dir)!r}, vllm_python=sys.executable, startup_timeout=120)
+Path({str(pidfile)!r}).write_text(str(e._workers[0].proc.pid))
+e.generate([GenRequest(prompt_messages=[{{"role": "user", "content": "HOLD-Z"}}], seed=0)], SamplingConfig(n=1, max_tokens=4))
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 120
+        while not (pidfile.exists() and list(log.glob("held-*"))):
+            assert parent.poll() is None, "the parent ended before its generate call started"
+            assert time.monotonic() < deadline, "the worker never started its generate call"
+            time.sleep(0.2)
+        worker = int(pidfile.read_text())
+        os.kill(worker, 0)  # alive, inside generate
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        gone_by = time.monotonic() + 15
+        while time.monotonic() < gone_by:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the vLLM worker outlived its killed parent by more than 15 s")
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -8,13 +8,16 @@ A recipe's trainer sections use TRL's *own* field names, so a TRL YAML works unc
       max_length: 2048              # required: over-long rows are dropped or rejected, never truncated
       learning_rate: 1.0e-5
       data: {train: path/to/sft.parquet, on_too_long: drop}     # drop | error
-    grpo:                           # any trl.GRPOConfig field, plus `data`, `rewards`, `vas`, `pad`
+    grpo:                           # any trl.GRPOConfig field, plus `data`, `rewards`, `vas`, `pad`, `dynamic`
       num_generations: 8
       data: {train: path/to/rl.parquet}
       rewards: {accuracy: 1.0, format: 0.5}                     # training.rewards.build_reward_funcs spec
       vas: {enabled: true, lambda: 0.5, alpha: 0.8, beta: 0.2, epsilon: 1.0e-3, momentum: 0.5,
-            refresh: online, rescore_every: 0, scores: path/to/scores.parquet}
+            refresh: online, rescore_every: 0, scores: path/to/scores.parquet, posterior_decay: 1.0}
       pad: {enabled: false, rho: 0.5, t_low: 0.0, t_high: .inf, tau_start: 1.0, tau_end: 0.3}
+      dynamic:                      # training.dynamic: every step full of learning signal
+        skip: {enabled: false, q: 0.8, floor: 0.1}                   # skip predicted zero-variance prompts
+        refill: {enabled: false, budget_rollouts: null, max_rounds: 4}  # drop zero-variance groups, refill
     staged:                         # ReVisual-R1's three stages; each stage = its kind's section + overrides
       output_dir: runs/staged
       stages:
@@ -51,6 +54,9 @@ __all__ = [
     "DataSpec",
     "VASSpec",
     "PADSpec",
+    "SkipSpec",
+    "RefillSpec",
+    "DynamicSpec",
     "SFTRecipe",
     "GRPORecipe",
     "StageSpec",
@@ -68,7 +74,7 @@ __all__ = [
 
 # Keys a trainer section may carry besides the TRL config fields.
 _SFT_EXTRA = {"data", "vas"}
-_GRPO_EXTRA = {"data", "rewards", "vas", "pad"}
+_GRPO_EXTRA = {"data", "rewards", "vas", "pad", "dynamic"}
 _STAGE_KEYS = {"name", "kind", "model", "freeze_vision", "on_empty"}
 _TOP_KEYS = {"model", "sft", "grpo", "staged", "description"}
 
@@ -130,6 +136,7 @@ class VASSpec:
     # 4 p (1 - p) in [0, 1] instead of the paper's p (1 - p) in [0, 0.25] (as `curate score --normalize-ovs`):
     # with the default alpha/beta the outcome term then outweighs trace diversity (a deviation from MMR1)
     normalize_ovs: bool = False
+    posterior_decay: float = 1.0  # per generation batch, each prompt's Beta evidence beyond the prior x this
 
     def accuracy_uses(self) -> list[str]:
         """The settings that read each prompt's accuracy reward (GRPO: they need an accuracy reward function;
@@ -166,6 +173,42 @@ class PADSpec:
 
         return PADConfig(rho=self.rho, t_low=self.t_low, t_high=self.t_high, tau_start=self.tau_start,
                          tau_end=self.tau_end, schedule=self.schedule)
+
+
+@dataclass
+class SkipSpec:
+    """``dynamic.skip:``: before generation, skip a drawn prompt whose posterior predicts a zero-variance group
+    with probability ``>= q`` - unless a draw with probability ``floor`` keeps it anyway (exploration, so no
+    prompt is starved and a skipped prompt's estimate can recover).  The sampler puts another prompt in its
+    place inside the same generation batch (:mod:`training.dynamic`)."""
+
+    enabled: bool = False
+    q: float = 0.8
+    floor: float = 0.1
+
+
+@dataclass
+class RefillSpec:
+    """``dynamic.refill:``: after scoring a generation batch, drop its zero-variance groups and generate for
+    further prompts until every rank's batch is full of informative rollouts, ``max_rounds`` refill rounds were
+    made or ``budget_rollouts`` rollouts (the first round included; default 2 x generation_batch_size) were
+    spent; then train on what there is, the rest loss-masked filler rows."""
+
+    enabled: bool = False
+    budget_rollouts: int | None = None
+    max_rounds: int = 4
+
+
+@dataclass
+class DynamicSpec:
+    """``dynamic:``: ``skip`` (:class:`SkipSpec`) and ``refill`` (:class:`RefillSpec`)."""
+
+    skip: SkipSpec = field(default_factory=SkipSpec)
+    refill: RefillSpec = field(default_factory=RefillSpec)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.skip.enabled or self.refill.enabled)
 
 
 _RENAMES = {"lambda": "lambda_"}  # YAML key -> dataclass field (``lambda`` is a Python keyword)
@@ -271,7 +314,29 @@ def _vas_spec(raw: Any, where: str) -> VASSpec:
         raise RecipeError(f"{where}.rescore_every: must be >= 0, got {spec.rescore_every}")
     if spec.vps_from not in {"pass_rate", "posterior"}:
         raise RecipeError(f"{where}.vps_from: must be 'pass_rate' or 'posterior', got {spec.vps_from!r}")
+    if not 0.0 < spec.posterior_decay <= 1.0:
+        raise RecipeError(f"{where}.posterior_decay: must lie in (0, 1] (1 = no forgetting), got {spec.posterior_decay}")
     return spec
+
+
+def _dynamic_spec(raw: Any, where: str) -> DynamicSpec:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping like {{skip: {{enabled: true}}, refill: {{enabled: true}}}}")
+    _check_keys(where, raw, {"skip", "refill"})
+    skip = _build_dataclass(SkipSpec, raw.get("skip"), f"{where}.skip")
+    refill = _build_dataclass(RefillSpec, raw.get("refill"), f"{where}.refill")
+    if not 0.0 < skip.q <= 1.0:
+        raise RecipeError(f"{where}.skip.q: must lie in (0, 1] (skip when P(zero variance) >= q), got {skip.q}")
+    if not 0.0 < skip.floor <= 1.0:
+        raise RecipeError(f"{where}.skip.floor: must lie in (0, 1] (the probability a skip-eligible prompt is kept "
+                          f"anyway; 0 could starve a prompt forever), got {skip.floor}")
+    if refill.budget_rollouts is not None and refill.budget_rollouts < 1:
+        raise RecipeError(f"{where}.refill.budget_rollouts: must be >= 1 (or null), got {refill.budget_rollouts}")
+    if refill.max_rounds < 0:
+        raise RecipeError(f"{where}.refill.max_rounds: must be >= 0, got {refill.max_rounds}")
+    return DynamicSpec(skip=skip, refill=refill)
 
 
 def _pad_spec(raw: Any, where: str) -> PADSpec:
@@ -302,6 +367,7 @@ class GRPORecipe:
     rewards: dict = field(default_factory=lambda: {"accuracy": 1.0})
     vas: VASSpec = field(default_factory=VASSpec)
     pad: PADSpec = field(default_factory=PADSpec)
+    dynamic: DynamicSpec = field(default_factory=DynamicSpec)
 
 
 @dataclass
@@ -357,13 +423,24 @@ def _trl_config(cls: type, raw: dict, where: str, *, cpu_defaults: bool = True, 
     """Build ``cls`` (SFTConfig / GRPOConfig) from TRL field names, coercing types; unknown keys raise.
 
     ``validate_only``: the config is only checked (field names, types, TRL's own rules) - built on the CPU,
-    detached from any launcher (:func:`detached_from_launch`), so world-size dependent values
-    (``generation_batch_size``) are those of one process; :mod:`training.plan` re-derives them for the launch."""
+    detached from any launcher (:func:`detached_from_launch`): the world-size dependent batch geometry
+    (``generation_batch_size`` / ``steps_per_generation``) is replaced by one valid at one process, and
+    :mod:`training.plan` checks the recipe's own geometry for the launch's world size."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     _check_keys(where, raw, set(fields))
     kwargs = {k: _coerce(v, fields[k].type, f"{where}.{k}") for k, v in raw.items()}
     if validate_only:
         kwargs["use_cpu"] = True
+        if "num_generations" in fields and "generation_batch_size" in fields:
+            # TRL checks generation_batch_size against per_device x world and num_generations; at the one
+            # process of a validation build a batch that is right for the launch (2 ranks x 3 x 2 = 12 for
+            # 4 generations) reads 6 and is refused.  Check TRL's other rules on a geometry that is valid at
+            # one process; training.plan.grpo_geometry checks the real one at the launch's world size.
+            n_gen = kwargs.get("num_generations", fields["num_generations"].default)
+            if isinstance(n_gen, int) and n_gen >= 2 and not ("generation_batch_size" in kwargs
+                                                               and "steps_per_generation" in kwargs):
+                kwargs.pop("generation_batch_size", None)
+                kwargs["steps_per_generation"] = n_gen
         with detached_from_launch():
             return _make_config(cls, kwargs, where, cpu_defaults)
     return _make_config(cls, kwargs, where, cpu_defaults)
@@ -415,13 +492,22 @@ def build_grpo_recipe(section: dict, model: str, where: str = "grpo", *, validat
         raise RecipeError(f"{where}.rewards: expected a mapping like {{accuracy: 1.0, format: 0.5}}")
     vas = _vas_spec(section.pop("vas", None), f"{where}.vas")
     pad = _pad_spec(section.pop("pad", None), f"{where}.pad")
+    dynamic = _dynamic_spec(section.pop("dynamic", None), f"{where}.dynamic")
+    if dynamic.skip.enabled and not vas.enabled:
+        raise RecipeError(f"{where}.dynamic.skip: needs {where}.vas.enabled: true (the posterior it reads lives in "
+                          "the VPS table and the VAS sampler does the skipping; lambda may be 0)")
     if "reward_weights" in section:
         raise RecipeError(f"{where}.reward_weights: give the weights in `rewards:` instead (one place only)")
     if not model:
         raise RecipeError("model: required (a local path or hub id)")
     section.setdefault("output_dir", "runs/grpo")
     args = _trl_config(GRPOConfig, section, where, validate_only=validate_only)
-    return GRPORecipe(model=str(model), args=args, data=data, rewards=rewards, vas=vas, pad=pad)
+    bs = getattr(args, "generation_batch_size", None)
+    if dynamic.refill.enabled and dynamic.refill.budget_rollouts is not None and bs and \
+            dynamic.refill.budget_rollouts < bs and not validate_only:
+        raise RecipeError(f"{where}.dynamic.refill.budget_rollouts: {dynamic.refill.budget_rollouts} is less than one "
+                          f"generation batch ({bs} rollouts); the budget counts the first round too")
+    return GRPORecipe(model=str(model), args=args, data=data, rewards=rewards, vas=vas, pad=pad, dynamic=dynamic)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

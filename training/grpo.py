@@ -10,7 +10,10 @@
     identical on every rank.  Weights are re-read from the shared :class:`training.vps.VPSTable` before every
     generation batch (``refresh_every=1``) when the table can change (online refresh or periodic re-scoring).
     ``_run_epoch`` (:class:`training.utils.SamplerEpochMixin`) tells the sampler the epoch, also when a
-    multi-process run resumes mid-epoch (accelerate's ``set_epoch`` does not reach it there).
+    multi-process run resumes mid-epoch (accelerate's ``set_epoch`` does not reach it there).  With
+    ``dynamic.skip`` the sampler skips prompts whose posterior predicts a zero-variance group with probability
+    ``>= q`` (kept anyway with probability ``floor``) and puts another prompt in their place
+    (:mod:`training.dynamic`, :class:`training.sampler.SkipRule`).
 
 ``_calculate_rewards``
     TRL computes every reward function and *gathers* the rewards across processes here; after the parent
@@ -18,10 +21,19 @@
     fold the groups into the VPS table (EMA on pass rate and trace diversity, no extra generation:
     ``VPSTable.update_from_flat``).  It also logs the zero-variance fraction of the groups (all
     ``num_generations`` rewards equal, so every advantage is 0), the sampler mix of this batch (VAS vs
-    uniform prompts) and VPS statistics.
+    uniform prompts) and VPS statistics.  Each update also scores the posterior's zero-variance prediction
+    against what the groups did (``dynamic/pred_zero_var`` vs ``dynamic/obs_zero_var``), and the round's
+    informative groups are kept for the refill.
 
 ``_generate_and_score_completions``
-    before: every ``vas.rescore_every`` optimizer steps, a full re-score of the training set with the current
+    with ``dynamic.refill``: TRL's generation and scoring, then refill rounds for further prompts until every
+    rank's batch is full of informative rows, ``max_rounds`` or the rollout budget is reached; zero-variance
+    rows are dropped, a short rank is topped up with loss-masked fillers (scaled like PAD's, below), old /
+    reference log-probs are recomputed when merging changed a row's padding (:mod:`training.dynamic` has the
+    rules; every decision is taken from gathered numbers, so all ranks run the same rounds).  Every generation
+    batch logs ``dynamic/*`` (rollouts, groups generated / skipped / dropped / refilled, effective groups,
+    fillers, calibration) and, with ``vas.posterior_decay < 1``, pulls the posterior toward the prior once.
+    Before: every ``vas.rescore_every`` optimizer steps, a full re-score of the training set with the current
     policy through the trainer's own generation engine (HF ``generate`` here, vLLM where TRL uses it) and
     reward functions, replacing each prompt's pass rate / TDS (momentum 0); what it logs is put back, so the
     next step's metrics and completions table are the step's own (:meth:`VASGRPOTrainer.rescore_all`).
@@ -45,7 +57,8 @@
 
 ``_save_checkpoint`` / ``train``
     every checkpoint gets the VPS table (``vps_table.parquet``) and ``vas_state.json`` (the re-score schedule,
-    the run statistics, the table's counters and each rank's PAD generator), and
+    the run statistics, the number of generation batches (it seeds the refill draws), the table's counters and
+    each rank's PAD generator), and
     ``train(resume_from_checkpoint=...)`` restores them before TRL resumes - whoever calls it, warning when the
     checkpoint lacks them.  ``<output_dir>/vps_final.parquet`` holds the final table.  With a static table
     (``refresh: none``, no re-score) a resumed run draws exactly the prompts of the uninterrupted run; with
@@ -131,17 +144,20 @@ class TrackingVASSampler(VASSampler):
 
     def _chunks(self, epoch):
         for idx, is_vas in super()._chunks(epoch):
-            self.drawn.append((list(idx), list(is_vas)))
+            info = self.last_chunk if self.skip is not None else {}
+            self.drawn.append((list(idx), list(is_vas), len(info.get("skipped", ())), len(info.get("explored", ()))))
             if self.on_chunk is not None:
                 self.on_chunk(epoch, idx, is_vas)
             yield idx, is_vas
 
-    def pop_matching(self, keys: set) -> tuple[int, int] | None:
-        """(n_vas, n_uniform) of the drawn chunk whose index set equals ``keys``; older chunks are dropped."""
+    def pop_matching(self, keys: set) -> dict | None:
+        """``{n_vas, n_uniform, n_skipped, n_explored}`` of the drawn chunk whose index set equals ``keys``; older
+        chunks are dropped."""
         while self.drawn:
-            idx, flags = self.drawn.popleft()
+            idx, flags, skipped, explored = self.drawn.popleft()
             if set(idx) == keys:
-                return sum(flags), len(flags) - sum(flags)
+                return {"n_vas": sum(flags), "n_uniform": len(flags) - sum(flags), "n_skipped": skipped,
+                        "n_explored": explored}
         return None
 
 
@@ -152,10 +168,16 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
     table (``vps_table.parquet``) and ``vas_state.json`` (re-score schedule, run statistics, each rank's PAD
     generator); a checkpoint without them resumes with a warning."""
 
-    def __init__(self, *args, vps_table=None, vas=None, pad=None, accuracy_reward: str | None = None, **kwargs):
+    def __init__(self, *args, vps_table=None, vas=None, pad=None, dynamic=None, accuracy_reward: str | None = None,
+                 **kwargs):
         self.vps_table = vps_table
         self.vas_spec = vas
         self.pad_spec = pad
+        self.dynamic_spec = dynamic
+        self._refilling = False  # inside a refill round's generation
+        self._gen_batches = 0  # training generation batches so far (seeds the refill draws; in vas_state.json)
+        self._last_round: dict | None = None  # what _calculate_rewards saw of the latest round (gathered)
+        self._batch_acc: dict = {}  # this generation batch's sampler and calibration numbers
         self.pad_config = pad.to_pad_config() if (pad is not None and pad.enabled) else None
         self._accuracy_name = accuracy_reward
         self._rescoring = False
@@ -164,7 +186,12 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
         self.vas_sampler = None
         self.run_stats = {"groups": 0, "zero_var_groups": 0, "acc_groups": 0, "acc_zero_var_groups": 0,
                           "n_vas": 0, "n_uniform": 0, "pad_kept": 0, "pad_total": 0, "pad_empty": 0,
-                          "rescores": 0}
+                          "rescores": 0,
+                          # dynamic sampling (logged for every run; skip/refill counts stay 0 when they are off)
+                          "rollouts": 0, "groups_generated": 0, "effective_groups": 0.0, "groups_skipped": 0,
+                          "groups_explored": 0, "groups_dropped": 0, "groups_refilled": 0, "refill_rounds": 0,
+                          "filler_rows": 0, "unused_rows": 0, "budget_exhausted": 0, "calib_groups": 0, "calib_pred_zero_var": 0.0,
+                          "calib_obs_zero_var": 0}
         super().__init__(*args, **kwargs)
         self._pad_gen = torch.Generator().manual_seed(int(self.args.seed) + 1)
         self._check_setup()
@@ -180,14 +207,35 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
                     f"vas.{' and vas.'.join(uses)} {'needs' if len(uses) == 1 else 'need'} an accuracy reward "
                     f"(rewards: {{accuracy: 1.0, ...}}); the reward functions are {list(self.reward_func_names)}"
                 )
-        if self.pad_config is not None and self.loss_type in ROW_MEAN_LOSSES | MICROBATCH_TOKEN_MEAN_LOSSES:
+        dyn = self.dynamic_spec
+        fillers = [name for name, on in (("PAD", self.pad_config is not None),
+                                         ("dynamic.refill", dyn is not None and dyn.refill.enabled)) if on]
+        if fillers and self.loss_type in ROW_MEAN_LOSSES | MICROBATCH_TOKEN_MEAN_LOSSES:
             ga, spg = self.args.gradient_accumulation_steps, self.args.steps_per_generation
             if spg % ga:
                 raise ValueError(
-                    f"PAD with loss_type={self.loss_type!r} needs steps_per_generation ({spg}) to be a multiple of "
-                    f"gradient_accumulation_steps ({ga}): the loss is normalised over each optimizer step's kept "
-                    "rollouts, so a step must not straddle two generation batches"
+                    f"{' and '.join(fillers)} with loss_type={self.loss_type!r} needs steps_per_generation ({spg}) "
+                    f"to be a multiple of gradient_accumulation_steps ({ga}): the loss is normalised over each "
+                    "optimizer step's kept rollouts, so a step must not straddle two generation batches"
                 )
+        if dyn is not None and dyn.skip.enabled and not self._vas_enabled():
+            raise ValueError("dynamic.skip needs VAS on with a VPS table (vas.enabled: true; lambda may be 0): the "
+                             "posterior it reads lives in the table and the VAS sampler does the skipping")
+        if dyn is not None and dyn.refill.enabled:
+            from datasets import IterableDataset
+
+            if isinstance(self.train_dataset, IterableDataset):
+                raise ValueError("dynamic.refill draws further prompts by index: it needs a map-style (sized) dataset")
+            if self.refill_budget() < self.args.generation_batch_size:
+                raise ValueError(f"dynamic.refill.budget_rollouts ({self.refill_budget()}) is less than one generation "
+                                 f"batch ({self.args.generation_batch_size} rollouts); the budget counts the first "
+                                 "round too")
+
+    def refill_budget(self) -> int:
+        """Rollouts one generation batch may spend, first round included (``dynamic.refill.budget_rollouts``,
+        default ``2 * generation_batch_size``)."""
+        b = self.dynamic_spec.refill.budget_rollouts if self.dynamic_spec is not None else None
+        return int(b) if b is not None else 2 * int(self.args.generation_batch_size)
 
     def _debug(self, event: str, **data: Any) -> None:
         debug_event(self.accelerator.process_index, event, **data)
@@ -208,11 +256,20 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
             seed=spec.seed if spec.seed is not None else self.args.seed,
             epsilon=spec.epsilon,
             refresh_every=1 if dynamic else None,
+            skip=self._skip_rule(),
         )
         if os.environ.get(DEBUG_ENV):
             self.vas_sampler.on_chunk = lambda e, idx, v: self._debug(
                 "sampler_chunk", epoch=int(e), indices=[int(i) for i in idx], is_vas=[bool(x) for x in v])
         return self.vas_sampler
+
+    def _skip_rule(self):
+        d = self.dynamic_spec
+        if d is None or not d.skip.enabled:
+            return None
+        from .sampler import SkipRule
+
+        return SkipRule(q=d.skip.q, floor=d.skip.floor)
 
     # -- rewards: online VPS refresh + logging ---------------------------------------------------------
 
@@ -242,22 +299,36 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
         self._metrics[mode]["vas/zero_variance_frac"].append(float(zero.float().mean()))
 
         keys = gather_object([int(x[INDEX_COLUMN]) for x in inputs]) if INDEX_COLUMN in inputs[0] else None
+        # dynamic sampling: which groups of this round carry signal (weighted total reward not all equal; rows
+        # no reward function scored are NaN and left out), over the gathered batch
+        from .dynamic import group_informative
+
+        scored_total = total.masked_fill(torch.isnan(rewards_per_func).all(dim=1).view(-1, G), float("nan"))
+        self._last_round = {"informative": group_informative(scored_total, G).cpu(), "keys": keys}
         if keys is not None:
-            self._debug("batch", step=int(self.state.global_step), local_keys=[int(x[INDEX_COLUMN]) for x in inputs])
-        if keys is not None and self.vas_sampler is not None:
+            self._debug("batch", step=int(self.state.global_step), local_keys=[int(x[INDEX_COLUMN]) for x in inputs],
+                        refill=bool(self._refilling))
+        if keys is not None and self.vas_sampler is not None and not self._refilling:
             mix = self.vas_sampler.pop_matching(set(keys))
             if mix is not None:
-                self.run_stats["n_vas"] += mix[0]
-                self.run_stats["n_uniform"] += mix[1]
-                self._metrics[mode]["vas/batch_n_vas"].append(float(mix[0]))
-                self._metrics[mode]["vas/batch_n_uniform"].append(float(mix[1]))
+                self.run_stats["n_vas"] += mix["n_vas"]
+                self.run_stats["n_uniform"] += mix["n_uniform"]
+                self._metrics[mode]["vas/batch_n_vas"].append(float(mix["n_vas"]))
+                self._metrics[mode]["vas/batch_n_uniform"].append(float(mix["n_uniform"]))
+                self._batch_acc["skipped"] = mix["n_skipped"]
+                self._batch_acc["explored"] = mix["n_explored"]
         if self.vps_table is not None and keys is not None and acc_col is not None:
             if self.vas_spec is None or self.vas_spec.refresh == "online":
                 texts = gather_object(completion_texts(completions))
                 if self.accelerator.is_main_process:
                     self._debug("update", keys=keys, rewards=rewards_per_func[:, acc_col].tolist(), texts=texts,
-                                group_size=G)
-                self.vps_table.update_from_flat(keys, rewards_per_func[:, acc_col], texts, group_size=G)
+                                group_size=G, refill=bool(self._refilling))
+                up = self.vps_table.update_from_flat(keys, rewards_per_func[:, acc_col], texts, group_size=G)
+                if up["groups"]:  # calibration of the posterior's zero-variance prediction on these groups
+                    acc = self._batch_acc
+                    acc["calib_groups"] = acc.get("calib_groups", 0) + int(up["groups"])
+                    acc["calib_pred"] = acc.get("calib_pred", 0.0) + up["pred_zero_variance_frac"] * up["groups"]
+                    acc["calib_obs"] = acc.get("calib_obs", 0) + round(up["obs_zero_variance_frac"] * up["groups"])
             st = self.vps_table.stats()
             for k in ("vps_mean", "vps_min", "vps_max", "pass_rate_mean", "observed_frac"):
                 self._metrics[mode][f"vps/{k.replace('vps_', '')}"].append(st[k])
@@ -275,12 +346,225 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
     # -- generation batch: re-score before, PAD after ---------------------------------------------------
 
     def _generate_and_score_completions(self, inputs):
-        if self.model.training:
-            self._maybe_rescore()
-        out = super()._generate_and_score_completions(inputs)
-        if self.pad_config is not None and self.model.training:
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        self._maybe_rescore()
+        self._batch_acc = {}
+        if self.dynamic_spec is not None and self.dynamic_spec.refill.enabled:
+            out = self._generate_with_refill(inputs)
+        else:
+            out = super()._generate_and_score_completions(inputs)
+            inf = self._last_round["informative"] if self._last_round is not None else None
+            n_groups = len(inputs) * self.accelerator.num_processes // self.num_generations
+            self._log_dynamic(rollouts=len(inputs) * self.accelerator.num_processes, groups=n_groups,
+                              effective=float(inf.sum()) if inf is not None else float("nan"), dropped=0,
+                              refilled=0, rounds=0, fillers=0, exhausted=False)
+        self._gen_batches += 1
+        if self.vps_table is not None and self.vps_table.config.posterior_decay < 1.0:
+            # forgetting toward the prior, once per generation batch (training.vps.VPSTable.decay)
+            self.vps_table.decay()
+        if self.pad_config is not None:
             out = self._apply_pad(out)
         return out
+
+    # -- dynamic sampling: refill under a budget (training/dynamic.py has the rules) -----------------------
+
+    def _generate_with_refill(self, inputs: list) -> dict:
+        """TRL's generation + scoring of ``inputs``, then refill rounds until every rank holds ``len(inputs)``
+        informative rows, the round limit or the rollout budget is reached (:mod:`training.dynamic`); returns
+        one generation batch of ``len(inputs)`` rows per rank, filler rows loss-masked and flagged."""
+        from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
+
+        from .dynamic import merge_rounds, refill_prompts
+
+        spec = self.dynamic_spec.refill
+        G, world, rank = self.num_generations, self.accelerator.num_processes, self.accelerator.process_index
+        n = len(inputs)
+        device = self.accelerator.device
+        budget = self.refill_budget()
+        rounds: list[tuple[dict, list[bool]]] = []  # (split output, local informative flags)
+        zero_groups: list[int] = []  # per round, its zero-variance groups (global)
+        in_batch: set[int] = set()
+
+        def run_round(rows: list) -> None:
+            out = super(VASGRPOTrainer, self)._generate_and_score_completions(rows)
+            info = self._last_round
+            per = len(rows)
+            groups = info["informative"]
+            local = [bool(groups[(rank * per + i) // G]) for i in range(per)]
+            rounds.append((split_pixel_values_by_grid(out), local))
+            zero_groups.append(int((~groups).sum()))
+            if info["keys"] is not None:
+                in_batch.update(info["keys"])
+
+        run_round(inputs)
+        spent, refill_rounds, refilled = n * world, 0, 0
+        exhausted = False
+        while True:
+            have = sum(sum(flags) for _, flags in rounds)
+            rows_so_far = sum(len(flags) for _, flags in rounds)
+            stats = torch.tensor([[max(0, n - have), have, rows_so_far]], device=device, dtype=torch.long)
+            g = self.accelerator.gather(stats).view(-1, 3)  # every rank decides from the same numbers
+            need = int(g[:, 0].max())
+            if need == 0:
+                break
+            if refill_rounds >= spec.max_rounds:
+                exhausted = True
+                break
+            rate = float(g[:, 1].sum()) / max(1, int(g[:, 2].sum()))
+            r = refill_prompts(need, world=world, group_size=G, rate=rate,
+                               max_prompts=self.args.generation_batch_size // G, budget_left=budget - spent)
+            idx = self._refill_draw(r, in_batch, refill_rounds) if r else []
+            unit = world // math.gcd(G, world)
+            idx = idx[: len(idx) - len(idx) % unit]
+            if not idx:
+                exhausted = True  # the budget cannot pay for another round, or no prompt is left to draw
+                break
+            rows_global = [i for i in idx for _ in range(G)]
+            per = len(rows_global) // world
+            mine = rows_global[rank * per:(rank + 1) * per]
+            self._refilling = True
+            try:
+                run_round([self.train_dataset[i] for i in mine])
+            finally:
+                self._refilling = False
+            spent += len(rows_global)
+            refill_rounds += 1
+            refilled += len(idx)
+
+        # every rank: its informative rows in generation order, then fillers (its other rows) up to n
+        picks: list[list[int]] = [[] for _ in rounds]
+        taken = 0
+        for r_i, (_, flags) in enumerate(rounds):
+            for i, ok in enumerate(flags):
+                if ok and taken < n:
+                    picks[r_i].append(i)
+                    taken += 1
+        fillers: list[list[int]] = [[] for _ in rounds]
+        short = n - taken
+        for r_i, (_, flags) in enumerate(rounds):
+            chosen = set(picks[r_i])
+            for i in range(len(flags)):
+                if short and i not in chosen:
+                    fillers[r_i].append(i)
+                    short -= 1
+        parts = [(b, picks[r_i]) for r_i, (b, _) in enumerate(rounds)] + \
+                [(b, fillers[r_i]) for r_i, (b, _) in enumerate(rounds)]
+        merged, shifted = merge_rounds(parts, self._tokenizer.pad_token_id)
+        n_fill = n - taken
+        kept = torch.arange(n, device=device) < taken
+        if n_fill:
+            cm = merged["completion_mask"].clone()
+            cm[~kept.to(cm.device)] = 0
+            merged["completion_mask"] = cm
+            merged["advantages"] = merged["advantages"].masked_fill(~kept.to(merged["advantages"].device), 0.0)
+        if world > 1:
+            shifted = bool(self.accelerator.gather(torch.tensor([int(shifted)], device=device)).max())
+        if shifted and (merged.get("old_per_token_logps") is not None or merged.get("ref_per_token_logps") is not None):
+            self._recompute_logps(merged)
+        loss_mask = merged["completion_mask"] if merged.get("tool_mask") is None else \
+            merged["completion_mask"] * merged["tool_mask"]
+        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        merged[PAD_KEPT_KEY] = kept
+        unused = sum(sum(flags) for _, flags in rounds) - taken  # informative rows that did not fit (overflow)
+        tot = self.accelerator.gather(torch.tensor([[taken, n_fill, unused]], device=device)).view(-1, 3).sum(dim=0)
+        self._batch_acc["unused"] = int(tot[2])
+        self._log_dynamic(rollouts=spent, groups=spent // G, effective=float(tot[0]) / G, dropped=sum(zero_groups),
+                          refilled=refilled, rounds=refill_rounds, fillers=int(tot[1]), exhausted=exhausted)
+        self._debug("dynamic", step=int(self.state.global_step), rounds=1 + refill_rounds, rollouts=spent,
+                    local_rows=int(merged["prompt_ids"].shape[0]), informative=taken, fillers=n_fill,
+                    exhausted=exhausted, shifted=shifted,
+                    shapes={k: list(v.shape) for k, v in merged.items() if isinstance(v, torch.Tensor)})
+        return unsplit_pixel_values_by_grid(merged)
+
+    def _refill_draw(self, k: int, in_batch: set, round_index: int) -> list[int]:
+        """``k`` prompts for refill round ``round_index`` of this generation batch (:func:`training.dynamic.
+        refill_draw`): without replacement, none already in the batch, by the sampler's per-slot mix (uniform
+        without VAS), skip-eligible prompts let in with probability ``floor`` only; seeded by ``(seed,
+        REFILL_STREAM, generation batch, round)``, identical on every rank."""
+        from .dynamic import REFILL_STREAM, refill_draw
+
+        n_rows = len(self.train_dataset)
+        seed = self.vas_sampler.seed if self.vas_sampler is not None else int(self.args.seed)
+        rng = np.random.default_rng([seed, REFILL_STREAM, self._gen_batches, round_index])
+        weights = self.vas_sampler.slot_mix() if self.vas_sampler is not None else None
+        blocked = None
+        rule = self._skip_rule()
+        if rule is not None and self.vas_sampler is not None:
+            p0 = self.vas_sampler.zero_variance_probabilities()
+            blocked = rule.eligible(p0) & (rng.random(n_rows) >= rule.floor)
+        return [int(i) for i in refill_draw(rng, n_rows, k, weights=weights, exclude=sorted(in_batch),
+                                            blocked=blocked)]
+
+    def _recompute_logps(self, batch: dict) -> None:
+        """``old_per_token_logps`` / ``ref_per_token_logps`` of a merged batch whose prompt padding changed, with
+        the model as it generated them (nothing has been trained since): what TRL computes for that batch."""
+        from trl.models.utils import disable_gradient_checkpointing
+        from trl.trainer.utils import unsplit_pixel_values_by_grid, use_adapter
+
+        b = unsplit_pixel_values_by_grid(dict(batch))
+        input_ids = torch.cat([b["prompt_ids"], b["completion_ids"]], dim=1)
+        attention_mask = torch.cat([b["prompt_mask"], b["completion_mask"]], dim=1)  # as _compute_loss builds it
+        keep = b["completion_ids"].size(1)
+        kw = {k: b.get(k) for k in ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask",
+                                    "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
+                                    "mm_token_type_ids", "image_position_ids")}
+        bs = self.args.per_device_train_batch_size
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if batch.get("old_per_token_logps") is not None:
+                batch["old_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, keep, batch_size=bs, **kw)
+            if batch.get("ref_per_token_logps") is not None:
+                if self.ref_model is not None:
+                    batch["ref_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
+                        self.ref_model, input_ids, attention_mask, keep, batch_size=bs, **kw)
+                else:
+                    model = self.accelerator.unwrap_model(self.model)
+                    with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+                        batch["ref_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
+                            self.model, input_ids, attention_mask, keep, batch_size=bs, **kw)
+
+    def _log_dynamic(self, *, rollouts: int, groups: int, effective: float, dropped: int, refilled: int,
+                     rounds: int, fillers: int, exhausted: bool) -> None:
+        """Per generation batch (global counts): ``dynamic/rollouts`` generated, ``groups_generated``,
+        ``groups_skipped`` / ``groups_explored`` by the sampler's skip rule, ``groups_dropped`` (zero-variance
+        groups generated and not trained on - refill only), ``groups_refilled``, ``refill_rounds``,
+        ``effective_groups`` (informative groups trained on), ``filler_rows``, ``unused_rows`` (informative rows
+        of the last refill round that did not fit: generated, not trained on), ``budget_exhausted``, and the
+        posterior's calibration ``pred_zero_var`` / ``obs_zero_var`` (mean predicted vs observed fraction of
+        all-correct-or-all-wrong groups, over the groups the online update saw)."""
+        acc, rs, m = self._batch_acc, self.run_stats, self._metrics["train"]
+        refill = self.dynamic_spec is not None and self.dynamic_spec.refill.enabled
+        skipped, explored = int(acc.get("skipped", 0)), int(acc.get("explored", 0))
+        rs["rollouts"] += int(rollouts)
+        rs["groups_generated"] += int(groups)
+        if effective == effective:  # not NaN
+            rs["effective_groups"] += float(effective)
+        rs["groups_skipped"] += skipped
+        rs["groups_explored"] += explored
+        rs["groups_dropped"] += int(dropped) if refill else 0
+        rs["groups_refilled"] += int(refilled)
+        rs["refill_rounds"] += int(rounds)
+        rs["filler_rows"] += int(fillers)
+        rs["unused_rows"] += int(acc.get("unused", 0))
+        rs["budget_exhausted"] += int(bool(exhausted and fillers))
+        for k, v in (("rollouts", rollouts), ("groups_generated", groups), ("effective_groups", effective),
+                     ("groups_skipped", skipped), ("groups_explored", explored),
+                     ("groups_dropped", dropped if refill else 0), ("groups_refilled", refilled),
+                     ("refill_rounds", rounds), ("filler_rows", fillers), ("unused_rows", acc.get("unused", 0)),
+                     ("budget_exhausted", float(bool(exhausted and fillers)))):
+            m[f"dynamic/{k}"].append(float(v))
+        cg = int(acc.get("calib_groups", 0))
+        if cg:
+            rs["calib_groups"] += cg
+            rs["calib_pred_zero_var"] += float(acc["calib_pred"])
+            rs["calib_obs_zero_var"] += int(acc["calib_obs"])
+            m["dynamic/pred_zero_var"].append(float(acc["calib_pred"]) / cg)
+            m["dynamic/obs_zero_var"].append(int(acc["calib_obs"]) / cg)
+        if exhausted and fillers:
+            log.info("dynamic refill: step %d trains on %d informative rollouts + %d fillers after %d refill "
+                     "round(s) and %d rollouts (budget %d)", int(self.state.global_step),
+                     int(effective * self.num_generations), fillers, rounds, rollouts, self.refill_budget())
 
     def _maybe_rescore(self) -> None:
         spec = self.vas_spec
@@ -491,8 +775,8 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
             "global_step": int(self.state.global_step),
             "last_rescore_block": int(self._last_rescore_block),
             "run_stats": dict(self.run_stats),
-            "vps": None if t is None else {"version": t.version, "total_groups": t._total_groups,
-                                           "total_zero_var": t._total_zero_var},
+            "generation_batches": int(self._gen_batches),
+            "vps": None if t is None else {k: v for k, v in t.state_dict().items() if k != "table"},
             "pad_generator": base64.b64encode(bytes(self._pad_gen.get_state().numpy())).decode(),
         }
 
@@ -546,10 +830,7 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
                 saved = VPSTable.load(ckpt / VPS_CKPT_FILE, config=self.vps_table.config)
                 counters = (state or {}).get("vps") or {}
                 self.vps_table.load_state_dict({
-                    "table": saved.to_table(), "version": counters.get("version", 0),
-                    "total_groups": counters.get("total_groups", 0),
-                    "total_zero_var": counters.get("total_zero_var", 0),
-                })
+                    "version": 0, "total_groups": 0, "total_zero_var": 0, **counters, "table": saved.to_table()})
                 notes.append(f"VPS table restored from {ckpt / VPS_CKPT_FILE}")
             else:
                 warnings.warn(f"{ckpt} has no {VPS_CKPT_FILE}: VAS resumes from the VPS table it was given (the "
@@ -560,6 +841,7 @@ class VASGRPOTrainer(SamplerEpochMixin, ProcessorSaveMixin, GRPOTrainer):
             return notes
         self._last_rescore_block = int(state["last_rescore_block"])
         self.run_stats.update(state["run_stats"])
+        self._gen_batches = int(state.get("generation_batches", 0))
         gens = state.get("pad_generators") or []
         rank = self.accelerator.process_index
         if len(gens) == self.accelerator.num_processes:
@@ -592,7 +874,7 @@ def build_vps_table(dataset: Any, recipe: GRPORecipe):
 
     v = recipe.vas
     cfg = VPSConfig(alpha=v.alpha, beta=v.beta, momentum=v.momentum, tds_metric=v.tds_metric, vps_from=v.vps_from,
-                    normalize_ovs=v.normalize_ovs)
+                    normalize_ovs=v.normalize_ovs, posterior_decay=v.posterior_decay)
     return VPSTable.from_dataset(dataset, config=cfg, scores=str(v.scores) if v.scores else None)
 
 
@@ -658,6 +940,14 @@ def build_grpo_trainer(
     if recipe.pad.enabled:
         p = recipe.pad
         say(f"PAD: rho={p.rho}, |A| in ({p.t_low}, {p.t_high}], tau {p.tau_start} -> {p.tau_end} ({p.schedule})")
+    d = recipe.dynamic
+    if d.skip.enabled:
+        say(f"dynamic: skip prompts with P(zero variance) >= {d.skip.q} (kept anyway with probability "
+            f"{d.skip.floor}); posterior decay {vas.posterior_decay} per generation batch")
+    if d.refill.enabled:
+        budget = d.refill.budget_rollouts or 2 * args.generation_batch_size
+        say(f"dynamic: drop zero-variance groups and refill, at most {d.refill.max_rounds} rounds and {budget} "
+            "rollouts per generation batch")
     check_single_process_gpus(args, "grpo")
     resolve_attn_implementation(args)
     return VASGRPOTrainer(
@@ -670,6 +960,7 @@ def build_grpo_trainer(
         vps_table=table,
         vas=vas,
         pad=recipe.pad,
+        dynamic=recipe.dynamic,
         accuracy_reward=acc_name,
     )
 
@@ -737,6 +1028,7 @@ def train_grpo(
             "zero_variance_frac_accuracy": (rs["acc_zero_var_groups"] / rs["acc_groups"]) if rs["acc_groups"] else None,
             "vas": bool(vas.enabled),
             "pad": bool(recipe.pad.enabled),
+            "dynamic": {"skip": bool(recipe.dynamic.skip.enabled), "refill": bool(recipe.dynamic.refill.enabled)},
             "frozen_vision_params": frozen,
             "vps": table.stats() if table is not None else None,
             "rewards": dict(zip(names, weights)),

@@ -467,12 +467,18 @@ def plan_recipe(raw: dict, *, launch: Launch | None = None, gpus: int | None = N
             from .pad import MICROBATCH_TOKEN_MEAN_LOSSES, ROW_MEAN_LOSSES
 
             # the trainer's own start-up rules (VASGRPOTrainer._check_setup), found before earlier stages train
-            if r.pad.enabled and a.loss_type in ROW_MEAN_LOSSES | MICROBATCH_TOKEN_MEAN_LOSSES \
+            fillers = [n for n, on in (("PAD", r.pad.enabled), ("dynamic.refill", r.dynamic.refill.enabled)) if on]
+            if fillers and a.loss_type in ROW_MEAN_LOSSES | MICROBATCH_TOKEN_MEAN_LOSSES \
                     and geo["steps_per_generation"] % gas:
                 say(Finding("fail", sp.label, (
-                    f"PAD with loss_type={a.loss_type!r} needs steps_per_generation ({geo['steps_per_generation']} at "
-                    f"{W} processes) to be a multiple of gradient_accumulation_steps ({gas}); change "
-                    f"{where}.gradient_accumulation_steps or generation_batch_size")))
+                    f"{' and '.join(fillers)} with loss_type={a.loss_type!r} needs steps_per_generation "
+                    f"({geo['steps_per_generation']} at {W} processes) to be a multiple of gradient_accumulation_steps "
+                    f"({gas}); change {where}.gradient_accumulation_steps or generation_batch_size")))
+            budget = r.dynamic.refill.budget_rollouts
+            if r.dynamic.refill.enabled and budget is not None and budget < geo["generation_batch_size"]:
+                say(Finding("fail", sp.label, (
+                    f"{where}.dynamic.refill.budget_rollouts ({budget}) is less than one generation batch "
+                    f"({geo['generation_batch_size']} rollouts at {W} processes); the budget counts the first round")))
             names = list(r.rewards)
             if r.vas.enabled and r.vas.accuracy_uses() and not any("accuracy" in n for n in names):
                 say(Finding("fail", sp.label, (

@@ -41,6 +41,16 @@ epoch start (:class:`training.utils.SamplerEpochMixin`), which also covers a mul
 accelerate's own ``set_epoch`` does not reach the sampler.  TRL's ``RepeatSampler`` has no ``set_epoch``: on a
 resume it restarts its permutation stream, so a resumed run of stock TRL orders the resumed epoch as epoch 0.
 
+**Skip before generation** (``skip=SkipRule(q, floor)``, recipe ``dynamic.skip``; formulas in
+:mod:`training.dynamic`).  After a chunk is drawn, each prompt whose posterior zero-variance probability
+``P0 >= q`` is kept with probability ``floor`` and otherwise replaced, in the same position, by a prompt that is
+neither skip-eligible nor already in the chunk (VAS slots by ``P``, uniform slots uniformly; the original stays
+if none is left).  The uniforms and replacement draws come from ``numpy.random.default_rng([seed, epoch, j,
+SKIP_STREAM])`` and ``P0`` from the shared table, so every rank makes the same replacements; the chunk keeps its
+size, uniqueness and repeat structure.  A replaced uniform slot does not give the permutation's later prompts an
+extra turn: the epoch still walks its permutation once.  With ``skip=None`` (the default) nothing of this runs
+and the stream is the one described above.
+
 **Refresh.** ``refresh_every=None``: ``P`` is snapshotted from the table when an epoch starts.
 ``refresh_every=T``: re-snapshotted every ``T`` chunks (generation rounds) too - needed when training is
 shorter than an epoch.  Chunks are drawn lazily when their first index is requested, so an online update
@@ -60,7 +70,61 @@ from curation.score.vas import probability_stats, vas_probabilities
 
 from .vps import VPSTable
 
-__all__ = ["vas_probabilities", "probability_stats", "VASSampler", "VASEpochSampler"]
+__all__ = ["vas_probabilities", "probability_stats", "VASSampler", "VASEpochSampler", "SkipRule", "draw_weighted"]
+
+SKIP_STREAM = 0x5C1B  # tag of the skip rule's random stream: numpy.random.default_rng([seed, epoch, chunk, SKIP_STREAM])
+
+
+def draw_weighted(rng: np.random.Generator, p: np.ndarray, exclude: np.ndarray, c: int) -> tuple[np.ndarray, int]:
+    """``c`` indices by successive sampling without replacement from ``p`` over indices not in ``exclude``
+    (exponential race: ``argmin_k E_k / p_k`` with ``E ~ Exp(1)`` i.i.d. is ``p``-proportional, and the ``c``
+    smallest keys are successive draws without replacement).  Returns (indices, how many were filled
+    uniformly for lack of positive-probability candidates)."""
+    n = p.size
+    keys = rng.exponential(size=n)
+    with np.errstate(divide="ignore"):
+        keys = keys / p  # p = 0 -> inf
+    keys[exclude] = np.inf
+    n_pos = n - int(np.count_nonzero(p == 0)) - int(np.count_nonzero(p[exclude] > 0))
+    take = min(c, n_pos)
+    if take > 0:
+        sel = np.argpartition(keys, take - 1)[:take] if take < n else np.arange(n)
+        sel = sel[np.argsort(keys[sel], kind="stable")]
+    else:
+        sel = np.empty(0, dtype=np.int64)
+    short = c - take
+    if short > 0:
+        mask = np.ones(n, dtype=bool)
+        mask[exclude] = False
+        mask[sel] = False
+        rest = np.flatnonzero(mask)
+        sel = np.concatenate([sel, rng.choice(rest, size=short, replace=False)])
+    return sel.astype(np.int64), short
+
+
+class SkipRule:
+    """Skip before generation (:mod:`training.dynamic`): a drawn prompt with predicted zero-variance probability
+    ``P0 >= q`` is skip-eligible; it is kept anyway when its uniform draw ``u < floor`` (the exploration floor:
+    every drawn prompt is generated with probability at least ``floor``), else skipped and replaced."""
+
+    def __init__(self, q: float = 0.8, floor: float = 0.1):
+        if not (0.0 < q <= 1.0):
+            raise ValueError(f"skip q must be in (0, 1], got {q}")
+        if not (0.0 < floor <= 1.0):
+            raise ValueError(f"skip floor must be in (0, 1] (0 could starve a prompt forever), got {floor}")
+        self.q, self.floor = float(q), float(floor)
+
+    def eligible(self, p0: np.ndarray) -> np.ndarray:
+        return np.asarray(p0) >= self.q
+
+    def decide(self, p0: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(skip, explored)`` per drawn prompt: ``explored`` = eligible but kept by the floor."""
+        eligible = self.eligible(p0)
+        explored = eligible & (np.asarray(u) < self.floor)
+        return eligible & ~explored, explored
+
+    def __repr__(self) -> str:
+        return f"SkipRule(q={self.q}, floor={self.floor})"
 
 
 def _score_array(scores: VPSTable | Any) -> tuple[np.ndarray, int]:
@@ -104,6 +168,7 @@ class VASSampler(Sampler[int]):
         power: float = 1.0,
         refresh_every: int | None = None,
         shuffle: bool = True,
+        skip: SkipRule | None = None,
     ):
         self.num_samples = data_source if isinstance(data_source, int) else len(data_source)
         self.scores = scores
@@ -128,6 +193,10 @@ class VASSampler(Sampler[int]):
         vas_probabilities(arr, epsilon=self.epsilon, power=self.power)  # validate scores/epsilon/power now
         self.refresh_every = refresh_every
         self.shuffle = bool(shuffle)
+        if skip is not None and not isinstance(scores, VPSTable):
+            raise ValueError("the skip rule reads each prompt's posterior: scores must be a VPSTable")
+        self.skip = skip
+        self.last_chunk: dict[str, Any] = {}  # the latest chunk's skip details (drawn, skipped, explored)
         self.epoch = 0
         self._perm_gen: torch.Generator | None = None
         self._perm_epoch = -1
@@ -213,30 +282,53 @@ class VASSampler(Sampler[int]):
         return p
 
     def _draw_vas(self, rng: np.random.Generator, p: np.ndarray, exclude: np.ndarray, c: int) -> tuple[np.ndarray, int]:
-        """``c`` indices by successive sampling without replacement from ``p`` over indices not in ``exclude``
-        (exponential race: ``argmin_k E_k / p_k`` with ``E ~ Exp(1)`` i.i.d. is ``p``-proportional, and the ``c``
-        smallest keys are successive draws without replacement).  Returns (indices, how many were filled
-        uniformly for lack of positive-probability candidates)."""
-        n = p.size
-        keys = rng.exponential(size=n)
-        with np.errstate(divide="ignore"):
-            keys = keys / p  # p = 0 -> inf
-        keys[exclude] = np.inf
-        n_pos = n - int(np.count_nonzero(p == 0)) - int(np.count_nonzero(p[exclude] > 0))
-        take = min(c, n_pos)
-        if take > 0:
-            sel = np.argpartition(keys, take - 1)[:take] if take < n else np.arange(n)
-            sel = sel[np.argsort(keys[sel], kind="stable")]
-        else:
-            sel = np.empty(0, dtype=np.int64)
-        short = c - take
-        if short > 0:
-            mask = np.ones(n, dtype=bool)
-            mask[exclude] = False
-            mask[sel] = False
-            rest = np.flatnonzero(mask)
-            sel = np.concatenate([sel, rng.choice(rest, size=short, replace=False)])
-        return sel.astype(np.int64), short
+        """:func:`draw_weighted` (``c`` VAS picks of a chunk)."""
+        return draw_weighted(rng, p, exclude, c)
+
+    def zero_variance_probabilities(self) -> np.ndarray:
+        """Per dataset row, the posterior probability that a group of ``mini_repeat_count`` rollouts has zero
+        variance (:meth:`training.vps.VPSTable.zero_variance_prob_by_index`)."""
+        return self.scores.zero_variance_prob_by_index(self.mini_repeat_count)
+
+    def slot_mix(self) -> np.ndarray:
+        """The distribution of one prompt slot: ``(1 - lambda) / N + lambda P`` (what a refill draw uses)."""
+        p = self.current_probabilities()
+        return (1.0 - self.vas_fraction) / self.num_samples + self.vas_fraction * p
+
+    def _apply_skip(self, epoch: int, j: int, idx: np.ndarray, flags: np.ndarray, p: np.ndarray,
+                    stats: dict[str, Any]) -> np.ndarray:
+        """The skip rule on one chunk (module docstring of :mod:`training.dynamic`): returns the chunk's
+        indices with each skipped prompt replaced by a non-eligible prompt not yet in the chunk (VAS slots by
+        ``p``, uniform slots uniformly), deterministically from ``(seed, epoch, j)`` and the table."""
+        p0 = self.zero_variance_probabilities()
+        rng = np.random.default_rng([self.seed, epoch, j, SKIP_STREAM])
+        u = rng.random(idx.size)
+        skip, explored = self.skip.decide(p0[idx], u)
+        drawn = idx.copy()
+        idx = idx.copy()
+        unreplaced = 0
+        if skip.any():
+            in_chunk = np.zeros(self.num_samples, dtype=bool)
+            in_chunk[idx] = True
+            blocked = self.skip.eligible(p0)
+            for pos in np.flatnonzero(skip):
+                cand = ~(in_chunk | blocked)
+                if not cand.any():
+                    unreplaced += 1  # nothing left to put in its place: the prompt stays
+                    skip[pos] = False
+                    continue
+                w = np.where(cand, p if flags[pos] else 1.0, 0.0)
+                if not (w > 0).any():
+                    w = cand.astype(np.float64)
+                new, _ = draw_weighted(rng, w / w.sum(), np.flatnonzero(~cand), 1)
+                idx[pos] = int(new[0])
+                in_chunk[idx[pos]] = True
+        stats["n_skipped"] = stats.get("n_skipped", 0) + int(skip.sum())
+        stats["n_explored"] = stats.get("n_explored", 0) + int(explored.sum())
+        stats["n_skip_unreplaced"] = stats.get("n_skip_unreplaced", 0) + unreplaced
+        self.last_chunk = {"epoch": epoch, "chunk": j, "drawn": drawn.tolist(),
+                           "skipped": drawn[skip].tolist(), "explored": drawn[explored].tolist()}
+        return idx
 
     def iter_chunks(self, epoch: int | None = None) -> Iterator[tuple[list[int], list[bool]]]:
         """Chunks of ``epoch`` (default: the next epoch, advancing it) as ``(indices, is_vas)`` lists, drawn
@@ -276,6 +368,9 @@ class VASSampler(Sampler[int]):
                     order = rng.permutation(B)
                     allidx, flags = allidx[order], flags[order]
                 idx, is_vas = allidx.tolist(), flags.tolist()
+            if self.skip is not None:
+                idx = self._apply_skip(epoch, j, np.asarray(idx, dtype=np.int64), np.asarray(is_vas, dtype=bool),
+                                       p, stats).tolist()
             stats["n_chunks"] += 1
             stats["n_vas"] += c
             stats["n_uniform"] += B - c

@@ -49,6 +49,21 @@ Beta-Bernoulli update (exponential forgetting with the same momentum ``m``): ``a
 ``b <- m b + (G - k)`` for ``k`` correct of ``G``; a prompt still on its prior takes the plain conjugate update
 ``a <- a + k``, ``b <- b + (G - k)``.  ``pass_rate`` then reads ``a / (a + b)``.  (A deviation from MMR1, whose
 EMA acts on the point estimate; off by default.)
+
+**The online posterior** (both modes).  The Beta of every prompt is kept and updated by that rule whatever
+``vps_from`` says - the EMA mode only reads the VPS from the point estimate instead - because the skip rule of
+dynamic sampling (:mod:`training.dynamic`) reads it.  It starts from ``post_a`` / ``post_b`` (``curate score``'s
+posterior columns), else from a scores table's ``n`` / ``n_correct`` (``Beta(a0 + c, b0 + n - c)``), else the
+prior ``Beta(a0, b0) = Beta(s p0, s (1 - p0))``.  A re-score (momentum 0) restarts it from the prior:
+``a <- a0 + k``, ``b <- b0 + (G - k)``.  **Forgetting toward the prior** (:meth:`VPSTable.decay`, ``VPSConfig
+.posterior_decay = gamma``, recipe ``vas.posterior_decay``): once per generation batch every prompt's evidence
+beyond the prior is multiplied by ``gamma``, ``a <- a0 + gamma (a - a0)`` (same for ``b``), so what was learnt
+about a prompt many policy updates ago fades (half-life ``ln 2 / -ln gamma`` batches) and a prompt that is
+no longer drawn drifts back to the prior.  From the posterior,
+:meth:`VPSTable.zero_variance_prob_by_index` gives each prompt's probability that a group of ``G`` fresh
+rollouts has zero variance, ``E[p^G + (1 - p)^G] = B(a + G, b) / B(a, b) + B(a, b + G) / B(a, b)``; every
+update also records that prediction for each observed group *before* folding it in, next to whether the group
+was all correct or all wrong (``pred_zero_variance_frac`` / ``obs_zero_variance_frac``: the calibration).
 """
 
 from __future__ import annotations
@@ -83,13 +98,16 @@ class VPSConfig:
     normalize_ovs: bool = False
     replace_prior: bool = True
     vps_from: str = "pass_rate"  # pass_rate (MMR1) | posterior: alpha * E[p (1 - p)] + beta * TDS under Beta(a, b)
-    prior_strength: float = 2.0  # posterior mode: a prompt on the prior is Beta(s * p0, s * (1 - p0))
+    prior_strength: float = 2.0  # a prompt on the prior has Beta(s * p0, s * (1 - p0))
+    posterior_decay: float = 1.0  # per generation batch: evidence beyond the prior x this (1 = no forgetting)
 
     def __post_init__(self) -> None:
         if self.vps_from not in ("pass_rate", "posterior"):
             raise ValueError(f"vps_from must be 'pass_rate' or 'posterior', got {self.vps_from!r}")
         if not (self.prior_strength > 0 and math.isfinite(self.prior_strength)):
             raise ValueError(f"prior_strength must be finite and > 0, got {self.prior_strength}")
+        if not (0.0 < self.posterior_decay <= 1.0):
+            raise ValueError(f"posterior_decay must be in (0, 1] (1 = no forgetting), got {self.posterior_decay}")
         if not (0.0 <= self.momentum < 1.0):
             if self.momentum == 1.0:
                 raise ValueError(
@@ -105,6 +123,12 @@ class VPSConfig:
             raise ValueError(f"prior_pass_rate must be in [0, 1], got {self.prior_pass_rate}")
         if not (0.0 <= self.prior_tds <= 1.0):
             raise ValueError(f"prior_tds must be in [0, 1], got {self.prior_tds}")
+
+    def prior_beta(self) -> tuple[float, float]:
+        """``(a0, b0) = (s p0, s (1 - p0))`` (``s = prior_strength``; a degenerate ``p0`` of 0 or 1 gets
+        ``s * 1e-3`` on the empty side so the Beta stays proper)."""
+        s0, p0 = self.prior_strength, self.prior_pass_rate
+        return (s0 * p0 if p0 > 0 else s0 * 1e-3), (s0 * (1 - p0) if p0 < 1 else s0 * 1e-3)
 
     def vps(self, pass_rate: np.ndarray, tds: np.ndarray) -> np.ndarray:
         """``alpha * OVS + beta * TDS`` with ``OVS = p (1 - p)`` (``4 p (1 - p)`` with ``normalize_ovs``)."""
@@ -122,6 +146,12 @@ class VPSConfig:
         if self.normalize_ovs:
             ovs = 4.0 * ovs
         return self.alpha * ovs + self.beta * tds
+
+
+def _zero_variance_prob(a, b, g):
+    from curation.score.posterior import zero_variance_prob
+
+    return zero_variance_prob(a, b, g)
 
 
 def _trace_diversity():
@@ -176,6 +206,8 @@ class VPSTable:
         config: VPSConfig | None = None,
         post_a: Sequence[float | None] | None = None,
         post_b: Sequence[float | None] | None = None,
+        n_samples: Sequence[int | None] | None = None,
+        n_correct: Sequence[int | None] | None = None,
     ):
         self.config = config or VPSConfig()
         n = len(problem_ids)
@@ -183,7 +215,9 @@ class VPSTable:
         td = [None] * n if tds is None else list(tds)
         pa_ = [None] * n if post_a is None else list(post_a)
         pb_ = [None] * n if post_b is None else list(post_b)
-        if len(pr) != n or len(td) != n or len(pa_) != n or len(pb_) != n:
+        ns_ = [None] * n if n_samples is None else list(n_samples)
+        nc_ = [None] * n if n_correct is None else list(n_correct)
+        if len(pr) != n or len(td) != n or len(pa_) != n or len(pb_) != n or len(ns_) != n or len(nc_) != n:
             raise ValueError(f"{n} problem ids but {len(pr)} pass rates, {len(td)} tds, {len(pa_)} post_a and "
                              f"{len(pb_)} post_b values")
         slot_of_id: dict[str, int] = {}
@@ -223,11 +257,14 @@ class VPSTable:
         self._slot_of_id = slot_of_id
         self._index_to_slot = index_to_slot
         self._p = np.asarray(slot_p, dtype=np.float64)
-        # the Beta posterior of each slot's pass rate (posterior mode): from post_a / post_b where given, else
-        # the prior Beta(s * p0, s * (1 - p0)) for slots on the prior; a scored slot without one is an error
-        s0, p0 = self.config.prior_strength, self.config.prior_pass_rate
-        self._a = np.full(len(slot_ids), s0 * p0 if p0 > 0 else s0 * 1e-3)
-        self._b = np.full(len(slot_ids), s0 * (1 - p0) if p0 < 1 else s0 * 1e-3)
+        # the Beta posterior of each slot's pass rate (kept in both modes; the VPS reads it in posterior mode, the
+        # skip rule in both): from post_a / post_b where given, else from the scores' counts (n, n_correct) as
+        # Beta(a0 + n_correct, b0 + n - n_correct), else the prior Beta(a0, b0) = Beta(s * p0, s * (1 - p0));
+        # in posterior mode a scored slot with neither is an error
+        a0, b0 = self.config.prior_beta()
+        self._a = np.full(len(slot_ids), a0)
+        self._b = np.full(len(slot_ids), b0)
+        self._beta_prior = np.ones(len(slot_ids), dtype=bool)  # True = the Beta is still exactly the prior
         missing = []
         for i in range(n):
             s = int(index_to_slot[i])
@@ -236,13 +273,20 @@ class VPSTable:
                     raise ValueError(f"row {i} (problem_id={problem_ids[i]!r}): post_a/post_b must be > 0, got "
                                      f"{pa_[i]!r}, {pb_[i]!r}")
                 self._a[s], self._b[s] = float(pa_[i]), float(pb_[i])
+                self._beta_prior[s] = False
+            elif ns_[i] is not None and nc_[i] is not None and pr[i] is not None:
+                nn, cc = int(ns_[i]), int(nc_[i])
+                if not (0 <= cc <= nn):
+                    raise ValueError(f"row {i} (problem_id={problem_ids[i]!r}): n_correct={cc} is not in [0, n={nn}]")
+                self._a[s], self._b[s] = a0 + cc, b0 + (nn - cc)
+                self._beta_prior[s] = nn == 0
             elif pr[i] is not None and self.config.vps_from == "posterior":
                 missing.append(i)
         if missing:
             raise ValueError(
                 f"vps_from='posterior' needs post_a / post_b for every scored prompt; row {missing[0]} (problem_id="
                 f"{problem_ids[missing[0]]!r}) has a pass rate but no posterior (re-score with this version of "
-                "`curate score`, or use vps_from='pass_rate')")
+                "`curate score` - its scores carry post_a/post_b, or n and n_correct - or use vps_from='pass_rate')")
         if self.config.vps_from == "posterior":
             self._p = self._a / (self._a + self._b)
         self._tds = np.asarray(slot_t, dtype=np.float64)
@@ -255,6 +299,9 @@ class VPSTable:
         self._last: dict[str, float] = {}
         self._total_groups = 0
         self._total_zero_var = 0
+        self._total_pred_zero_var = 0.0  # calibration: sum of the predicted P(zero variance) of observed groups
+        self._total_zero_correct = 0  # ... and how many of them were all correct or all wrong
+        self._p0_cache: tuple[int, int, np.ndarray] | None = None
 
     # --- construction -------------------------------------------------------------------------------------
 
@@ -280,7 +327,10 @@ class VPSTable:
         ``model``), joined on ``id_column``; otherwise from the dataset's own ``pass_rate`` / ``tds``
         columns.  A scores table with several models needs ``model=`` to pick one.  Rows with no score get the
         prior.  A stored ``vps`` that differs from ``alpha * OVS + beta * TDS`` (other weights were used) is
-        recomputed and reported with one warning.
+        recomputed and reported with one warning.  Each prompt's Beta posterior comes from ``post_a`` /
+        ``post_b`` (dataset or scores) when present, else from a scores table's ``n`` / ``n_correct`` as
+        ``Beta(a0 + n_correct, b0 + n - n_correct)`` with the table's prior (scores written before the
+        posterior columns existed), else it is the prior.
         """
         cfg = config or VPSConfig()
         n = _num_rows(dataset)
@@ -289,6 +339,7 @@ class VPSTable:
         if scores is None:
             pr, td, stored = cols.get("pass_rate"), cols.get("tds"), cols.get("vps")
             pa_, pb_ = cols.get("post_a"), cols.get("post_b")
+            ns_ = nc_ = None
             if pr is None and stored is not None and any(v is not None for v in stored):
                 raise ValueError(
                     "the dataset has a 'vps' column but no 'pass_rate': the online update needs the pass rate "
@@ -301,7 +352,8 @@ class VPSTable:
                 from curation.core.io import read_table
 
                 scores = read_table(scores)
-            scols = _columns(scores, ["problem_id", "model", "pass_rate", "tds", "vps", "post_a", "post_b"])
+            scols = _columns(scores, ["problem_id", "model", "pass_rate", "tds", "vps", "post_a", "post_b", "n",
+                                      "n_correct"])
             if "problem_id" not in scols or "pass_rate" not in scols:
                 raise ValueError(f"scores table needs 'problem_id' and 'pass_rate' columns (has {sorted(scols)})")
             keep = list(range(len(scols["problem_id"])))
@@ -319,7 +371,7 @@ class VPSTable:
                 if pid in by_id:
                     raise ValueError(f"scores row {i}: problem_id {pid!r} appears twice")
                 by_id[pid] = i
-            pr, td, stored, pa_, pb_ = [], [], [], [], []
+            pr, td, stored, pa_, pb_, ns_, nc_ = [], [], [], [], [], [], []
             for pid in ids:
                 j = by_id.get(pid)
                 pr.append(None if j is None else scols["pass_rate"][j])
@@ -327,7 +379,9 @@ class VPSTable:
                 stored.append(None if j is None or "vps" not in scols else scols["vps"][j])
                 pa_.append(None if j is None or "post_a" not in scols else scols["post_a"][j])
                 pb_.append(None if j is None or "post_b" not in scols else scols["post_b"][j])
-        table = cls(ids, pass_rate=pr, tds=td, config=cfg, post_a=pa_, post_b=pb_)
+                ns_.append(None if j is None or "n" not in scols else scols["n"][j])
+                nc_.append(None if j is None or "n_correct" not in scols else scols["n_correct"][j])
+        table = cls(ids, pass_rate=pr, tds=td, config=cfg, post_a=pa_, post_b=pb_, n_samples=ns_, n_correct=nc_)
         if stored is not None:
             table._check_stored_vps(stored)
         return table
@@ -444,7 +498,9 @@ class VPSTable:
         if not (0.0 <= m < 1.0):  # the config may have been changed after construction
             raise ValueError(f"momentum must be in [0, 1) (1 freezes the scores), got {m}")
         tds_fn = _trace_diversity() if completions is not None else None
-        n_groups = n_zero_var = 0
+        n_groups = n_zero_var = n_zero_correct = 0
+        pred_zero = 0.0
+        a0, b0 = cfg.prior_beta()
         p_hats: list[float] = []
         for g, key in enumerate(keys):
             s = self.slot(key)
@@ -459,13 +515,21 @@ class VPSTable:
             if tds_fn is not None and len(completions[g]) >= 2:
                 tds_hat = float(tds_fn(list(completions[g]), cfg.tds_metric))
             fresh = cfg.replace_prior and not self._scored[s]
-            if cfg.vps_from == "posterior":
-                # discounted Beta: a <- m a + k, b <- m b + (G - k); a prompt still on its prior takes the plain
-                # conjugate update a <- a + k, b <- b + (G - k)
-                k = float((valid > cfg.correct_threshold).sum())
-                keep = 1.0 if fresh else m
+            k = float((valid > cfg.correct_threshold).sum())
+            # calibration: the posterior's prediction for this group, made before it is folded in
+            pred_zero += float(_zero_variance_prob(self._a[s], self._b[s], valid.size))
+            n_zero_correct += int(k == 0 or k == valid.size)
+            # the Beta (both modes): discounted, a <- m a + k, b <- m b + (G - k); a Beta still exactly on the
+            # prior takes the plain conjugate update a <- a + k, b <- b + (G - k); momentum 0 (a re-score)
+            # restarts from the prior: a <- a0 + k, b <- b0 + (G - k)
+            if m == 0.0:
+                self._a[s], self._b[s] = a0 + k, b0 + (valid.size - k)
+            else:
+                keep = 1.0 if (cfg.replace_prior and self._beta_prior[s]) else m
                 self._a[s] = keep * self._a[s] + k
                 self._b[s] = keep * self._b[s] + (valid.size - k)
+            self._beta_prior[s] = False
+            if cfg.vps_from == "posterior":
                 self._p[s] = self._a[s] / (self._a[s] + self._b[s])
             else:
                 self._p[s] = p_hat if fresh else m * self._p[s] + (1.0 - m) * p_hat
@@ -480,12 +544,53 @@ class VPSTable:
         self.version += 1
         self._total_groups += n_groups
         self._total_zero_var += n_zero_var
+        self._total_pred_zero_var += pred_zero
+        self._total_zero_correct += n_zero_correct
         self._last = {
             "groups": float(n_groups),
             "zero_variance_frac": (n_zero_var / n_groups) if n_groups else float("nan"),
             "pass_rate_mean": float(np.mean(p_hats)) if p_hats else float("nan"),
+            # calibration of the posterior on these groups: mean predicted P(all G correct or all wrong) vs the
+            # observed fraction of such groups (correct = reward > correct_threshold)
+            "pred_zero_variance_frac": (pred_zero / n_groups) if n_groups else float("nan"),
+            "obs_zero_variance_frac": (n_zero_correct / n_groups) if n_groups else float("nan"),
         }
         return dict(self._last)
+
+    def decay(self, gamma: float | None = None) -> None:
+        """Forget old evidence as the policy moves: every prompt's Beta is pulled toward the prior,
+
+            a <- a0 + gamma (a - a0),      b <- b0 + gamma (b - b0)      (gamma = config.posterior_decay)
+
+        i.e. the evidence beyond the prior is discounted by ``gamma`` (a convex combination of positive numbers,
+        so ``a, b`` stay > 0; the mean moves toward ``p0``, the strength toward ``a0 + b0``).  The trainer calls
+        it once per generation batch, so the evidence has a half-life of ``ln 2 / -ln gamma`` generation
+        batches; a prompt that is never drawn again thus drifts back to the prior and gets re-tried (its
+        predicted zero-variance probability falls below the skip threshold).  In posterior mode ``pass_rate``
+        follows ``a / (a + b)``; in pass-rate mode the EMA point estimate is left alone (its forgetting is the
+        momentum).  ``gamma = 1`` does nothing."""
+        g = self.config.posterior_decay if gamma is None else float(gamma)
+        if not (0.0 < g <= 1.0):
+            raise ValueError(f"decay factor must be in (0, 1], got {g}")
+        if g == 1.0:
+            return
+        a0, b0 = self.config.prior_beta()
+        self._a = a0 + g * (self._a - a0)
+        self._b = b0 + g * (self._b - b0)
+        if self.config.vps_from == "posterior":
+            self._p = self._a / (self._a + self._b)
+        self.version += 1
+
+    def zero_variance_prob_by_index(self, group_size: int) -> np.ndarray:
+        """Per dataset row: the posterior predictive probability that a group of ``group_size`` rollouts is all
+        correct or all wrong, ``B(a + G, b) / B(a, b) + B(a, b + G) / B(a, b)``
+        (:func:`curation.score.posterior.zero_variance_prob`); cached per :attr:`version` (do not modify)."""
+        c = self._p0_cache
+        if c is None or c[0] != self.version or c[1] != group_size:
+            arr = _zero_variance_prob(self._a, self._b, group_size)[self._index_to_slot]
+            arr.setflags(write=False)
+            self._p0_cache = (self.version, group_size, arr)
+        return self._p0_cache[2]
 
     def update_from_flat(
         self,
@@ -538,6 +643,9 @@ class VPSTable:
             "zero_variance_frac_total": (self._total_zero_var / self._total_groups) if self._total_groups
             else float("nan"),
         }
+        if self._total_groups:
+            out["pred_zero_variance_frac_total"] = self._total_pred_zero_var / self._total_groups
+            out["obs_zero_variance_frac_total"] = self._total_zero_correct / self._total_groups
         if self._last:
             out["zero_variance_frac_last"] = self._last["zero_variance_frac"]
         return out
@@ -557,6 +665,7 @@ class VPSTable:
                 "vps": pa.array(self._slot_vps()[s]),
                 "post_a": pa.array(self._a[s]),
                 "post_b": pa.array(self._b[s]),
+                "beta_prior": pa.array(self._beta_prior[s]),
                 "n_observed": pa.array(self._observed[s]),
                 "n_groups": pa.array(self._groups[s]),
                 "scored": pa.array(self._scored[s]),
@@ -611,22 +720,30 @@ class VPSTable:
         if "post_a" in tbl.column_names and "post_b" in tbl.column_names:
             out._a[s] = np.asarray(tbl.column("post_a").to_pylist(), dtype=np.float64)
             out._b[s] = np.asarray(tbl.column("post_b").to_pylist(), dtype=np.float64)
+        if "beta_prior" in tbl.column_names:
+            out._beta_prior[s] = np.asarray(tbl.column("beta_prior").to_pylist(), dtype=bool)
+        else:  # a table saved before the flag existed: the Beta was given or observed exactly where scored
+            out._beta_prior[s] = ~np.asarray(scored, dtype=bool)
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """Picklable state for trainer checkpoints (``load_state_dict`` restores it on a table built for the
         same dataset)."""
         return {"table": self.to_table(), "version": self.version,
-                "total_groups": self._total_groups, "total_zero_var": self._total_zero_var}
+                "total_groups": self._total_groups, "total_zero_var": self._total_zero_var,
+                "total_pred_zero_var": self._total_pred_zero_var, "total_zero_correct": self._total_zero_correct}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         other = VPSTable.from_table(state["table"], config=self.config)
         if len(other) != len(self) or other._ids != self._ids:
             raise ValueError("state_dict is from a VPS table over a different dataset")
         self._p, self._tds, self._scored = other._p, other._tds, other._scored
-        self._a, self._b = other._a, other._b
+        self._a, self._b, self._beta_prior = other._a, other._b, other._beta_prior
         self._observed, self._groups = other._observed, other._groups
         self.version = int(state["version"])
         self._cache = None
         self._total_groups = int(state["total_groups"])
         self._total_zero_var = int(state["total_zero_var"])
+        self._total_pred_zero_var = float(state.get("total_pred_zero_var", 0.0))
+        self._total_zero_correct = int(state.get("total_zero_correct", 0))
+        self._p0_cache = None

@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterable, Sequence
 import pyarrow as pa
 import yaml
 
+from curation.build.steps.base import Excluded, Step
 from curation.core import schema as S
 from curation.core.io import ExclusionWriter, read_table, write_json_atomic, write_parquet_atomic
-from curation.build.steps.base import Excluded, Step
 
 DEFAULT_STEPS: list[dict[str, dict]] = [
     {"normalize": {}},

@@ -329,3 +329,22 @@ def validate_table(table: pa.Table, kind: str) -> pa.Table:
         raise SchemaError(kind, [RowError(-1, None, m, "column absent but required") for m in missing])
     rows = table.to_pylist()
     return to_table(rows, kind, validate=True)
+
+
+def select_model(scores: pa.Table, model: str | None, where: str = "") -> tuple[pa.Table, str | None]:
+    """``(rows, name)``: the rows of one model of a ``scores`` table - ``model``, or the only model there -
+    and that model's name (None for an empty table or one without a ``model`` column). A table holding
+    several models without ``model`` given, or a ``model`` it lacks, raises ``ValueError`` naming the models
+    (``where``: a prefix for the message, e.g. the file)."""
+    import pyarrow.compute as pc
+
+    if "model" not in scores.column_names:
+        return scores, model
+    models = sorted(set(scores.column("model").to_pylist()))
+    if model is not None:
+        if model not in models:
+            raise ValueError(f"{where}model {model!r} not in the scores; models there: {models}")
+        return scores.filter(pc.equal(scores.column("model"), model)), model
+    if len(models) > 1:
+        raise ValueError(f"{where}the scores hold {len(models)} models {models}; choose one with --model")
+    return scores, (models[0] if models else None)

@@ -25,6 +25,37 @@ def _reply(conn: Connection, msg: dict) -> None:
     conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def watch_parent(interval: float = 1.0) -> None:
+    """Daemon thread: when the process that started this worker dies (``kill -9``, a SIGTERM it did not
+    pass on), kill this worker's own children (vLLM's engine-core processes) and exit, so no orphan keeps
+    the model's memory. The EOF on the command pipe covers a parent that dies while the worker waits for a
+    command; this covers one that dies in the middle of a long ``generate``. Polls ``os.getppid()`` (not
+    ``PR_SET_PDEATHSIG``, which fires when the parent's *thread* that started the worker exits)."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                try:
+                    import psutil
+
+                    for child in psutil.Process().children(recursive=True):
+                        try:
+                            child.kill()
+                        except psutil.Error:
+                            pass
+                except ImportError:
+                    pass
+                os._exit(1)
+
+    threading.Thread(target=run, name="parent-watch", daemon=True).start()
+
+
 def serve(read_fd: int, write_fd: int) -> int:
     from curation.engines.base import SamplingConfig
     from curation.engines.vllm import _LocalVLLM, decode_request
@@ -68,4 +99,5 @@ def serve(read_fd: int, write_fd: int) -> int:
 
 
 if __name__ == "__main__":
+    watch_parent()
     sys.exit(serve(int(sys.argv[1]), int(sys.argv[2])))

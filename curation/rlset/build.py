@@ -65,7 +65,6 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.core import images as I
@@ -131,20 +130,14 @@ def load_scores(path: str | Path, model: str | None) -> tuple[dict[str, dict], s
     for col in POSTERIOR_FIELDS:
         if col not in t.column_names:
             t = t.append_column(col, pa.nulls(t.num_rows, pa.float64()))
-    models = sorted(set(t.column("model").to_pylist())) if "model" in t.column_names else []
-    if model is not None:
-        if model not in models:
-            raise ValueError(f"{path}: model {model!r} not in the scores; models there: {models}")
-        t = t.filter(pc.equal(t.column("model"), model))
-    elif len(models) > 1:
-        raise ValueError(f"{path}: the scores hold {len(models)} models {models}; choose one with --model")
+    t, model = S.select_model(t, model, where=f"{path}: ")
     out: dict[str, dict] = {}
     for r in t.select(["problem_id", *SCORE_FIELDS, *POSTERIOR_FIELDS]).to_pylist():
         pid = r.pop("problem_id")
         if pid in out:
-            raise ValueError(f"{path}: problem {pid!r} has more than one score row for model {model or models}")
+            raise ValueError(f"{path}: problem {pid!r} has more than one score row for model {model}")
         out[pid] = r
-    return out, (model or (models[0] if models else None))
+    return out, model
 
 
 def difficulty_bin(p: float, bins: int) -> int:

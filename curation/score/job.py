@@ -973,13 +973,7 @@ def filter_scores(
     if not 0.0 <= min_pass <= max_pass <= 1.0:
         raise ValueError(f"need 0 <= min_pass <= max_pass <= 1, got min_pass={min_pass}, max_pass={max_pass}")
     t = scores if isinstance(scores, pa.Table) else pq.read_table(scores)
-    models = sorted(set(t.column("model").to_pylist()))
-    if model is not None:
-        if model not in models:
-            raise ValueError(f"model {model!r} not in the scores; models there: {models}")
-        t = t.filter(pc.equal(t.column("model"), model))
-    elif len(models) > 1:
-        raise ValueError(f"the scores hold {len(models)} models {models}; choose one with --model")
+    t, model = S.select_model(t, model)
     p = t.column("pass_rate")
     lo = pc.greater_equal(p, min_pass) if include_min else pc.greater(p, min_pass)
     hi = pc.less_equal(p, max_pass) if include_max else pc.less(p, max_pass)
@@ -995,7 +989,7 @@ def filter_scores(
         total = t.num_rows
     if out is not None:
         write_parquet_atomic(result, out)
-    return FilterResult(result, result.num_rows, total, band, model or (models[0] if models else None))
+    return FilterResult(result, result.num_rows, total, band, model)
 
 
 def clean_work(out: str | Path) -> None:

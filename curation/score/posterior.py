@@ -81,6 +81,7 @@ __all__ = [
     "posterior_columns",
     "predictive_in_band",
     "resolve_prior",
+    "zero_variance_prob",
 ]
 
 PRIOR_KINDS = ("uniform", "jeffreys", "eb", "beta:A,B")
@@ -163,6 +164,26 @@ def ovs_mean(a: Any, b: Any) -> np.ndarray:
     a, b = _arr(a), _arr(b)
     s = a + b
     return a * b / (s * (s + 1.0))
+
+
+def zero_variance_prob(a: Any, b: Any, g: int) -> np.ndarray:
+    """Posterior predictive probability that a group of ``g`` fresh rollouts is all correct or all wrong (so
+    its 0/1 rewards have zero variance and GRPO learns nothing from it), under ``p ~ Beta(a, b)``:
+
+        P(all equal) = E[p^g + (1 - p)^g] = B(a + g, b) / B(a, b) + B(a, b + g) / B(a, b)
+
+    (``E[p^g] = B(a + g, b) / B(a, b)``), computed as ``exp`` of differences of ``ln B`` (``scipy.special.betaln``)
+    so large ``a, b`` do not overflow.  ``g = 1`` gives 1; the uniform prior ``Beta(1, 1)`` gives ``2 / (g + 1)``."""
+    from scipy.special import betaln
+
+    if int(g) != g or g < 1:
+        raise ValueError(f"the group size must be an integer >= 1, got {g}")
+    a, b = _arr(a), _arr(b)
+    if np.any(~(a > 0)) or np.any(~(b > 0)):
+        raise ValueError("Beta parameters must be > 0")
+    base = betaln(a, b)
+    out = np.exp(betaln(a + g, b) - base) + np.exp(betaln(a, b + g) - base)
+    return np.clip(out, 0.0, 1.0)
 
 
 def ovs_sd(a: Any, b: Any) -> np.ndarray:

@@ -76,6 +76,13 @@ def print_result(result: Any, title: str) -> None:
     if result.kind == "grpo" and ex.get("pad"):
         console.print(f"PAD: kept {ex.get('pad_kept', 0)}/{ex.get('pad_total', 0)} rollouts, "
                       f"{ex.get('pad_empty', 0)} empty batches")
+    dyn = ex.get("dynamic") or {}
+    if result.kind == "grpo" and (dyn.get("skip") or dyn.get("refill")):
+        console.print(f"dynamic: {ex.get('groups_generated', 0)} groups generated ({ex.get('rollouts', 0)} rollouts), "
+                      f"{ex.get('effective_groups', 0):g} effective; skipped {ex.get('groups_skipped', 0)}, dropped "
+                      f"{ex.get('groups_dropped', 0)}, refilled {ex.get('groups_refilled', 0)} in "
+                      f"{ex.get('refill_rounds', 0)} rounds, {ex.get('budget_exhausted', 0)} batches short "
+                      f"({ex.get('filler_rows', 0)} filler rows)")
     if result.excluded_path:
         console.print(f"excluded rows -> {result.excluded_path}")
     console.print(f"final checkpoint -> [bold]{result.final_dir}[/]")

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from curation.core.images import content_hash
 from curation.build.steps.base import Excluded, Step
+from curation.core.images import content_hash
 
 _WS = re.compile(r"\s+")
 

@@ -50,9 +50,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from curation.core.images import ImageError, content_hash, dhash, hamming
 from curation.build.minhash import NearDupIndex, cluster_representatives
 from curation.build.steps.base import Excluded, Step
+from curation.core.images import ImageError, content_hash, dhash, hamming
 
 _NUM = re.compile(r"\d+(?:[.,]\d+)*")
 

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from curation.core.images import ImageError, decode
 from curation.build.steps.base import Excluded, Step
+from curation.core.images import ImageError, decode
 
 _IMG_REF = re.compile(r"<image(\d+)>")
 

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-from curation.verify import classify_gold
 from curation.build.steps.base import Excluded, Step
+from curation.verify import classify_gold
 
 KINDS = ("number", "expression", "equation", "interval", "set", "tuple", "matrix", "text", "choice")
 _PROOF_REQUEST = re.compile(r"\b(?:prove|show|demonstrate|verify|explain\s+why)\s+that\b|\bprove\b", re.IGNORECASE)
