@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.report.learning import learning_lines, learning_summary, paired_bootstrap, summary_text
-from curation.report.run import vps_split
+from curation.report.run import model_facts, vps_split
 
 
 def _scores(path, pass_rates, n=4):
@@ -40,7 +40,8 @@ def test_learning_summary_reads_the_tables(tmp_path):
     _scores(learn / "eval_uniform", before)  # unchanged: within noise
     for arm in ("vas", "uniform"):
         (learn / arm / "final").mkdir(parents=True)
-        (learn / arm / "final" / "result.json").write_text(json.dumps({"steps": 2, "train_rows": 9}))
+        (learn / arm / "final" / "result.json").write_text(json.dumps(
+            {"steps": 2, "train_rows": 9, "extra": {"groups": 8, "zero_var_groups": 3 if arm == "vas" else 5}}))
         (learn / arm / "final" / "trainer_state.json").write_text(json.dumps(
             {"global_step": 2, "log_history": [{"step": 1, "reward": 0.25}, {"step": 2, "reward": 0.5}]}))
     s = learning_summary(learn)
@@ -52,6 +53,7 @@ def test_learning_summary_reads_the_tables(tmp_path):
     assert abs(s["vas_minus_uniform"]["diff"] - 0.25) < 1e-12
     md = "\n".join(learning_lines(s))
     assert f"| vas | 2 | {v['before']:.3f} | {v['after']:.3f} |" in md and "within noise" in md
+    assert "| 3/8 |" in md and "| 5/8 |" in md  # zero-variance groups per arm, from result.json
     assert "uniform" in summary_text(s) and "better beyond noise" in summary_text(s)
     assert learning_summary(tmp_path / "nothing") is None
 
@@ -71,3 +73,21 @@ def test_vps_split_groups_and_masses(tmp_path):
     # the normalised OVS moves VAS mass to the prompts with outcome variance, relative to MMR1's raw OVS
     assert g["0 < p < 1"]["vas_mass_run"] > g["0 < p < 1"]["vas_mass_paper"] > g["0 < p < 1"]["uniform_mass"]
     assert sp["zero_variance"]["run"] < sp["zero_variance"]["paper"]
+
+
+def test_model_facts_reads_the_checkpoint_header_and_the_random_init_mark(tmp_path):
+    """The report's training section names the model it started from: the parameter count is summed from the
+    safetensors header and must equal the model's own count; the tiny builder marks its weights random."""
+    from transformers import AutoModelForImageTextToText
+
+    from curation.core.models import build_tiny_qwen2_vl
+
+    d = build_tiny_qwen2_vl(tmp_path / "tiny")
+    facts = model_facts(d)
+    model = AutoModelForImageTextToText.from_pretrained(d)
+    # tied embeddings are stored once
+    assert facts["parameters"] == sum(p.numel() for p in model.parameters())
+    assert facts["random_init"] is True and facts["architecture"] == "Qwen2VLForConditionalGeneration"
+    model.save_pretrained(tmp_path / "trained")  # a checkpoint trained from it keeps the mark
+    assert model_facts(tmp_path / "trained")["random_init"] is True
+    assert model_facts(tmp_path / "nothing") is None

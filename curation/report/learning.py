@@ -91,6 +91,8 @@ def learning_summary(learn_dir: str | Path) -> dict[str, Any] | None:
             "steps": res.get("steps"),
             "train_rows": res.get("train_rows"),
             "zero_variance_frac": res.get("zero_variance_frac"),
+            "groups": (res.get("extra") or {}).get("groups"),
+            "zero_variance_groups": (res.get("extra") or {}).get("zero_var_groups"),
             "first_reward": rewards[0][1] if rewards else None,
             "mean_reward": float(np.mean([r for _, r in rewards])) if rewards else None,
             "rewards": rewards,
@@ -116,7 +118,8 @@ def learning_lines(s: dict[str, Any]) -> list[str]:
 
     rows = [{"arm": arm, "GRPO steps": a["steps"], "held-out accuracy before": f"{a['before']:.3f}",
              "after": f"{a['after']:.3f}", "after - before (95 % interval)": f"{a['diff']:+.3f} [{a['lo']:+.3f}, {a['hi']:+.3f}]",
-             "mean train reward": "-" if a["mean_reward"] is None else f"{a['mean_reward']:.3f}"}
+             "mean train reward": "-" if a["mean_reward"] is None else f"{a['mean_reward']:.3f}",
+             "zero-variance groups": "-" if not a.get("groups") else f"{a['zero_variance_groups']}/{a['groups']}"}
             for arm, a in s["arms"].items()]
     md = [f"Held-out set: {s['heldout_problems']} problems never trained on, {s['samples_per_problem']} samples each; "
           f"accuracy = mean pass rate over the problems. Interval: {s['interval']}.", "", markdown_table(rows), ""]

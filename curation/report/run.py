@@ -143,6 +143,25 @@ def _curve_png(points: dict[str, list[tuple[float, float]]], path: Path, *, titl
     return path
 
 
+def model_facts(model_dir: str | Path) -> dict[str, Any] | None:
+    """What the report says about a checkpoint folder: its architecture (``config.json``), its parameter count
+    (summed from the ``model.safetensors`` header - no weights read) and whether it was built with random
+    weights (``rlcurate_random_init`` in its config, set by :func:`curation.core.models.build_tiny_qwen2_vl`
+    and kept by every checkpoint trained from it)."""
+    d = Path(model_dir)
+    cfg = _read_json(d / "config.json")
+    if cfg is None:
+        return None
+    params = None
+    st = d / "model.safetensors"
+    if st.is_file():
+        with st.open("rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        params = sum(int(np.prod(v["shape"])) for k, v in header.items() if k != "__metadata__")
+    return {"path": str(d), "architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
+            "parameters": params, "random_init": bool(cfg.get("rlcurate_random_init", False))}
+
+
 def _stage_histories(staged_dir: Path) -> dict[str, list[dict]]:
     """Log history of each stage: the trainer_state.json with the highest global step under the stage dir."""
     out = {}
@@ -251,7 +270,19 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
     summary = _read_json(staged / "summary.json") if staged.is_dir() else None
     if summary:
         stages = summary.get("stages", summary if isinstance(summary, list) else [])
-        md += ["## Training (train staged)", "", markdown_table(
+        md += ["## Training (train staged)", ""]
+        first = stages[0].get("started_from") if stages else None
+        # a path as the run wrote it: relative to the cwd of the run, which is usually the run folder's parent
+        facts = None
+        if first:
+            facts = model_facts(first) or (None if Path(first).is_absolute() else model_facts(run_dir.parent / first))
+        if facts:
+            size = f", {facts['parameters'] / 1e6:.2f} M parameters" if facts["parameters"] else ""
+            md += [f"Started from `{facts['path']}` ({facts['architecture']}{size})." +
+                   (" Its weights are random (built locally: no small real vision-language model is available "
+                    "offline), so these stages show the machinery running end to end, not learning; the learning "
+                    "section below trains a real model." if facts["random_init"] else ""), ""]
+        md += [markdown_table(
             [{k: v for k, v in s.items() if k in {"name", "kind", "status", "steps", "final_loss", "final_reward",
                                                   "zero_variance_frac", "checkpoint"}} for s in stages]), ""]
         hist = _stage_histories(staged)
