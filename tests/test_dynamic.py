@@ -63,13 +63,14 @@ def test_online_beta_in_both_modes_calibration_and_forgetting_toward_the_prior()
     assert up["pred_zero_variance_frac"] == pytest.approx((before + 2 / 5) / 2)  # y was on the uniform prior
     assert up["obs_zero_variance_frac"] == 0.5
     gx, gy = t.get("x"), t.get("y")
-    assert (gx["post_a"], gx["post_b"]) == pytest.approx((0.5 * 1 + 0, 0.5 * 33 + 4))  # discounted
+    # discounted beyond the prior Beta(1, 1): a <- a0 + m (a - a0) + k
+    assert (gx["post_a"], gx["post_b"]) == pytest.approx((1 + 0.5 * (1 - 1) + 0, 1 + 0.5 * (33 - 1) + 4))
     assert (gy["post_a"], gy["post_b"]) == pytest.approx((1 + 2, 1 + 2))  # on the prior: conjugate
     assert gx["pass_rate"] == 0.0  # EMA mode: the point estimate is the EMA, p_hat = 0
     v = t.version
     t.decay()
     assert t.version == v + 1
-    assert (t.get("x")["post_a"], t.get("x")["post_b"]) == pytest.approx((1 + 0.5 * (0.5 - 1), 1 + 0.5 * 19.5))
+    assert (t.get("x")["post_a"], t.get("x")["post_b"]) == pytest.approx((1.0, 1 + 0.5 * (21 - 1)))
     for _ in range(60):
         t.decay()
     assert (t.get("x")["post_a"], t.get("x")["post_b"]) == pytest.approx((1.0, 1.0))  # back to the prior

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from curation.score.scores import score_group, trace_diversity
@@ -231,6 +231,7 @@ def test_save_load_roundtrip_and_datasets_can_read_it(groups, tmp_path):
     p0=st.floats(0.0, 1.0),
     obs=st.lists(st.lists(st.sampled_from([0.0, 1.0]), min_size=1, max_size=8), min_size=1, max_size=12),
 )
+@example(m=1.914932304142323e-266, p0=0.0, obs=[[0.0], [0.0], [0.0], [0.0]])  # once drove the Beta to a = 0
 def test_ema_stays_in_range_and_matches_closed_form(m, p0, obs):
     t = VPSTable.from_dataset([{"problem_id": "x", "pass_rate": p0, "tds": 0.0}], config=VPSConfig(momentum=m))
     expect = p0
@@ -241,6 +242,27 @@ def test_ema_stays_in_range_and_matches_closed_form(m, p0, obs):
     assert got["pass_rate"] == pytest.approx(expect, abs=1e-12)
     assert 0.0 <= got["vps"] <= 0.8 * 0.25 + 0.2 + 1e-12
     assert math.isfinite(got["vps"])
+
+
+@pytest.mark.parametrize("vps_from", ["pass_rate", "posterior"])
+def test_a_prompt_that_always_fails_keeps_a_proper_posterior(vps_from):
+    """Thousands of all-wrong groups (or a momentum near 0) never drive the Beta to ``a = 0``: the discount acts on
+    the evidence beyond the prior, so ``a`` stays >= the prior's ``a0`` and the zero-variance prediction stays
+    finite and < 1."""
+    from curation.score.posterior import zero_variance_prob
+
+    for m in (0.5, 1e-300):
+        t = VPSTable.from_dataset([{"problem_id": "x", "pass_rate": 0.0, "tds": 0.0, "post_a": 1.0, "post_b": 9.0}],
+                                  config=VPSConfig(momentum=m, vps_from=vps_from))
+        for _ in range(1500):
+            t.update(["x"], [[0.0, 0.0, 0.0, 0.0]])
+        g = t.get("x")
+        a0 = t.config.prior_beta()[0]
+        assert g["post_a"] == pytest.approx(a0) and g["post_a"] > 0
+        assert g["post_b"] == pytest.approx(t.config.prior_beta()[1] + 4 / (1 - m))  # the discounted evidence
+        p0 = float(t.zero_variance_prob_by_index(4)[0])
+        assert p0 == pytest.approx(float(zero_variance_prob(g["post_a"], g["post_b"], 4))) and 0 < p0 < 1
+        assert math.isfinite(g["vps"])
 
 
 def test_from_a_shuffled_hf_dataset_follows_its_row_order():
@@ -302,13 +324,14 @@ def test_posterior_mode_online_update_is_the_discounted_beta(tmp_path):
     t = VPSTable.from_dataset(rows, config=cfg)
     t.update(["a", "b"], [[1.0, 1.0, 0.0, 1.0], [0.0, 1.0]])
     ga, gb = t.get("a"), t.get("b")
-    assert (ga["post_a"], ga["post_b"]) == pytest.approx((0.5 * 2 + 3, 0.5 * 6 + 1))  # a <- m a + k, b <- m b + G - k
-    assert ga["pass_rate"] == pytest.approx(4 / 8)
+    # the evidence beyond the prior Beta(1, 1) is discounted: a <- a0 + m (a - a0) + k, b <- b0 + m (b - b0) + G - k
+    assert (ga["post_a"], ga["post_b"]) == pytest.approx((1 + 0.5 * (2 - 1) + 3, 1 + 0.5 * (6 - 1) + 1))
+    assert ga["pass_rate"] == pytest.approx(4.5 / 9)
     assert (gb["post_a"], gb["post_b"]) == pytest.approx((1 + 1, 1 + 1))  # on the prior: the conjugate update
-    a, b = 4.0, 4.0
+    a, b = 4.5, 4.5
     assert ga["vps"] == pytest.approx(0.8 * a * b / ((a + b) * (a + b + 1)) + 0.2 * ga["tds"])
     # persisted and restored with the posterior
     path = t.save(tmp_path / "vps.parquet")
     back = VPSTable.load(path, config=cfg)
     np.testing.assert_allclose(back.vps_by_index(), t.vps_by_index(), rtol=0, atol=1e-15)
-    assert back.get("a")["post_b"] == pytest.approx(4.0)
+    assert back.get("a")["post_b"] == pytest.approx(4.5)

@@ -45,8 +45,15 @@ default 2 = uniform for ``p0 = 0.5``), and
     VPS_i = alpha * E[p (1 - p)] + beta * TDS_i,      E[p (1 - p)] = a b / ((a + b)(a + b + 1))
 
 so an unsure 0-of-4 prompt is not read as certainly variance-free.  The online update is the discounted
-Beta-Bernoulli update (exponential forgetting with the same momentum ``m``): ``a <- m a + k``,
-``b <- m b + (G - k)`` for ``k`` correct of ``G``; a prompt still on its prior takes the plain conjugate update
+Beta-Bernoulli update (exponential forgetting with the same momentum ``m``) that discounts the evidence beyond
+the prior ``Beta(a0, b0)``, not the prior itself:
+
+    a <- a0 + m (a - a0) + k,      b <- b0 + m (b - b0) + (G - k)      for k correct of G
+
+(``a0 + m (a - a0) = (1 - m) a0 + m a`` is a convex combination of positive numbers, so ``a, b`` stay
+``>= min(a, a0) > 0`` however long a prompt keeps failing; the plain ``a <- m a + k`` would shrink ``a``
+geometrically toward 0 - a Beta certain that ``p = 0`` after enough all-wrong groups, and a floating-point
+``0`` after about 1,000 of them at ``m = 0.5``).  A prompt still on its prior takes the plain conjugate update
 ``a <- a + k``, ``b <- b + (G - k)``.  ``pass_rate`` then reads ``a / (a + b)``.  (A deviation from MMR1, whose
 EMA acts on the point estimate; off by default.)
 
@@ -519,15 +526,13 @@ class VPSTable:
             # calibration: the posterior's prediction for this group, made before it is folded in
             pred_zero += float(_zero_variance_prob(self._a[s], self._b[s], valid.size))
             n_zero_correct += int(k == 0 or k == valid.size)
-            # the Beta (both modes): discounted, a <- m a + k, b <- m b + (G - k); a Beta still exactly on the
-            # prior takes the plain conjugate update a <- a + k, b <- b + (G - k); momentum 0 (a re-score)
-            # restarts from the prior: a <- a0 + k, b <- b0 + (G - k)
-            if m == 0.0:
-                self._a[s], self._b[s] = a0 + k, b0 + (valid.size - k)
-            else:
-                keep = 1.0 if (cfg.replace_prior and self._beta_prior[s]) else m
-                self._a[s] = keep * self._a[s] + k
-                self._b[s] = keep * self._b[s] + (valid.size - k)
+            # the Beta (both modes): the evidence beyond the prior is discounted, a <- a0 + m (a - a0) + k,
+            # b <- b0 + m (b - b0) + (G - k) (module docstring); a Beta still exactly on the prior takes the plain
+            # conjugate update a <- a + k, b <- b + (G - k); momentum 0 (a re-score) restarts from the prior:
+            # a <- a0 + k, b <- b0 + (G - k)
+            keep = 1.0 if (cfg.replace_prior and self._beta_prior[s]) else m
+            self._a[s] = a0 + keep * (self._a[s] - a0) + k
+            self._b[s] = b0 + keep * (self._b[s] - b0) + (valid.size - k)
             self._beta_prior[s] = False
             if cfg.vps_from == "posterior":
                 self._p[s] = self._a[s] / (self._a[s] + self._b[s])
