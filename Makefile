@@ -68,7 +68,8 @@ test: setup vllm-setup
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not slow and not vllm" $(PYTEST_ARGS)
 
-demo: setup
+# set-up (not timed by the demo): .venv, and .venv-vllm for the demo's scoring (the recipe's score_engine)
+demo: setup vllm-setup
 	HF_HUB_OFFLINE=1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
 lint: setup

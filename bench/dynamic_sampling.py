@@ -77,7 +77,8 @@ def arm_section(arm: str, out: Path, data: Path, scores: Path | None, a: argpars
         sec["vas"] = {"enabled": False}
         return sec
     sec["vas"] = {"enabled": True, "lambda": a.lam, "refresh": "online", "vps_from": "posterior",
-                  "posterior_decay": a.decay, **({"scores": str(scores)} if scores else {})}
+                  "posterior_decay": a.decay, "normalize_ovs": a.normalize_ovs,
+                  **({"scores": str(scores)} if scores else {})}
     sec["dynamic"] = {"skip": {"enabled": "skip" in arm, "q": a.q, "floor": a.floor},
                       "refill": {"enabled": "refill" in arm, "max_rounds": a.max_rounds,
                                  "budget_rollouts": a.budget or None}}
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-completion-length", type=int, default=16)
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--decay", type=float, default=0.95, help="vas.posterior_decay")
+    ap.add_argument("--normalize-ovs", action="store_true",
+                    help="vas.normalize_ovs: VPS = alpha * 4 E[p(1-p)] + beta * TDS (a deviation from MMR1)")
     ap.add_argument("--q", type=float, default=0.8)
     ap.add_argument("--floor", type=float, default=0.1)
     ap.add_argument("--budget", type=int, default=0, help="refill budget in rollouts (0: 2 x generation batch)")
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = next((r for r in report["arms"] if r["arm"] == "uniform"), report["arms"][0])
     print(f"\nSmolLM2-135M GRPO on CPU: {len(rows)} pool problems, {a.steps} optimizer steps x {a.prompts_per_step} "
           f"prompts x G={a.G}, max {a.max_completion_length} tokens, seed {a.seed}; initial posterior "
-          f"{'from ' + str(scores) if scores else 'the uniform prior (no pool scores)'}")
+          f"{'from ' + str(scores) if scores else 'the uniform prior (no pool scores)'}; VPS = 0.8 * "
+          f"{'4 E[p(1-p)] (normalised OVS)' if a.normalize_ovs else 'E[p(1-p)]'} + 0.2 * TDS")
     hdr = (f"{'arm':17s} {'groups':>6s} {'rollouts':>8s} {'eff':>5s} {'eff/1k':>7s} {'x unif':>6s} {'pool-exp/1k':>11s} "
            f"{'s/eff':>7s} {'x unif':>6s} {'reward last':>11s} {'mean':>5s} {'skip':>4s} {'drop':>4s} {'refill':>6s}")
     print(hdr)

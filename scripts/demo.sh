@@ -9,13 +9,24 @@ curate run pipelines/demo.yaml --set out="$OUT" "$@"
 end=$(date +%s)
 cat <<MSG
 
-Demo finished in $(( (end - start) / 60 )) min $(( (end - start) % 60 )) s. Everything is under $OUT/:
-  $OUT/report/report.md        the report: rows per step, pass-rate/VPS histograms, reward curves, VAS vs uniform
+Demo finished in $(( (end - start) / 60 )) min $(( (end - start) % 60 )) s.
+MSG
+# the learning result, as curate report computed it from the run's tables ($OUT/report/learning.json)
+if [ -s "$OUT/report/learning.txt" ]; then
+  echo "What improved (SmolLM2-135M-Instruct, GRPO, held-out problems never trained on):"
+  sed 's/^/  /' "$OUT/report/learning.txt"
+fi
+cat <<MSG
+
+Everything is under $OUT/:
+  $OUT/report/report.md        the report: rows per step, pass-rate/VPS histograms, VPS split, VAS vs uniform,
+                               learning (held-out accuracy per arm, reward curves)
   $OUT/build/                  curated problems (problems.parquet), excluded.parquet (every dropped row + reason), stats.json
   $OUT/score/                  rollouts.parquet, scores.parquet (pass_rate, ovs, tds, vps), report/
   $OUT/rl/                     GRPO sets: rl_text.parquet, rl_multimodal.parquet (TRL format, VPS columns)
   $OUT/cot/                    cold-start SFT set: sft.parquet (TRL messages), excluded.parquet
-  $OUT/staged/                 the three training stages' checkpoints and summary.json
+  $OUT/staged/                 the three ReVisual-R1 stages on a tiny random VL model (machinery only) + summary.json
+  $OUT/learn/                  the learning arms (vas/, uniform/: final checkpoints) and held-out evaluations (eval_*/)
   $OUT/publish/                exactly what \`curate publish\` would upload (README.md card + data/)
 Load any table with: datasets.load_dataset("parquet", data_files="$OUT/rl/rl_text.parquet")
 

@@ -22,8 +22,8 @@ def _reduced_data(dst: Path) -> Path:
     (dst / "gsm8k").mkdir(parents=True)
     (dst / "math_vision" / "images").mkdir(parents=True)
     lines = (DEMO_DATA / "gsm8k/train_sample.jsonl").read_text().splitlines()
-    # 12 real problems + the planted duplicates / contamination at the end of the sample
-    (dst / "gsm8k/train_sample.jsonl").write_text("\n".join(lines[:12] + lines[300:]) + "\n")
+    # 12 real problems + the 7 planted duplicates / contamination at the end of the sample
+    (dst / "gsm8k/train_sample.jsonl").write_text("\n".join(lines[:12] + lines[-7:]) + "\n")
     mv = (DEMO_DATA / "math_vision/testmini_sample.jsonl").read_text().splitlines()[:6]
     (dst / "math_vision/testmini_sample.jsonl").write_text("\n".join(mv) + "\n")
     for line in mv:
@@ -31,6 +31,8 @@ def _reduced_data(dst: Path) -> Path:
         shutil.copy(DEMO_DATA / "math_vision" / img, dst / "math_vision" / img)
     ar = (DEMO_DATA / "arithmetic.jsonl").read_text().splitlines()[:24]
     (dst / "arithmetic.jsonl").write_text("\n".join(ar) + "\n")
+    held = (DEMO_DATA / "arithmetic_heldout.jsonl").read_text().splitlines()[:8]
+    (dst / "arithmetic_heldout.jsonl").write_text("\n".join(held) + "\n")
     return dst
 
 
@@ -41,7 +43,8 @@ def test_reduced_demo_recipe_end_to_end(tmp_path):
     # the RL sets keep every pass rate (the reduced run is too short for a 0 < p < 1 band to keep prompts
     # on every machine); whatever SmolLM2 writes, every assertion below holds
     cmd = [sys.executable, "-m", "curation.cli", "run", "pipelines/demo.yaml", "--set", f"out={out}",
-           "--set", f"data={data}", "--set", "n=2", "--set", "score_tokens=16", "--set", "train_steps=1",
+           "--set", f"data={data}", "--set", "score_engine=hf", "--set", "score_engine_opt=dtype=bfloat16", "--set", "n_max=4", "--set", "round=2", "--set", "score_tokens=16",
+           "--set", "train_steps=1", "--set", "learn_steps=1", "--set", "eval_n=2",
            "--set", "min_pass=>=0", "--set", "max_pass=<=1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -58,7 +61,9 @@ def test_reduced_demo_recipe_end_to_end(tmp_path):
     n_images = sum(1 for r in kept.to_pylist() if r["images"])
     assert scores.num_rows + len(score_ex) == kept.num_rows
     assert sum(r["reason"] == "needs_vision" for r in score_ex) == n_images == 6
-    assert set(scores.column("n").to_pylist()) == {2}
+    # adaptive scoring: rounds of 2 up to 4 rollouts per prompt
+    assert set(scores.column("n").to_pylist()) <= {2, 4}
+    assert json.loads((out / "score/stats.json").read_text())["settings"]["rules"][-1] == "last_math"  # --lenient
 
     rl_mm = pq.read_table(out / "rl/rl_multimodal.parquet")
     assert rl_mm.num_rows == 6 and all(r["images"] for r in rl_mm.to_pylist())
@@ -92,6 +97,25 @@ def test_reduced_demo_recipe_end_to_end(tmp_path):
     vu = json.loads((out / "report/vas_vs_uniform.json").read_text())
     assert vu["prompts"] == scores.num_rows and 0.0 <= vu["vas_mix"] <= 1.0
     assert re.search(r"uniform \| 0\.\d{3}", report)
+
+    # learning section: both arms trained from SmolLM2 for the same steps; before/after accuracies and their
+    # intervals are read from the held-out evaluations (whatever the model wrote)
+    learn = json.loads((out / "report/learning.json").read_text())
+    base = pq.read_table(out / "learn/eval_base/scores.parquet").column("pass_rate").to_pylist()
+    assert learn["heldout_problems"] == len(base) == 8 and abs(learn["before"] - sum(base) / 8) < 1e-9
+    assert set(learn["arms"]) == {"vas", "uniform"}
+    for arm, a in learn["arms"].items():
+        after = pq.read_table(out / f"learn/eval_{arm}/scores.parquet").column("pass_rate").to_pylist()
+        assert a["steps"] == 1 and abs(a["after"] - sum(after) / len(after)) < 1e-9
+        assert a["lo"] <= a["diff"] <= a["hi"] and abs(a["diff"] - (a["after"] - a["before"])) < 1e-9
+        assert a["within_noise"] == (a["lo"] <= 0 <= a["hi"])
+        assert f"| {arm} | 1 | {a['before']:.3f} | {a['after']:.3f} |" in report
+    vmu = learn["vas_minus_uniform"]
+    assert abs(vmu["diff"] - (learn["arms"]["vas"]["after"] - learn["arms"]["uniform"]["after"])) < 1e-9
+    assert (out / "report/learning_rewards.png").stat().st_size > 1000
+    sp = json.loads((out / "report/vps_split.json").read_text())
+    assert sum(g["prompts"] for g in sp["groups"]) == scores.num_rows
+    assert abs(sum(g["vas_mass_run"] for g in sp["groups"]) - 1) < 1e-9
 
     # re-running the flow skips every finished step
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -173,6 +173,11 @@ def test_discovery_errors(tmp_path, run_dir):
             (tmp_path / name / f).write_bytes((run_dir / "build" / f).read_bytes())
     with pytest.raises(PublishError, match=r"several tables for config 'problems'.*a/problems.parquet.*b/problems"):
         discover(tmp_path)
+    # --exclude leaves a sub-folder (glob) out, and says so
+    d = discover(tmp_path, exclude=["b"])
+    assert d.tables["problems"][0].path == tmp_path / "a" / "problems.parquet"
+    assert (tmp_path / "b", "--exclude b") in d.skipped
+    assert discover(tmp_path, exclude=["[a]"]).tables["problems"][0].path == tmp_path / "b" / "problems.parquet"
     bad = tmp_path / "c"
     bad.mkdir()
     (bad / "scores.parquet").write_text("not parquet")
@@ -358,6 +363,17 @@ def test_cli_dry_run(run_dir, tmp_path):
     res = CliRunner().invoke(app, ["publish", str(run_dir / "build"), "--repo-id", "me/p",
                                    "--dry-run", str(tmp_path / "o2"), "--license", "nonsense"])
     assert res.exit_code != 0 and "not a Hub licence identifier" in res.output
+    # a run folder with model evaluations beside it (the demo's learn/): --exclude leaves them out
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "run")
+    shutil.copytree(run_dir / "score", tmp_path / "run" / "learn" / "eval_base")
+    args = ["publish", str(tmp_path / "run"), "--repo-id", "me/p"]
+    res = CliRunner().invoke(app, args + ["--dry-run", str(tmp_path / "o3")])
+    assert res.exit_code != 0 and "several tables for config" in res.output and "--exclude" in res.output
+    res = CliRunner().invoke(app, args + ["--exclude", "learn", "--dry-run", str(tmp_path / "o4")])
+    assert res.exit_code == 0, res.output
+    assert "not published:" in res.output and "--exclude learn" in res.output
 
 
 # --- publishing to the local Hub stand-in ----------------------------------------------------------------------------

@@ -133,6 +133,9 @@ class VASSpec:
     tds_metric: str = "edit"  # curation.score.scores.trace_diversity metric (the one `curate score` used)
     seed: int | None = None  # default: the trainer's seed
     vps_from: str = "pass_rate"  # pass_rate (MMR1) | posterior: E[p(1-p)] of the scores' Beta posterior (training.vps)
+    # 4 p (1 - p) in [0, 1] instead of the paper's p (1 - p) in [0, 0.25] (as `curate score --normalize-ovs`):
+    # with the default alpha/beta the outcome term then outweighs trace diversity (a deviation from MMR1)
+    normalize_ovs: bool = False
     posterior_decay: float = 1.0  # per generation batch, each prompt's Beta evidence beyond the prior x this
 
     def accuracy_uses(self) -> list[str]:

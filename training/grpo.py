@@ -874,7 +874,7 @@ def build_vps_table(dataset: Any, recipe: GRPORecipe):
 
     v = recipe.vas
     cfg = VPSConfig(alpha=v.alpha, beta=v.beta, momentum=v.momentum, tds_metric=v.tds_metric, vps_from=v.vps_from,
-                    posterior_decay=v.posterior_decay)
+                    normalize_ovs=v.normalize_ovs, posterior_decay=v.posterior_decay)
     return VPSTable.from_dataset(dataset, config=cfg, scores=str(v.scores) if v.scores else None)
 
 

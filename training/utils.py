@@ -220,7 +220,8 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 
 
 def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
-    """Save the final model + processor to ``<output_dir>/final`` and ``result.json`` (written last).
+    """Save the final model + processor to ``<output_dir>/final``, the trainer state (``trainer_state.json``:
+    the whole log history, also with ``save_strategy: "no"``) and ``result.json`` (written last).
 
     Every rank calls ``save_model`` (ZeRO-3 / FSDP gather the weights collectively); only the main process
     writes.  All ranks then wait for it, so no rank returns - and, in ``train staged``, loads ``final/`` as
@@ -231,6 +232,7 @@ def finish_run(trainer: Any, result: TrainResult) -> TrainResult:
     if trainer.args.should_save:
         from curation.core.io import write_json_atomic
 
+        trainer.state.save_to_json(str(final / "trainer_state.json"))
         write_json_atomic(result.to_json(), final / RESULT_FILE)
     trainer.accelerator.wait_for_everyone()
     return result

@@ -1,5 +1,5 @@
 """``curate publish DIR --repo-id ORG/NAME [--private] [--revision R] [--dry-run OUTDIR] [--license L]
-[--message M]``."""
+[--message M] [--exclude SUBFOLDER]...``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
         kind: Annotated[Optional[str], typer.Option("--kind", help="Card template: rl | cold_start | scored | "
                                                                    "problems (default: from the tables).")] = None,
         pretty_name: Annotated[Optional[str], typer.Option("--pretty-name", help="Card title.")] = None,
+        exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Sub-folder (glob, relative to "
+                                                             "FOLDER, e.g. learn) whose tables are not published; "
+                                                             "repeatable.")] = None,
     ) -> None:
         """Push the tables as named dataset configs with a generated dataset card; no commit if nothing changed."""
         from curation.publish import PublishError, publish
@@ -37,7 +40,7 @@ def register(app: typer.Typer) -> None:
             with progress_factory() as new_task:
                 result = publish(folder, repo_id, private=private, revision=revision, dry_run=dry_run,
                                  license=license_, message=message, kind=kind, pretty_name=pretty_name,
-                                 progress=new_task)
+                                 progress=new_task, exclude=tuple(exclude or ()))
         except PublishError as e:
             fail(str(e))
         t = Table(title=f"curate publish -> {repo_id}" + (" (dry run)" if result.dry_run else ""))

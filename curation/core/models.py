@@ -635,6 +635,7 @@ def build_tiny_qwen2_vl(
         )
         config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **token_kwargs)
         model_cls = Qwen2_5_VLForConditionalGeneration
+    config.rlcurate_random_init = True  # kept in config.json (and by checkpoints trained from it): curate report
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32)
     model.generation_config = GenerationConfig(

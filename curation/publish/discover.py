@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from dataclasses import dataclass, field
@@ -133,16 +134,37 @@ def _read_stats(path: Path) -> dict | None:
 
 
 
-def discover(root: str | Path) -> Discovery:
-    """Find the tables under ``root`` and map them to configs (see the module docstring for the rules)."""
+def _excluded(rel: str, patterns: Sequence[str]) -> str | None:
+    """The first ``--exclude`` pattern matching the sub-folder ``rel`` (POSIX path relative to the root), if any."""
+    for pat in patterns:
+        p = pat.strip("/")
+        if fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(rel, p + "/*"):
+            return pat
+    return None
+
+
+def discover(root: str | Path, exclude: Sequence[str] = ()) -> Discovery:
+    """Find the tables under ``root`` and map them to configs (see the module docstring for the rules).
+
+    ``exclude``: glob patterns of sub-folders (relative to ``root``, e.g. ``learn`` or ``runs/*/eval``) whose
+    tables are not published - each folder left out is listed in :attr:`Discovery.skipped` with the pattern."""
     root = Path(root)
     if not root.is_dir():
         raise PublishError(f"{root}: not a folder")
     candidates: dict[str, list[FoundTable]] = {}
     stats: dict[str, list[tuple[Path, dict]]] = {}
+    left_out: list[tuple[Path, str]] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
         folder_p = Path(folder)
+        kept = []
+        for d in dirs:
+            pat = _excluded((folder_p / d).relative_to(root).as_posix(), exclude)
+            if pat is None:
+                kept.append(d)
+            else:
+                left_out.append((folder_p / d, f"--exclude {pat}"))
+        dirs[:] = kept
         st = _read_stats(folder_p / "stats.json")
         tables = sorted(f for f in files if f in CONFIG_FILES)
         if not tables and st is None:
@@ -162,7 +184,7 @@ def discover(root: str | Path) -> Discovery:
         raise PublishError(f"{root}: no tables to publish found (looked for {known} in it and its sub-folders)")
 
     chosen: dict[str, list[FoundTable]] = {}
-    skipped: list[tuple[Path, str]] = []
+    skipped: list[tuple[Path, str]] = list(left_out)
     for config, found in candidates.items():
         if config == "excluded":
             # every stage's exclusions in pipeline order (ingest, build, score...), each in path order
@@ -174,7 +196,8 @@ def discover(root: str | Path) -> Discovery:
             paths = ", ".join(str(t.path) for t in top)
             raise PublishError(
                 f"several tables for config {config!r}: {paths}; publish one of their folders instead, "
-                "move the others out, or combine them first (e.g. `curate build` over several ingest folders)"
+                "leave the others out with --exclude FOLDER, or combine them first (e.g. `curate build` over "
+                "several ingest folders)"
             )
         chosen[config] = top
         for t in found:

@@ -8,7 +8,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from curation.publish.discover import PublishError, discover
 from curation.publish.stage import DEFAULT_MAX_SHARD_BYTES, StagedFile, stage
@@ -108,8 +108,10 @@ def publish(
     templates_dir: str | Path | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: Callable[[str, int | None], Callable[[int], None]] | None = None,
+    exclude: Sequence[str] = (),
 ) -> PublishResult:
-    """Publish the tables under ``folder`` to the dataset repo ``repo_id`` (or to ``dry_run`` locally)."""
+    """Publish the tables under ``folder`` to the dataset repo ``repo_id`` (or to ``dry_run`` locally);
+    ``exclude``: sub-folder glob patterns left out (:func:`curation.publish.discover.discover`)."""
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
         raise PublishError(f"--repo-id {repo_id!r}: expected ORG/NAME")
     revision = revision or "main"
@@ -118,7 +120,8 @@ def publish(
     try:
         return _publish(folder, repo_id, token=token, private=private, revision=revision, dry_run=dry_run,
                         license=license, message=message, kind=kind, pretty_name=pretty_name, endpoint=endpoint,
-                        templates_dir=templates_dir, max_shard_bytes=max_shard_bytes, progress=progress)
+                        templates_dir=templates_dir, max_shard_bytes=max_shard_bytes, progress=progress,
+                        exclude=tuple(exclude))
     except PublishError as e:
         error = _scrub(str(e), token)
     except Exception as e:  # noqa: BLE001 - network/library errors become one clean, token-free message
@@ -129,8 +132,8 @@ def publish(
 
 
 def _publish(folder, repo_id, *, token, private, revision, dry_run, license, message, kind, pretty_name,
-             endpoint, templates_dir, max_shard_bytes, progress) -> PublishResult:
-    discovery = discover(folder)
+             endpoint, templates_dir, max_shard_bytes, progress, exclude=()) -> PublishResult:
+    discovery = discover(folder, exclude)
     common = dict(repo_id=repo_id, license=license, kind=kind, pretty_name=pretty_name,
                   templates_dir=templates_dir, max_shard_bytes=max_shard_bytes, progress=progress)
     if dry_run is not None:

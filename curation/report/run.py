@@ -15,6 +15,11 @@ Every number is read from the tables and stats files the run produced (nothing i
   q_i = 1/n.  VAS with mix lambda: q_i = lambda * P_i + (1-lambda)/n, where P = the VAS weights of
   :func:`curation.score.vas.vas_probabilities` over the prompts' VPS.  Both are computed from the scored
   pass rates; the measured fraction of the GRPO stages (which sampled with VAS) is shown beside them.
+- how VPS splits between OVS and TDS (:func:`vps_split`): per pass-rate group, the outcome and TDS terms and
+  the VAS sampling mass under the run's VPS and under MMR1's default (raw OVS) -> ``vps_split.json``;
+- learning (``learn/``, the demo's GRPO arms): held-out accuracy before/after each arm with paired-bootstrap
+  intervals and the reward curve per arm (:mod:`curation.report.learning`) -> ``learning.json``,
+  ``learning.txt`` (the lines ``make demo`` prints), ``learning_rewards.png``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curation.core.plots import histogram_png, markdown_table
+from curation.report.learning import learning_lines, learning_summary, summary_text
 from curation.score.vas import expected_zero_variance, vas_probabilities
 
 
@@ -46,6 +52,64 @@ def vas_vs_uniform(scores_path: Path, *, group_size: int, lam: float, epsilon: f
         "vas_mix": expected_zero_variance(p, mix, group_size),
         "vas_only": expected_zero_variance(p, pure, group_size),
     }
+
+
+def vps_split(scores_path: Path, *, alpha: float, beta: float, normalize_ovs: bool, group_size: int, lam: float,
+              epsilon: float = 1e-3) -> dict[str, Any]:
+    """How the run's VPS splits between its outcome term and its trace-diversity term, per pass-rate group
+    (p = 0, 0 < p < 1, p = 1), and where VAS puts its sampling mass under the run's VPS and under MMR1's
+    default (raw OVS ``p (1 - p)``, same alpha/beta), both recomputed from the same ``pass_rate`` / ``ovs`` /
+    ``tds`` columns.
+
+    outcome term = ``vps - beta * tds`` (``alpha * OVS``, ``alpha * 4 OVS`` with ``normalize_ovs``, or
+    ``alpha * E[p(1-p)]`` with ``--vps-from posterior``); TDS term = ``beta * tds``.  VAS mass of a group =
+    the sum over its prompts of ``lambda * P_i + (1 - lambda) / n`` (:func:`vas_vs_uniform`'s mix)."""
+    t = pq.read_table(scores_path, columns=["pass_rate", "ovs", "tds", "vps"])
+    p, ovs, tds, vps = (np.asarray(t.column(c).to_pylist(), dtype=float) for c in ("pass_rate", "ovs", "tds", "vps"))
+    n = len(p)
+    groups = {"p = 0": p == 0, "0 < p < 1": (p > 0) & (p < 1), "p = 1": p == 1}
+    paper = alpha * ovs + beta * tds
+    variants = {"run": vps, "paper": paper}
+    mix = {k: lam * vas_probabilities(v, epsilon=epsilon) + (1 - lam) / n for k, v in variants.items()}
+    rows = []
+    for name, m in groups.items():
+        k = int(m.sum())
+        rows.append({"group": name, "prompts": k,
+                     "mean_vps": float(vps[m].mean()) if k else None,
+                     "mean_outcome_term": float((vps - beta * tds)[m].mean()) if k else None,
+                     "mean_tds_term": float((beta * tds)[m].mean()) if k else None,
+                     "mean_vps_paper": float(paper[m].mean()) if k else None,
+                     "vas_mass_run": float(mix["run"][m].sum()), "vas_mass_paper": float(mix["paper"][m].sum()),
+                     "uniform_mass": k / n if n else 0.0})
+    total_vps = float(vps.sum())
+    return {"alpha": alpha, "beta": beta, "normalize_ovs": normalize_ovs, "lambda": lam, "group_size": group_size,
+            "groups": rows,
+            "outcome_share": float((vps - beta * tds).sum() / total_vps) if total_vps > 0 else None,
+            "zero_variance": {k: expected_zero_variance(p, q, group_size) for k, q in mix.items()}}
+
+
+def _vps_split_lines(sp: dict[str, Any]) -> list[str]:
+    f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    ovs_name = "4 p (1 - p) (normalised OVS)" if sp["normalize_ovs"] else "p (1 - p) (MMR1's raw OVS)"
+    lines = ["## 4b. How VPS splits between OVS and TDS", "",
+             f"This run: VPS = {sp['alpha']} * {ovs_name} + {sp['beta']} * TDS. Outcome term = VPS - beta * TDS; "
+             f"'paper' = MMR1's default {sp['alpha']} * p (1 - p) + {sp['beta']} * TDS from the same pass rates and TDS. "
+             f"VAS mass = share of the draws of a VAS mix (lambda = {sp['lambda']}) landing in the group.", "",
+             markdown_table([{"pass rate": g["group"], "prompts": g["prompts"], "mean VPS": f(g["mean_vps"]),
+                              "outcome term": f(g["mean_outcome_term"]), "TDS term": f(g["mean_tds_term"]),
+                              "mean VPS (paper)": f(g["mean_vps_paper"]),
+                              "VAS mass": f(g["vas_mass_run"]), "VAS mass (paper)": f(g["vas_mass_paper"]),
+                              "uniform mass": f(g["uniform_mass"])} for g in sp["groups"]]), ""]
+    if sp["outcome_share"] is not None:
+        lines.append(f"- The outcome term carries {sp['outcome_share']:.1%} of this run's total VPS.")
+    mid = next(g for g in sp["groups"] if g["group"] == "0 < p < 1")
+    lines.append(f"- Prompts with outcome variance (0 < p < 1) get {mid['vas_mass_run']:.1%} of the VAS mix's draws with "
+                 f"this run's VPS, {mid['vas_mass_paper']:.1%} with the paper's default, {mid['uniform_mass']:.1%} "
+                 "uniformly.")
+    z = sp["zero_variance"]
+    lines += [f"- Expected zero-variance fraction (G = {sp['group_size']}) of the VAS mix: {z['run']:.3f} with this "
+              f"run's VPS, {z['paper']:.3f} with the paper's default.", ""]
+    return lines
 
 
 def _read_json(path: Path) -> dict | None:
@@ -77,6 +141,25 @@ def _curve_png(points: dict[str, list[tuple[float, float]]], path: Path, *, titl
     finally:
         plt.close(fig)
     return path
+
+
+def model_facts(model_dir: str | Path) -> dict[str, Any] | None:
+    """What the report says about a checkpoint folder: its architecture (``config.json``), its parameter count
+    (summed from the ``model.safetensors`` header - no weights read) and whether it was built with random
+    weights (``rlcurate_random_init`` in its config, set by :func:`curation.core.models.build_tiny_qwen2_vl`
+    and kept by every checkpoint trained from it)."""
+    d = Path(model_dir)
+    cfg = _read_json(d / "config.json")
+    if cfg is None:
+        return None
+    params = None
+    st = d / "model.safetensors"
+    if st.is_file():
+        with st.open("rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        params = sum(int(np.prod(v["shape"])) for k, v in header.items() if k != "__metadata__")
+    return {"path": str(d), "architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
+            "parameters": params, "random_init": bool(cfg.get("rlcurate_random_init", False))}
 
 
 def _stage_histories(staged_dir: Path) -> dict[str, list[dict]]:
@@ -162,6 +245,10 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
                                {"sampler": "VAS only (lambda = 1)", "expected zero-variance fraction": f"{vu['vas_only']:.3f}"}]),
                ""]
         (out_dir / "vas_vs_uniform.json").write_text(json.dumps(vu, indent=2))
+        sp = vps_split(scores_path, alpha=float(settings.get("alpha", 0.8)), beta=float(settings.get("beta", 0.2)),
+                       normalize_ovs=bool(settings.get("normalize_ovs", False)), group_size=group_size, lam=lam)
+        md += _vps_split_lines(sp)
+        (out_dir / "vps_split.json").write_text(json.dumps(sp, indent=2))
     else:
         missing.append("score")
 
@@ -183,7 +270,19 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
     summary = _read_json(staged / "summary.json") if staged.is_dir() else None
     if summary:
         stages = summary.get("stages", summary if isinstance(summary, list) else [])
-        md += ["## Training (train staged)", "", markdown_table(
+        md += ["## Training (train staged)", ""]
+        first = stages[0].get("started_from") if stages else None
+        # a path as the run wrote it: relative to the cwd of the run, which is usually the run folder's parent
+        facts = None
+        if first:
+            facts = model_facts(first) or (None if Path(first).is_absolute() else model_facts(run_dir.parent / first))
+        if facts:
+            size = f", {facts['parameters'] / 1e6:.2f} M parameters" if facts["parameters"] else ""
+            md += [f"Started from `{facts['path']}` ({facts['architecture']}{size})." +
+                   (" Its weights are random (built locally: no small real vision-language model is available "
+                    "offline), so these stages show the machinery running end to end, not learning; the learning "
+                    "section below trains a real model." if facts["random_init"] else ""), ""]
+        md += [markdown_table(
             [{k: v for k, v in s.items() if k in {"name", "kind", "status", "steps", "final_loss", "final_reward",
                                                   "zero_variance_frac", "checkpoint"}} for s in stages]), ""]
         hist = _stage_histories(staged)
@@ -205,6 +304,18 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
                    ", ".join(f"{k}: {v:.3f}" for k, v in measured.items()), ""]
     else:
         missing.append("staged")
+
+    # 5. learning section (pipelines/demo.yaml: learn/eval_*, learn/<arm>/final)
+    learn = learning_summary(run_dir / "learn") if (run_dir / "learn").is_dir() else None
+    if learn:
+        md += ["## Learning: GRPO on the scored model, VAS against uniform", ""] + learning_lines(learn)
+        curves = {arm: a["rewards"] for arm, a in learn["arms"].items() if a["rewards"]}
+        if curves:
+            _curve_png(curves, out_dir / "learning_rewards.png", title="Mean reward per GRPO step, per arm",
+                       ylabel="reward")
+            md += ["![learning rewards](learning_rewards.png)", ""]
+        (out_dir / "learning.json").write_text(json.dumps(learn, indent=2))
+        (out_dir / "learning.txt").write_text(summary_text(learn) + "\n")
 
     pub = run_dir / "publish" / "README.md"
     if pub.exists():
