@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))
 
 import make_rollout_pool as pool  # noqa: E402  (the shared problem generator)
 
-POOL_SCORES = Path("/work/scratch/pool/out/score/scores.parquet")
+POOL_SCORES = HERE.parent / "runs" / "rollout_pool" / "score" / "scores.parquet"  # bench/make_rollout_pool.py's output
 INSTRUCTION = '\nFinish with "The answer is" followed by the number.'  # make_rollout_pool's answer_is_prefix
 ARMS = ("uniform", "vas", "vas+skip", "vas+skip+refill")
 
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/dynamic_sampling")
     ap.add_argument("--model", help="checkpoint dir (default: SmolLM2-135M-Instruct via ensure_smollm2())")
-    ap.add_argument("--scores", default=str(POOL_SCORES), help="the pool's scores.parquet (initial posterior)")
+    ap.add_argument("--scores", default=str(POOL_SCORES), help="the pool's scores.parquet (initial posterior; "
+                                                              "default: what bench/make_rollout_pool.py writes)")
     ap.add_argument("--gsm8k", default=str(HERE.parent.parent / "shared" / "data" / "gsm8k" / "train.jsonl"))
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--problems", type=int, default=64)
@@ -188,6 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     data = write_parquet_atomic(pa.Table.from_pylist([{k: r[k] for k in ("problem_id", "prompt", "answer", "options")}
                                                       for r in rows]), out / "problems.parquet")
     scores = Path(a.scores) if a.scores and Path(a.scores).is_file() else None
+    if a.scores and scores is None:
+        print(f"no pool scores at {a.scores} (run bench/make_rollout_pool.py first): VAS starts from the uniform "
+              "prior and pool-exp is not computed", flush=True)
     pool_p: dict[str, float] = {}
     if scores:
         want = {r["problem_id"] for r in rows}
