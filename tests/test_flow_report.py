@@ -91,6 +91,16 @@ def test_report_reads_numbers_from_tables(tmp_path):
     assert "prompts scored: 3;" in text and "66.7%" in text  # p in {0, 1} for 2 of 3 prompts
     assert "Not in this run folder: rl, cot, staged" in text
     assert "credible interval" not in text  # a scores table without the posterior columns
+    # no tds column: the VPS split says why it is not shown, the rest of the report stands
+    assert "How VPS splits between OVS and TDS" in text and "has no tds column(s)" in text
+    # with tds but no ovs: MMR1's OVS p (1 - p) from the pass rate
+    pq.write_table(pa.table({"problem_id": ["a", "b", "c"], "model": ["m"] * 3, "n": [4, 4, 4],
+                             "pass_rate": [0.0, 0.5, 1.0], "tds": [0.5, 0.5, 0.0], "vps": [0.1, 0.3, 0.0]}),
+                   run / "score/scores.parquet")
+    write_run_report(run)
+    sp = json.loads((run / "report/vps_split.json").read_text())
+    g = {r["group"]: r for r in sp["groups"]}
+    assert g["0 < p < 1"]["mean_vps_paper"] == pytest.approx(0.8 * 0.25 + 0.2 * 0.5)
     # an adaptive run: rollouts per prompt vary, posterior widths and why prompts stopped are reported
     pq.write_table(pa.table({"problem_id": list("abcdef"), "model": ["m"] * 6, "n": [4, 8, 12, 16, 32, 4],
                              "pass_rate": [0.0, 0.5, 0.25, 0.0, 0.1, 1.0], "vps": [0.1] * 6,

@@ -63,9 +63,21 @@ def vps_split(scores_path: Path, *, alpha: float, beta: float, normalize_ovs: bo
 
     outcome term = ``vps - beta * tds`` (``alpha * OVS``, ``alpha * 4 OVS`` with ``normalize_ovs``, or
     ``alpha * E[p(1-p)]`` with ``--vps-from posterior``); TDS term = ``beta * tds``.  VAS mass of a group =
-    the sum over its prompts of ``lambda * P_i + (1 - lambda) / n`` (:func:`vas_vs_uniform`'s mix)."""
-    t = pq.read_table(scores_path, columns=["pass_rate", "ovs", "tds", "vps"])
-    p, ovs, tds, vps = (np.asarray(t.column(c).to_pylist(), dtype=float) for c in ("pass_rate", "ovs", "tds", "vps"))
+    the sum over its prompts of ``lambda * P_i + (1 - lambda) / n`` (:func:`vas_vs_uniform`'s mix).
+
+    A table without ``ovs`` gets MMR1's ``OVS = p (1 - p)`` from ``pass_rate``; one without ``pass_rate``,
+    ``tds`` or ``vps`` cannot be split: ``ValueError`` naming the missing columns."""
+    import polars as pl
+
+    have = set(pq.read_schema(scores_path).names)
+    lacking = [c for c in ("pass_rate", "tds", "vps") if c not in have]
+    if lacking:
+        raise ValueError(f"{scores_path} has no {', '.join(lacking)} column(s)")
+    t = pl.read_parquet(scores_path, columns=[c for c in ("pass_rate", "ovs", "tds", "vps") if c in have])
+    if "ovs" not in have:
+        t = t.with_columns((pl.col("pass_rate") * (1 - pl.col("pass_rate"))).alias("ovs"))
+    p, ovs, tds, vps = (t.get_column(c).cast(pl.Float64).fill_null(float("nan")).to_numpy()
+                        for c in ("pass_rate", "ovs", "tds", "vps"))
     n = len(p)
     groups = {"p = 0": p == 0, "0 < p < 1": (p > 0) & (p < 1), "p = 1": p == 1}
     paper = alpha * ovs + beta * tds
@@ -245,10 +257,15 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
                                {"sampler": "VAS only (lambda = 1)", "expected zero-variance fraction": f"{vu['vas_only']:.3f}"}]),
                ""]
         (out_dir / "vas_vs_uniform.json").write_text(json.dumps(vu, indent=2))
-        sp = vps_split(scores_path, alpha=float(settings.get("alpha", 0.8)), beta=float(settings.get("beta", 0.2)),
-                       normalize_ovs=bool(settings.get("normalize_ovs", False)), group_size=group_size, lam=lam)
-        md += _vps_split_lines(sp)
-        (out_dir / "vps_split.json").write_text(json.dumps(sp, indent=2))
+        try:
+            sp = vps_split(scores_path, alpha=float(settings.get("alpha", 0.8)),
+                           beta=float(settings.get("beta", 0.2)),
+                           normalize_ovs=bool(settings.get("normalize_ovs", False)), group_size=group_size, lam=lam)
+        except ValueError as e:  # a scores table from elsewhere (no TDS): the rest of the report still stands
+            md += ["## 4b. How VPS splits between OVS and TDS", "", f"Not shown: {e}.", ""]
+        else:
+            md += _vps_split_lines(sp)
+            (out_dir / "vps_split.json").write_text(json.dumps(sp, indent=2))
     else:
         missing.append("score")
 
