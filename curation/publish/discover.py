@@ -135,12 +135,9 @@ def _read_stats(path: Path) -> dict | None:
 
 
 def _excluded(rel: str, patterns: Sequence[str]) -> str | None:
-    """The first ``--exclude`` pattern matching the sub-folder ``rel`` (POSIX path relative to the root), if any."""
-    for pat in patterns:
-        p = pat.strip("/")
-        if fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(rel, p + "/*"):
-            return pat
-    return None
+    """The first ``--exclude`` pattern matching the sub-folder ``rel`` (POSIX path relative to the root), if any.
+    A matched folder is pruned from the walk, so nothing below it is ever tested."""
+    return next((pat for pat in patterns if fnmatch.fnmatchcase(rel, pat.strip("/"))), None)
 
 
 def discover(root: str | Path, exclude: Sequence[str] = ()) -> Discovery:
@@ -153,7 +150,7 @@ def discover(root: str | Path, exclude: Sequence[str] = ()) -> Discovery:
         raise PublishError(f"{root}: not a folder")
     candidates: dict[str, list[FoundTable]] = {}
     stats: dict[str, list[tuple[Path, dict]]] = {}
-    left_out: list[tuple[Path, str]] = []
+    skipped: list[tuple[Path, str]] = []  # (path, why): folders left out by --exclude, then superseded tables
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
         folder_p = Path(folder)
@@ -163,7 +160,7 @@ def discover(root: str | Path, exclude: Sequence[str] = ()) -> Discovery:
             if pat is None:
                 kept.append(d)
             else:
-                left_out.append((folder_p / d, f"--exclude {pat}"))
+                skipped.append((folder_p / d, f"--exclude {pat}"))
         dirs[:] = kept
         st = _read_stats(folder_p / "stats.json")
         tables = sorted(f for f in files if f in CONFIG_FILES)
@@ -184,7 +181,6 @@ def discover(root: str | Path, exclude: Sequence[str] = ()) -> Discovery:
         raise PublishError(f"{root}: no tables to publish found (looked for {known} in it and its sub-folders)")
 
     chosen: dict[str, list[FoundTable]] = {}
-    skipped: list[tuple[Path, str]] = list(left_out)
     for config, found in candidates.items():
         if config == "excluded":
             # every stage's exclusions in pipeline order (ingest, build, score...), each in path order

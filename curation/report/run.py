@@ -290,9 +290,8 @@ def write_run_report(run_dir: str | Path, out_dir: str | Path | None = None, *, 
         md += ["## Training (train staged)", ""]
         first = stages[0].get("started_from") if stages else None
         # a path as the run wrote it: relative to the cwd of the run, which is usually the run folder's parent
-        facts = None
-        if first:
-            facts = model_facts(first) or (None if Path(first).is_absolute() else model_facts(run_dir.parent / first))
+        # (an absolute path is the same path both times)
+        facts = (model_facts(first) or model_facts(run_dir.parent / first)) if first else None
         if facts:
             size = f", {facts['parameters'] / 1e6:.2f} M parameters" if facts["parameters"] else ""
             md += [f"Started from `{facts['path']}` ({facts['architecture']}{size})." +
