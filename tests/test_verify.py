@@ -601,3 +601,30 @@ def test_option_value_with_a_unit(verifier):
     got = verifier.verify_batch(["E", "E", "C"], ["The answer is \\boxed{1.8}.", "\\boxed{1.5}", "\\boxed{1.2 m}"],
                                 options=[opts] * 3)
     assert [v.status for v in got] == ["correct", "incorrect", "correct"]
+
+
+def test_schedule_starts_costly_items_first_and_keeps_golds_together():
+    """The pool's queue order: relations (math-verify's ``solve``) and long items first, items with the same
+    gold adjacent (the worker's parse cache), every job exactly once."""
+    from curation.verify.pool import _schedule
+
+    jobs = [(0, ["5"], "4"), (1, ["x = 2"], "x = 3"), (2, ["5"], "6"), (3, [r"\frac{a}{b}"], r"\frac{a}{c}"),
+            (4, ["x = 2"], "2 x = 5"), (5, ["y"], r"y \le 3"), (6, ["7"], "7.5")]
+    order = [j[0] for j in _schedule(jobs)]
+    assert sorted(order) == list(range(len(jobs)))
+    relations = {1, 4, 5}
+    assert set(order[:3]) == relations  # every relation before any other item
+    for gold in ("5", "x = 2"):  # same gold: adjacent
+        pos = sorted(order.index(j[0]) for j in jobs if j[1] == [gold])
+        assert pos[-1] - pos[0] == len(pos) - 1
+    assert order.index(3) < order.index(6)  # the longer plain item first
+
+
+def test_long_batch_result_is_independent_of_the_queue_order(verifier):
+    """Scheduling changes when an item runs, never its verdict: the same items reversed give the same verdicts."""
+    golds = [r"x^{\prime}+\frac{r}{V} x-r c=0", r"\frac{2}{5} g", "1.6", r"\sqrt{2} \cos (2 t-\pi / 4)", "y=2x+1"]
+    answers = [r"x^{\prime}+\frac{r}{V} x-r c=1", r"\frac{2}{5} g", "1.7", r"\sqrt{2} \cos (2 t-\pi / 4)", "y=1+2x"]
+    fwd = verifier.verify_batch(golds, [f"\\boxed{{{a}}}" for a in answers])
+    rev = verifier.verify_batch(golds[::-1], [f"\\boxed{{{a}}}" for a in answers[::-1]])
+    assert [v.status for v in fwd] == [v.status for v in rev][::-1]
+    assert [v.status for v in fwd] == ["incorrect", "correct", "incorrect", "correct", "correct"]

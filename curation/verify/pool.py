@@ -54,6 +54,7 @@ import atexit
 import math
 import multiprocessing as mp
 import os
+import re
 import signal
 import threading
 import time
@@ -608,18 +609,19 @@ class Verifier:
         clock at every answer, so a chunk of 16 items still gives each item ``timeout + grace`` seconds.
         """
         self._ensure_pool(len(jobs))
-        # items with the same gold go together: the worker's parse cache then hits
-        queue: deque = deque(sorted(jobs, key=lambda j: j[1]))
+        queue: deque = deque(_schedule(jobs))
         results: dict[int, tuple[str, str | None]] = {}
         hard = timeout + self.grace
         budget = timeout if self.soft_deadline else 0.0  # 0: no in-worker timer
-        chunk = max(1, min(self.chunk_size, math.ceil(len(jobs) / (_CHUNKS_PER_WORKER * max(1, self.workers)))))
         start_failures = 0
         told = 0  # results reported to progress()
 
         def dispatch(w: _Worker) -> None:
             if not w.ready or w.items or not queue:
                 return
+            # guided chunks: large while much is queued (amortising IPC), one item at a time near the end, so
+            # no worker idles while another works through a long chunk
+            chunk = max(1, min(self.chunk_size, math.ceil(len(queue) / (_CHUNKS_PER_WORKER * max(1, self.workers)))))
             items = [queue.popleft() for _ in range(min(chunk, len(queue)))]
             try:
                 w.conn.send([(i, g, a, budget) for i, g, a in items])
@@ -692,6 +694,31 @@ class Verifier:
         if progress and len(results) > told:  # items settled by a kill or a failed start
             progress(len(results) - told)
         return results
+
+
+_RELATION = re.compile(r"=|<|>|\\[lg]eq?\b|\\neq?\b|\\approx")
+
+
+def _cost_hint(golds: Sequence[str], answer: str) -> tuple[int, int]:
+    """A rough order of what an item costs math-verify: relations first (``solve``: up to a second), then by
+    length (parsing is about linear in it)."""
+    text = answer + "".join(golds)
+    return (1 if _RELATION.search(text) else 0, len(text))
+
+
+def _schedule(jobs: list) -> list:
+    """Longest first, so the costly items start early and the cheap ones fill the end (a batch otherwise
+    waits ~2 s on one worker's last relations while the other is idle); items with the same gold stay
+    together, so the worker's parse cache hits."""
+    groups: dict[tuple, list] = {}
+    for j in jobs:
+        groups.setdefault(tuple(j[1]), []).append(j)
+    ranked = []
+    for gold, items in groups.items():
+        items.sort(key=lambda j: _cost_hint(j[1], j[2]), reverse=True)
+        ranked.append((_cost_hint(items[0][1], items[0][2]), gold, items))
+    ranked.sort(key=lambda r: (-r[0][0], -r[0][1], r[1]))
+    return [j for _c, _g, items in ranked for j in items]
 
 
 _INSTANCES: "weakref.WeakSet[Verifier]" = weakref.WeakSet()
