@@ -19,7 +19,9 @@ Pipeline for one (gold, response) item:
    symbols, relations, sets and anything that does not evaluate stay with math-verify. Identical
    (gold, answer) items of a batch - many rollouts of one prompt give the same answer - are checked once,
    and each worker parses an answer string once. A batch starts at most as many workers as it has items
-   for them.
+   for them. The queue runs costly items first (relations, which math-verify may ``solve``, then by length;
+   :func:`_schedule`) in chunks that shrink to one item near the end, so no worker idles while another
+   finishes a long chunk.
 
 **Deadlines.** Each item has a budget of ``timeout`` seconds inside its worker, enforced with
 ``signal.setitimer`` in the worker's main thread (math-verify's own ``signal.alarm`` timeouts are turned
