@@ -18,8 +18,10 @@ fixed N = 16's agreement (both (a) and (b)) with at most 60 % of its rollouts.
     .venv/bin/python bench/adaptive_scoring.py --pool runs/rollout_pool/score [--cli]
 
 ``--pool``: a ``curate score`` output folder (``rollouts.parquet`` with verdicts) or the rollouts file.
-``--cli`` also runs the first adaptive policy as a whole ``curate score --rollouts ... --adaptive`` process and
-checks that it spends the same rollouts.  Nothing is timed: the numbers are counts, so a shared machine does not
+``--cli`` also runs the default adaptive policy and the best stratified one as whole ``curate score --rollouts
+... --adaptive`` processes and checks that they spend the same rollouts.  The stratified policies (``--prior-by``)
+read the pool's problems table (``--problems``, default ``../problems/problems.parquet`` from the score folder);
+the bench also prints an oracle bound: what the first n samples give when the reference band is known for free.  Nothing is timed: the numbers are counts, so a shared machine does not
 change them.
 """
 
@@ -48,6 +50,16 @@ POLICIES = [
     ("adaptive uniform d=0.2 eps=0.04", {"prior": "uniform", "delta": 0.2, "vps_precision": 0.04}),
     ("adaptive eb d=0.3 eps=0.04 budget 9.6/problem", {"prior": "eb", "delta": 0.3, "vps_precision": 0.04,
                                                        "budget": 9.6}),
+    ("adaptive eb d=0.3 eps=0.04, precision uniform", {"prior": "eb", "delta": 0.3, "vps_precision": 0.04,
+                                                       "precision_prior": "uniform"}),
+    # stratified empirical Bayes (--prior-by; needs the pool's problems table)
+    ("adaptive eb by stratum d=0.2 eps=0.04", {"prior": "eb", "by": True, "delta": 0.2, "vps_precision": 0.04}),
+    (STRATIFIED_CLI := "adaptive eb by stratum d=0.2 eps=0.04, precision uniform",
+     {"prior": "eb", "by": True, "delta": 0.2, "vps_precision": 0.04, "precision_prior": "uniform"}),
+    ("adaptive eb by stratum d=0.3 eps=0.04, precision uniform",
+     {"prior": "eb", "by": True, "delta": 0.3, "vps_precision": 0.04, "precision_prior": "uniform"}),
+    ("adaptive eb by stratum d=0.1 eps=0.03, precision uniform",
+     {"prior": "eb", "by": True, "delta": 0.1, "vps_precision": 0.03, "precision_prior": "uniform"}),
 ]
 
 
@@ -93,6 +105,10 @@ def main() -> None:
     ap.add_argument("--round", type=int, default=4)
     ap.add_argument("--tds", default="edit")
     ap.add_argument("--cli", action="store_true", help="also run the first policy through the curate CLI")
+    ap.add_argument("--problems", type=Path, help="the pool's problems table, for the --prior-by policies (default: "
+                    "problems/problems.parquet next to the pool's score folder)")
+    ap.add_argument("--prior-by", default="meta.family,meta.difficulty",
+                    help="the strata of the stratified policies (make_rollout_pool's problem families and levels)")
     ap.add_argument("--json", type=Path, help="write the results here too")
     args = ap.parse_args()
 
@@ -134,16 +150,34 @@ def main() -> None:
         used, _, _ = replay_adaptive(ref_rows, AdaptivePolicy(n_max=n, round_size=n, prior=uniform))
         results.append({"method": f"fixed N = {n}", **evaluate(used, ref, uniform, n_ref=args.n_ref, metric=args.tds)})
     stops = {}
+    problems = args.problems or pool_file.parent.parent / "problems" / "problems.parquet"
     for label, kw in POLICIES:
-        prior = PriorSpec.parse(kw["prior"])
+        if kw.get("by") and not problems.is_file():
+            print(f"{label}: skipped ({problems}: no problems table; pass --problems)")
+            continue
+        prior = PriorSpec.parse(kw["prior"], **({"by": args.prior_by, "strata_table": str(problems)}
+                                               if kw.get("by") else {}))
         budget = int(kw["budget"] * n_prompts) if kw.get("budget") else None
         pol = AdaptivePolicy(n_max=args.n_ref, round_size=args.round, band=(">0", "<1"), delta=kw["delta"],
-                             vps_precision=kw["vps_precision"], prior=prior, budget=budget)
+                             vps_precision=kw["vps_precision"], prior=prior, budget=budget,
+                             precision_prior=kw.get("precision_prior"))
         used, plans, _ = replay_adaptive(ref_rows, pol)
         results.append({"method": label, **evaluate(used, ref, prior, n_ref=args.n_ref, metric=args.tds)})
         stops[label] = dict(sorted(outcome(plans).group_by("stopped_because").len().rows()))
     results.append({"method": f"reference N = {args.n_ref}",
                     **evaluate(ref_rows, ref, uniform, n_ref=args.n_ref, metric=args.tds)})
+    # an upper bound no policy can beat: an oracle told every problem's reference band for free spends the first
+    # round on the out-of-band ones and the first n samples on each in-band one
+    import pyarrow as pa
+
+    in_ids = ref.filter((pl.col("ref_p") > 0) & (pl.col("ref_p") < 1))["problem_id"].to_list()
+    is_in = pc.is_in(ref_rows.column("problem_id"), value_set=pa.array(in_ids))
+    oracle = []
+    for n_in in (12, 13, 14, 16):
+        keep = pc.or_(pc.and_(is_in, pc.less(ref_rows.column("sample"), n_in)),
+                      pc.and_(pc.invert(is_in), pc.less(ref_rows.column("sample"), args.round)))
+        r = evaluate(ref_rows.filter(keep), ref, uniform, n_ref=args.n_ref, metric=args.tds)
+        oracle.append((n_in, r))
 
     base = next(r for r in results if r["method"] == "fixed N = 16")
     head = ("| method | rollouts | per prompt | % of N=16 | (a) band agreement | missed / false in band | "
@@ -155,6 +189,12 @@ def main() -> None:
         print(f"| {r['method']} | {r['rollouts']} | {r['per_prompt']:.2f} | {100 * r['rollouts'] / base['rollouts']:.0f} % | "
               f"{r['agree']:.3f} | {r['missed_in_band']} / {r['false_in_band']} | {r['spearman_vps']:.3f} | "
               f"{r['spearman_vps_post']:.3f} | {r['mean_width']:.3f} |")
+    print()
+    print(f"oracle bound (told each problem's N = {args.n_ref} band for free; {args.round} samples per out-of-band "
+          "problem, the first n per in-band one):")
+    for n_in, r in oracle:
+        print(f"  n = {n_in}: {r['rollouts']} rollouts ({100 * r['rollouts'] / base['rollouts']:.0f} % of N = 16), "
+              f"(a) {r['agree']:.3f}, (b) Spearman {r['spearman_vps']:.3f}")
     print()
     for label, s in stops.items():
         print(f"{label}: stopped because " + ", ".join(f"{k} {v}" for k, v in s.items()))
@@ -176,20 +216,25 @@ def main() -> None:
               f"Spearman {best_b:.3f} vs {base['spearman_vps']:.3f}; {'matches' if matches else 'does not match'} "
               f"N = 16; {eq} -> target (match N = 16 with <= 60 %) {'met' if ok else 'NOT met'}")
 
-    if args.cli:
-        label, kw = POLICIES[0]
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "curation.cli", "score", "--rollouts", str(pool_file), "--out", tmp,
-                   "--adaptive", "--n-max", str(args.n_ref), "--round", str(args.round), "--prior", kw["prior"],
-                   "--delta", str(kw["delta"]), "--vps-precision", str(kw["vps_precision"])]
-            print("\n$ " + shlex.join(cmd))
-            subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-            st = json.loads((Path(tmp) / "stats.json").read_text())
-            want = next(r for r in results if r["method"] == label)["rollouts"]
-            got = st["adaptive"]["rollouts"]
-            same = "same" if got == want or len(keep) != st["counts"]["problems_scored"] else "DIFFERENT"
-            print(f"curate CLI replay spent {got} rollouts on {st['counts']['problems_scored']} problems "
-                  f"({same} as the library replay above: {want})")
+    if args.cli:  # the defaults, and the best stratified policy, as whole `curate score` processes
+        cli_policies = [POLICIES[0]] + [p for p in POLICIES if p[0] == STRATIFIED_CLI and problems.is_file()]
+        for label, kw in cli_policies:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [sys.executable, "-m", "curation.cli", "score", "--rollouts", str(pool_file), "--out", tmp,
+                       "--adaptive", "--n-max", str(args.n_ref), "--round", str(args.round), "--prior", kw["prior"],
+                       "--delta", str(kw["delta"]), "--vps-precision", str(kw["vps_precision"])]
+                if kw.get("by"):
+                    cmd += ["--data", str(problems), "--prior-by", args.prior_by]
+                if kw.get("precision_prior"):
+                    cmd += ["--precision-prior", kw["precision_prior"]]
+                print("\n$ " + shlex.join(cmd))
+                subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+                st = json.loads((Path(tmp) / "stats.json").read_text())
+                want = next(r for r in results if r["method"] == label)["rollouts"]
+                got = st["adaptive"]["rollouts"]
+                same = "same" if got == want or len(keep) != st["counts"]["problems_scored"] else "DIFFERENT"
+                print(f"curate CLI replay spent {got} rollouts on {st['counts']['problems_scored']} problems "
+                      f"({same} as the library replay above: {want})")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "stops": stops}, indent=2))
 

@@ -363,3 +363,116 @@ def test_budget_in_generation(gen, tmp_path):
                         adaptive=dataclasses.replace(POLICY, delta=0.01, budget=16), **GEN)
     assert res.rollouts.num_rows <= 16 and res.stats["adaptive"]["budget"] == 16
     assert "budget" in res.scores.column("stopped_because").to_pylist()
+
+
+# --- the precision rule under a strong prior, and the stratified prior ---------------------------------------------
+
+
+def test_precision_prior_judges_the_vps_from_the_rollouts_alone():
+    """A strong prior (Beta(40, 40)) makes the posterior sd of p(1-p) small after 4 rollouts, so the default rule
+    stops a 1-of-4 prompt in band; with --precision-prior uniform the sd is that of Beta(1 + c, 1 + N - c), the
+    noise of the c/N the default VPS is computed from, and the prompt continues."""
+    strong = PriorSpec.parse("beta:40,40")
+    st = _state([("low", 4, 1), ("mid", 16, 8)])
+    base = AdaptivePolicy(n_max=32, round_size=4, delta=0.1, vps_precision=0.03, prior=strong)
+    by_post = {r["problem_id"]: r for r in decide(st, base, 1, spent=20).to_dicts()}
+    by_data = {r["problem_id"]: r for r in decide(st, dataclasses.replace(base, precision_prior="uniform"), 1,
+                                                  spent=20).to_dicts()}
+    assert by_post["low"]["vps_sd"] == pytest.approx(0.8 * float(ovs_sd(41, 43)))
+    assert by_data["low"]["vps_sd"] == pytest.approx(0.8 * float(ovs_sd(2, 4)))
+    assert by_data["mid"]["vps_sd"] == pytest.approx(0.8 * float(ovs_sd(9, 9)))
+    jeff = decide(st, dataclasses.replace(base, precision_prior="jeffreys"), 1, spent=20).to_dicts()[0]
+    assert jeff["vps_sd"] == pytest.approx(0.8 * float(ovs_sd(1.5, 3.5)))
+    assert by_post["low"]["decision"] == "in_band" and by_data["low"]["decision"] == "continue"
+    # the band decision is the run's posterior's either way
+    assert by_post["low"]["p_in"] == by_data["low"]["p_in"]
+    with pytest.raises(ValueError, match="precision-prior"):
+        AdaptivePolicy(precision_prior="eb")
+
+
+def _strata_problems(tmp_path: Path, ids_by_stratum: dict[str, list[str]]) -> Path:
+    rows = [{"id": pid, "source": "s", "meta": json.dumps({"family": fam, "level": 1})}
+            for fam, ids in ids_by_stratum.items() for pid in ids]
+    f = tmp_path / "problems.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), f)
+    return f
+
+
+def test_stratified_eb_prior_fits_each_stratum_on_its_own_groups(tmp_path):
+    """--prior eb --prior-by meta.family: every stratum's Beta is the beta-binomial MLE of its own groups (checked
+    against fit_eb_prior on that subset), a stratum below MIN_STRATUM_GROUPS and problems missing from the table
+    take the model-wide fit, and the scores' posterior columns use the stratum's prior."""
+    from curation.score.posterior import MIN_STRATUM_GROUPS, fit_eb_prior, resolve_prior
+
+    rng = np.random.default_rng(0)
+    easy = [f"e{i}" for i in range(30)]
+    hard = [f"h{i}" for i in range(30)]
+    tiny = [f"t{i}" for i in range(MIN_STRATUM_GROUPS - 1)]
+    table = _strata_problems(tmp_path, {"easy": easy, "hard": hard, "tiny": tiny})
+    ids = easy + hard + tiny + ["x0"]  # x0: not in the table
+    n = np.full(len(ids), 8.0)
+    c = np.concatenate([rng.binomial(8, rng.beta(8, 2, 30)), rng.binomial(8, rng.beta(1, 12, 30)),
+                        rng.binomial(8, 0.5, len(tiny)), [3]]).astype(float)
+    prior = PriorSpec.parse("eb", by="meta.family", strata_table=str(table))
+    a0, b0, info = resolve_prior(prior, ids, ["m"] * len(ids), n, c)
+    whole = fit_eb_prior(n, c)
+    for lab, sel in (("easy", slice(0, 30)), ("hard", slice(30, 60))):
+        fit = fit_eb_prior(n[sel], c[sel])
+        assert np.allclose(a0[sel], fit["a0"]) and np.allclose(b0[sel], fit["b0"])
+        assert info["eb"]["m"]["strata"][lab]["groups"] == 30
+    assert a0[:30].mean() / (a0[:30] + b0[:30]).mean() > 0.6 > 0.2 > a0[30] / (a0[30] + b0[30])
+    tail = slice(60, len(ids))
+    assert np.allclose(a0[tail], whole["a0"]) and np.allclose(b0[tail], whole["b0"])
+    assert info["eb"]["m"]["strata"]["tiny"]["status"].startswith("model-wide")
+    assert info["eb"]["m"]["strata"]["(not in the table)"]["groups"] == 1
+    # two fields join; a column works as well as a meta key
+    p2 = PriorSpec.parse("eb", by="source,meta.family", strata_table=str(table))
+    _, _, info2 = resolve_prior(p2, ids, ["m"] * len(ids), n, c)
+    assert set(info2["eb"]["m"]["strata"]) == {"s/easy", "s/hard", "s/tiny", "(not in the table)"}
+    assert p2.label() == "eb by source,meta.family"
+    # clear errors
+    with pytest.raises(ValueError, match="--prior eb"):
+        PriorSpec.parse("uniform", by="source", strata_table=str(table))
+    with pytest.raises(ValueError, match="problems table"):
+        PriorSpec.parse("eb", by="source")
+    with pytest.raises(ValueError, match="nope"):
+        resolve_prior(PriorSpec.parse("eb", by="nope", strata_table=str(table)), ids, ["m"] * len(ids), n, c)
+
+
+def test_cli_replay_with_a_stratified_prior(tmp_path):
+    """`curate score --rollouts POOL --data P --adaptive --prior-by meta.family --precision-prior uniform`:
+    the fit per stratum lands in stats.json, and the policy (with the strata) in the settings; without a problems
+    table the command refuses with a clear message."""
+    pool = _pool(n_prompts=40, n=12, seed=3)
+    f = tmp_path / "rollouts.parquet"
+    pq.write_table(pool, f)
+    ids = sorted(set(pool.column("problem_id").to_pylist()))
+    table = _strata_problems(tmp_path, {"a": ids[:20], "b": ids[20:]})
+    out = tmp_path / "replay"
+    res = runner.invoke(app, ["score", "--rollouts", str(f), "--data", str(table), "--out", str(out),
+                              "--adaptive", "--n-max", "12", "--round", "4", "--prior", "eb", "--prior-by",
+                              "meta.family", "--precision-prior", "uniform"])
+    assert res.exit_code == 0, res.output
+    st = json.loads((out / "stats.json").read_text())
+    assert set(st["posterior"]["eb"]["m"]["strata"]) == {"a", "b"}
+    assert st["settings"]["adaptive"]["precision_prior"] == "uniform"
+    assert st["settings"]["adaptive"]["prior"]["by"] == "meta.family"
+    bad = runner.invoke(app, ["score", "--rollouts", str(f), "--out", str(tmp_path / "bad"), "--adaptive",
+                              "--prior-by", "meta.family"])
+    assert bad.exit_code == 2 and "--data" in bad.output
+
+
+def test_cli_adaptive_replay_with_every_row_excluded_still_finishes(tmp_path):
+    """Rollouts that need re-verifying but have no gold anywhere: every row is excluded with its reason; the
+    command finishes (it used to crash printing the per-prompt summary of zero groups)."""
+    pool = _pool(n_prompts=3, n=4, seed=1)
+    f = tmp_path / "rollouts.parquet"
+    pq.write_table(pool, f)
+    table = _strata_problems(tmp_path, {"a": ["q000", "q001", "q002"]})
+    out = tmp_path / "none"
+    res = runner.invoke(app, ["score", "--rollouts", str(f), "--problems", str(table), "--out", str(out),
+                              "--adaptive", "--n-max", "4", "--round", "2"])
+    assert res.exit_code == 0, res.output
+    ex = pq.read_table(out / "excluded.parquet")
+    assert ex.num_rows == 12 and set(ex.column("reason").to_pylist()) == {"missing_answer"}
+    assert pq.read_table(out / "scores.parquet").num_rows == 0

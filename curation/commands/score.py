@@ -39,7 +39,7 @@ def _summary(result, title: str) -> None:
     if tm.get("overhead_frac_of_generation") is not None:
         console.print(f"time outside generation / generation: {tm['overhead_frac_of_generation']:.2%}")
     ad = s.get("adaptive")
-    if ad:
+    if ad and ad.get("mean_rollouts_per_prompt") is not None:  # (no group scored: nothing to say per prompt)
         console.print(f"adaptive: {ad['rollouts']} rollouts = {ad['mean_rollouts_per_prompt']:.2f} per prompt, "
                       f"{ad['fraction_of_n_max']:.1%} of n_max for every prompt; stopped: "
                       + ", ".join(f"{k} {v}" for k, v in ad["stopped_because"].items()))
@@ -47,7 +47,7 @@ def _summary(result, title: str) -> None:
         if pool:
             console.print(f"replay: used {ad['rollouts']} of the pool's {pool} rollouts ({ad['rollouts'] / pool:.1%})")
     w = (s.get("posterior") or {}).get("interval_width")
-    if w:
+    if w and w.get("mean") is not None:
         console.print(f"posterior ({(s.get('posterior') or {}).get('prior')}): credible interval width mean "
                       f"{w['mean']:.3f}, median {w['median']:.3f}")
     console.print(f"wrote [bold]{result.out_dir}[/] (rollouts.parquet, scores.parquet, excluded.parquet, "
@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         prior_scores: Annotated[Optional[Path], typer.Option("--prior-scores", help="Another model's scores.parquet: its pass rate counts as --prior-strength pseudo-rollouts per prompt.")] = None,
         prior_strength: Annotated[float, typer.Option("--prior-strength", help="K: pseudo-rollouts the --prior-scores pass rate is worth (0 = the base prior).")] = 0.0,
         prior_model: Annotated[Optional[str], typer.Option("--prior-model", help="Which model of --prior-scores (when it holds several).")] = None,
+        prior_by: Annotated[Optional[str], typer.Option("--prior-by", help="With --prior eb: one prior per stratum, fitted to its own groups; FIELDS of the problems table (--data, or --problems with --rollouts), e.g. source or meta.family,meta.level.")] = None,
         credible: Annotated[float, typer.Option("--credible", help="Level of the equal-tailed credible interval post_lo..post_hi.")] = 0.9,
         vps_from: Annotated[str, typer.Option("--vps-from", help="pass_rate (MMR1: alpha*p(1-p)+beta*TDS) | posterior (alpha*E[p(1-p)]+beta*TDS).")] = "pass_rate",
         adaptive: Annotated[bool, typer.Option("--adaptive", help="Rollouts in rounds; a prompt stops once its posterior decides the band (and its VPS precision).")] = False,
@@ -96,6 +97,7 @@ def register(app: typer.Typer) -> None:
         band: Annotated[tuple[str, str], typer.Option("--band", help="Adaptive: the pass-rate band to decide, MIN MAX (e.g. '>0' '<1'; 'none' for no bound).")] = (">0", "<1"),
         delta: Annotated[float, typer.Option("--delta", help="Adaptive: decided when in / out of band with probability >= 1 - delta.")] = 0.1,
         vps_precision: Annotated[float, typer.Option("--vps-precision", help="Adaptive: an in-band prompt stops when the posterior sd of its VPS is at most this.")] = 0.03,
+        precision_prior: Annotated[Optional[str], typer.Option("--precision-prior", help="Adaptive: judge the VPS precision from the rollouts alone, Beta(a0+c, b0+N-c) with this prior (uniform | jeffreys), not under the run's prior.")] = None,
         rules: Annotated[Optional[str], typer.Option("--rules", help="Extraction rules in order, comma-separated (default: boxed,answer_tag,gsm8k,answer_is,a_line,choice,bare; also last_math, last_number).")] = None,
         lenient: Annotated[bool, typer.Option("--lenient", help="Add the lenient last_math rule: a rollout with no final-answer marker is graded on the last math expression / number of its final sentence.")] = False,
         budget: Annotated[Optional[int], typer.Option("--budget", help="Adaptive: total rollouts of the job (per shard); the last ones go to the least-decided prompts.")] = None,
@@ -112,14 +114,23 @@ def register(app: typer.Typer) -> None:
         from curation.score.posterior import PriorSpec
 
         try:
+            strata_table = None
+            if prior_by is not None:
+                table = data or problems
+                if table is None:
+                    fail("--prior-by reads its fields from the problems table: give --data PROBLEMS "
+                         "(with --rollouts: --data or --problems)")
+                strata_table = str(table)
             prior_spec = PriorSpec.parse(prior or ("eb" if adaptive else "uniform"),
                                          scores=str(prior_scores) if prior_scores else None,
-                                         strength=prior_strength, model=prior_model)
+                                         strength=prior_strength, model=prior_model, by=prior_by,
+                                         strata_table=strata_table)
             policy = None
             if adaptive:
                 bounds = tuple(None if b.strip().lower() in ("", "none") else b for b in band)
                 policy = AdaptivePolicy(n_max=n_max, round_size=round_size, band=bounds, delta=delta,
-                                        vps_precision=vps_precision, budget=budget, prior=prior_spec)
+                                        vps_precision=vps_precision, budget=budget, prior=prior_spec,
+                                        precision_prior=precision_prior)
             post_kw = {"prior": prior_spec, "credible": credible, "vps_from": vps_from, "adaptive": policy,
                        "rules": rules, "lenient": lenient}
             from curation.verify import resolve_rules
@@ -130,8 +141,9 @@ def register(app: typer.Typer) -> None:
         try:
             with progress_factory() as new_task:
                 if rollouts is not None:
-                    if model is not None or data is not None:
-                        fail("--rollouts scores pre-generated rollouts: do not pass --model/--data with it")
+                    if model is not None or (data is not None and prior_by is None):
+                        fail("--rollouts scores pre-generated rollouts: do not pass --model/--data with it "
+                             "(--data only as the table of --prior-by)")
                     if not rollouts.exists():
                         fail(f"{rollouts}: no such file")
                     result = score_pregenerated(rollouts, out, problems=problems, model_name=model_name, tds=tds,

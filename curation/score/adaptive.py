@@ -21,7 +21,11 @@ already observed has ``P_in = 1`` for that band.  After each round, for every ac
 - ``in_band`` when ``P_in >= 1 - delta``, ``c / N`` is in the band, **and** its VPS is known to the set precision:
   ``sd_VPS = alpha * sd[p (1 - p)] <= vps_precision`` (``4 alpha sd[...]`` with ``normalize_ovs``), the
   posterior standard deviation of the outcome-variance term (:func:`curation.score.posterior.ovs_sd`).  The
-  TDS term's sampling error is not part of the rule (TDS has no posterior here);
+  TDS term's sampling error is not part of the rule (TDS has no posterior here).  ``precision_prior``
+  (``--precision-prior uniform|jeffreys``) takes that sd under ``Beta(a0 + c, b0 + N - c)`` with that fixed
+  prior instead of the run's prior: the default VPS (MMR1's, from ``c / N``) is as noisy as the rollouts
+  make it whatever the prior believes, and a strong prior (``--prior-by``: a stratum's fit weighs up to the
+  median N) would stop a prompt whose ``c / N`` is still far from settled;
 - ``n_max`` when it has ``n_max`` rollouts; ``pool_exhausted`` (replay) when its pre-generated rollouts ran
   out; ``generation_error`` when a round failed for it (it keeps the rollouts of its earlier rounds);
 - otherwise it continues.  The first round is never skipped (a prior alone decides nothing).  Requiring
@@ -88,7 +92,8 @@ class AdaptivePolicy:
     prompt per round; ``band``: (min, max) bounds as ``curate rl-set`` takes them (``">0"``, ``"<=0.9"``,
     ``None``); ``alpha``/``beta``/``normalize_ovs``: the VPS weights (for ``sd_VPS``); ``prior``: empirical
     Bayes by default - the uniform prior believes every pass rate in [0, 1] equally likely, so on a data set
-    with many unsolvable prompts it reads 0 of 2 as "probably solvable" and is badly calibrated for stopping."""
+    with many unsolvable prompts it reads 0 of 2 as "probably solvable" and is badly calibrated for stopping;
+    ``precision_prior``: ``None`` (the VPS precision under the run's posterior) | ``uniform`` | ``jeffreys``."""
 
     n_max: int = 32
     round_size: int = 4
@@ -100,6 +105,7 @@ class AdaptivePolicy:
     beta: float = 0.2
     normalize_ovs: bool = False
     prior: PriorSpec = field(default_factory=lambda: PriorSpec.parse("eb"))
+    precision_prior: str | None = None
 
     def __post_init__(self) -> None:
         if self.round_size < 1:
@@ -110,6 +116,8 @@ class AdaptivePolicy:
             raise ValueError(f"--delta must lie in (0, 0.5), got {self.delta}")
         if not self.vps_precision > 0:
             raise ValueError(f"--vps-precision must be > 0, got {self.vps_precision}")
+        if self.precision_prior not in (None, "uniform", "jeffreys"):
+            raise ValueError(f"--precision-prior must be uniform or jeffreys, got {self.precision_prior!r}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"--budget must be >= 1 rollout, got {self.budget}")
         lo, hi = self.bounds()
@@ -184,7 +192,11 @@ def decide(state, policy: AdaptivePolicy, round_index: int, spent: int, *, info:
     lo, hi = policy.bounds()
     p_in = predictive_in_band(c, n, a, b, policy.n_max, lo, hi)
     p_out = 1.0 - p_in
-    sd = policy.vps_scale() * ovs_sd(a, b)
+    if policy.precision_prior is None:
+        sd = policy.vps_scale() * ovs_sd(a, b)
+    else:  # the rollouts' own precision (AdaptivePolicy / module docstring)
+        p0 = 1.0 if policy.precision_prior == "uniform" else 0.5
+        sd = policy.vps_scale() * ovs_sd(p0 + c, p0 + n - c)
     delta, eps = policy.delta, policy.vps_precision
     # the current pass rate must agree with the decision, so a stopped prompt's c / N is on the decided side
     p_hat = np.where(n > 0, c / np.maximum(n, 1), np.nan)

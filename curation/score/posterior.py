@@ -58,10 +58,19 @@ and the scores table (:func:`curation.score.scores.score_rollouts`) carries, nex
   i.e. the other model's pass rate counts as ``K`` pseudo-rollouts on top of the base prior (``K = 0`` is
   the base prior; the base keeps the prior proper when ``m_i`` is 0 or 1).  Prompts the other model did
   not score get the base prior.  Choose ``K`` below the other model's N, lower the more the models differ.
+- a **stratified empirical-Bayes** prior (``--prior eb --prior-by FIELDS``): one ``Beta(a0, b0)`` per (model,
+  stratum), each fitted as above to its stratum's groups, where the stratum of a problem is the value of
+  ``FIELDS`` in the problems table (comma-separated; a column such as ``source``, or ``meta.KEY`` for a key of
+  the JSON ``meta`` column).  A data set that mixes sources of very different difficulty (MMR1's mixes
+  olympiad problems with chart QA) has one pass-rate distribution per source, and a single prior fitted to the
+  mixture is wrong for every source: 0 of 4 reads the same on a source the model never solves and on one it
+  usually does.  A stratum with fewer than :data:`MIN_STRATUM_GROUPS` groups, or whose fit falls back, takes
+  the model-wide fit (said in the fit info), and problems without a stratum (not in the table) too.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -86,6 +95,7 @@ __all__ = [
 
 PRIOR_KINDS = ("uniform", "jeffreys", "eb", "beta:A,B")
 EB_MIN_PARAM = 0.05
+MIN_STRATUM_GROUPS = 5  # a stratum's own empirical-Bayes fit needs at least this many groups
 DEFAULT_CREDIBLE = 0.9
 
 
@@ -95,7 +105,8 @@ class PriorSpec:
 
     ``kind``: ``uniform`` | ``jeffreys`` | ``eb`` | ``beta`` (then ``a``, ``b``); ``scores`` / ``strength``
     / ``model``: the per-prompt prior from another model's scores table; ``eb_max_strength``: the shrinkage
-    guard ``s_max`` of the empirical-Bayes fit (``None``: the median N)."""
+    guard ``s_max`` of the empirical-Bayes fit (``None``: the median N); ``by`` / ``strata_table``: the
+    stratified empirical-Bayes prior (fields of the problems table at ``strata_table``, joined on ``id``)."""
 
     kind: str = "uniform"
     a: float = 1.0
@@ -104,6 +115,8 @@ class PriorSpec:
     strength: float = 0.0
     model: str | None = None
     eb_max_strength: float | None = None
+    by: str | None = None
+    strata_table: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("uniform", "jeffreys", "eb", "beta"):
@@ -116,6 +129,13 @@ class PriorSpec:
             raise ValueError("--prior-strength needs --prior-scores (the other model's scores.parquet)")
         if self.eb_max_strength is not None and not self.eb_max_strength > 0:
             raise ValueError(f"the empirical-Bayes strength cap must be > 0, got {self.eb_max_strength}")
+        if self.by is not None:
+            if self.kind != "eb":
+                raise ValueError(f"--prior-by stratifies the empirical-Bayes prior: use it with --prior eb, not {self.kind}")
+            if not strata_fields(self.by):
+                raise ValueError(f"--prior-by {self.by!r}: no field names")
+            if self.strata_table is None:
+                raise ValueError("--prior-by needs the problems table that holds those fields")
 
     @classmethod
     def parse(cls, spec: str | None = None, **kw: Any) -> PriorSpec:
@@ -137,6 +157,8 @@ class PriorSpec:
 
     def label(self) -> str:
         base = {"uniform": "uniform", "jeffreys": "jeffreys", "eb": "eb"}.get(self.kind, f"beta:{self.a:g},{self.b:g}")
+        if self.by is not None:
+            base = f"{base} by {self.by}"
         return base if self.scores is None else f"{base} + {self.strength:g} x {Path(self.scores).name}"
 
     def to_dict(self) -> dict:
@@ -330,6 +352,72 @@ def _other_scores(prior: PriorSpec) -> dict[str, float]:
     return dict(zip(df.get_column("problem_id").to_list(), m))
 
 
+def strata_fields(by: str) -> list[str]:
+    """``"source, meta.level"`` -> ``["source", "meta.level"]``."""
+    return [f.strip() for f in by.split(",") if f.strip()]
+
+
+def _strata(prior: PriorSpec) -> dict[str, str]:
+    """``problem id -> stratum label`` from ``prior.strata_table`` (fields ``prior.by``; ``meta.KEY`` reads the
+    JSON ``meta`` column; several fields join with ``/``; a missing value reads ``(none)``)."""
+    path = Path(prior.strata_table)  # type: ignore[arg-type]
+    if path.is_dir():
+        path = path / "problems.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"--prior-by: {path}: no such problems table")
+    return dict(_strata_of(str(path.resolve()), prior.by or "", path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _strata_of(path_s: str, by: str, _mtime_ns: int) -> tuple[tuple[str, str], ...]:
+    """The labels of :func:`_strata` (cached per file version: adaptive scoring resolves the prior every round)."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    path = Path(path_s)
+    fields = strata_fields(by)
+    have = pq.read_schema(path).names
+    want = ["id"] + sorted({"meta" if f.startswith("meta.") else f for f in fields} & set(have))
+    df = pl.read_parquet(path, columns=[x for x in want if x in have])  # not the images
+    if "id" not in df.columns:
+        raise ValueError(f"--prior-by: {path} has no id column (not a problems table; has {df.columns})")
+    exprs = []
+    for f in fields:
+        if f.startswith("meta."):
+            if "meta" not in df.columns:
+                raise ValueError(f"--prior-by {f}: {path} has no meta column")
+            key = f[len("meta."):]
+            exprs.append(pl.col("meta").cast(pl.String).str.json_path_match(f"$.{key}").alias(f))
+        elif f in df.columns:
+            exprs.append(pl.col(f).cast(pl.String).alias(f))
+        else:
+            raise ValueError(f"--prior-by {f}: no such column in {path} (has {df.columns}; meta.KEY for a meta key)")
+    lab = df.select(pl.col("id").cast(pl.String), pl.concat_str([e.fill_null("(none)") for e in exprs],
+                                                              separator="/").alias("stratum"))
+    return tuple(zip(lab.get_column("id").to_list(), lab.get_column("stratum").to_list()))
+
+
+def _fit_eb_stratified(prior: PriorSpec, problem_ids: Sequence[str], n: np.ndarray, c: np.ndarray,
+                       a0: np.ndarray, b0: np.ndarray, sel: np.ndarray, model_fit: dict) -> dict:
+    """Per-stratum fits for the groups ``sel`` of one model (module docstring); writes ``a0``/``b0``."""
+    strata = _strata(prior)
+    labels = np.asarray([strata.get(pid) for pid in problem_ids], dtype=object)
+    out = {}
+    for lab in sorted({x for x in labels[sel].tolist() if x is not None}):
+        g = sel & (labels == lab)
+        fit = fit_eb_prior(n[g], c[g], max_strength=prior.eb_max_strength) if g.sum() >= MIN_STRATUM_GROUPS else None
+        if fit is None or fit["status"].startswith("fallback"):
+            out[lab] = {"groups": int(g.sum()), "status": "model-wide fit (too few groups)" if fit is None
+                        else f"model-wide fit ({fit['status']})"}
+            continue
+        a0[g], b0[g] = fit["a0"], fit["b0"]
+        out[lab] = {k: fit[k] for k in ("a0", "b0", "mean", "strength", "groups", "status")}
+    missing = int((sel & np.asarray([x is None for x in labels])).sum())
+    if missing:
+        out["(not in the table)"] = {"groups": missing, "status": "model-wide fit"}
+    return out
+
+
 def resolve_prior(prior: PriorSpec, problem_ids: Sequence[str], models: Sequence[str], n: Any, c: Any
                   ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Per-group prior parameters ``(a0, b0, info)`` for groups ``(problem_ids[i], models[i])`` with ``c``
@@ -347,6 +435,8 @@ def resolve_prior(prior: PriorSpec, problem_ids: Sequence[str], models: Sequence
             fit = fit_eb_prior(n[sel], c[sel], max_strength=prior.eb_max_strength)
             a0[sel], b0[sel] = fit["a0"], fit["b0"]
             fits[m] = fit
+            if prior.by is not None:
+                fits[m] = dict(fit, strata=_fit_eb_stratified(prior, problem_ids, n, c, a0, b0, sel, fit))
         info["eb"] = fits
     if prior.scores is not None:
         other = _other_scores(prior)
