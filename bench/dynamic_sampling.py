@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget", type=int, default=0, help="refill budget in rollouts (0: 2 x generation batch)")
     ap.add_argument("--max-rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reprint", action="store_true", help="print the table of --out's earlier run again (no training)")
     a = ap.parse_args(argv)
 
     import pyarrow as pa
@@ -198,10 +199,13 @@ def main(argv: list[str] | None = None) -> dict:
         pool_p = {r["problem_id"]: r["pass_rate"] for r in pq.read_table(scores).to_pylist() if r["problem_id"] in want}
     report = {"model": model, "settings": {k: v for k, v in vars(a).items()}, "scores": str(scores) if scores else None,
               "arms": []}
-    for arm in a.arms.split(","):
-        print(f"[{time.strftime('%H:%M:%S')}] {arm} ...", flush=True)
-        report["arms"].append(run_arm(arm, model, rows, data, scores, out / arm.replace("+", "_"), a, pool_p))
-        (out / "dynamic_sampling.json").write_text(json.dumps(report, indent=2, default=float))
+    if a.reprint:  # the table of an earlier run of the same settings, without training again
+        report = json.loads((out / "dynamic_sampling.json").read_text())
+    else:
+        for arm in a.arms.split(","):
+            print(f"[{time.strftime('%H:%M:%S')}] {arm} ...", flush=True)
+            report["arms"].append(run_arm(arm, model, rows, data, scores, out / arm.replace("+", "_"), a, pool_p))
+            (out / "dynamic_sampling.json").write_text(json.dumps(report, indent=2, default=float))
     base = next((r for r in report["arms"] if r["arm"] == "uniform"), report["arms"][0])
     print(f"\nSmolLM2-135M GRPO on CPU: {len(rows)} pool problems, {a.steps} optimizer steps x {a.prompts_per_step} "
           f"prompts x G={a.G}, max {a.max_completion_length} tokens, seed {a.seed}; initial posterior "
@@ -219,6 +223,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['reward_last']:11.3f} {r['reward_mean']:5.3f} {r['skipped']:4d} {r['dropped']:4d} "
               f"{r['refilled']:6d}")
         r["eff_ratio_vs_uniform"], r["time_ratio_vs_uniform"] = ratio, tratio
+    if pool_p:
+        # what uniform sampling yields in expectation over the whole problem set (no sampling noise from which
+        # prompts the uniform arm happened to draw): 1000 / G * mean_i (1 - p_i^G - (1 - p_i)^G)
+        ps = [pool_p[r["problem_id"]] for r in rows if r["problem_id"] in pool_p]
+        u = 1000 / a.G * sum(1 - p ** a.G - (1 - p) ** a.G for p in ps) / len(ps)
+        report["uniform_expected_eff_per_1k"] = u
+        print(f"uniform in expectation over the {len(ps)} problems (pool pass rates): {u:.1f} effective groups per 1k "
+              "rollouts; pool-exp / that: " + ", ".join(f"{r['arm']} {r['expected_eff_per_1k'] / u:.2f}"
+                                                        for r in report["arms"]))
     cal = [r for r in report["arms"] if r["calib_pred"] == r["calib_pred"]]
     if cal:
         print("posterior calibration (predicted vs observed zero-variance fraction of generated groups): " +
