@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
         report["uniform_expected_eff_per_1k"] = u
         print(f"uniform in expectation over the {len(ps)} problems (pool pass rates): {u:.1f} effective groups per 1k "
               "rollouts; pool-exp / that: " + ", ".join(f"{r['arm']} {r['expected_eff_per_1k'] / u:.2f}"
-                                                        for r in report["arms"]))
+                                                        for r in report["arms"])
+              + "; measured eff/1k / that: " + ", ".join(f"{r['arm']} {r['eff_per_1k'] / u:.2f}"
+                                                         for r in report["arms"]))
     cal = [r for r in report["arms"] if r["calib_pred"] == r["calib_pred"]]
     if cal:
         print("posterior calibration (predicted vs observed zero-variance fraction of generated groups): " +
