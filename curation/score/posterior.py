@@ -398,7 +398,7 @@ def _strata_of(path_s: str, by: str, _mtime_ns: int) -> tuple[tuple[str, str], .
 
 
 def _fit_eb_stratified(prior: PriorSpec, problem_ids: Sequence[str], n: np.ndarray, c: np.ndarray,
-                       a0: np.ndarray, b0: np.ndarray, sel: np.ndarray, model_fit: dict) -> dict:
+                       a0: np.ndarray, b0: np.ndarray, sel: np.ndarray) -> dict:
     """Per-stratum fits for the groups ``sel`` of one model (module docstring); writes ``a0``/``b0``."""
     strata = _strata(prior)
     labels = np.asarray([strata.get(pid) for pid in problem_ids], dtype=object)
@@ -436,7 +436,7 @@ def resolve_prior(prior: PriorSpec, problem_ids: Sequence[str], models: Sequence
             a0[sel], b0[sel] = fit["a0"], fit["b0"]
             fits[m] = fit
             if prior.by is not None:
-                fits[m] = dict(fit, strata=_fit_eb_stratified(prior, problem_ids, n, c, a0, b0, sel, fit))
+                fits[m] = dict(fit, strata=_fit_eb_stratified(prior, problem_ids, n, c, a0, b0, sel))
         info["eb"] = fits
     if prior.scores is not None:
         other = _other_scores(prior)
