@@ -376,9 +376,9 @@ def _strata_of(path_s: str, by: str, _mtime_ns: int) -> tuple[tuple[str, str], .
 
     path = Path(path_s)
     fields = strata_fields(by)
-    have = pq.read_schema(path).names
-    want = ["id"] + sorted({"meta" if f.startswith("meta.") else f for f in fields} & set(have))
-    df = pl.read_parquet(path, columns=[x for x in want if x in have])  # not the images
+    have = set(pq.read_schema(path).names)
+    need = {"id"} | {"meta" if f.startswith("meta.") else f for f in fields}
+    df = pl.read_parquet(path, columns=sorted(need & have))  # not the images
     if "id" not in df.columns:
         raise ValueError(f"--prior-by: {path} has no id column (not a problems table; has {df.columns})")
     exprs = []
@@ -397,11 +397,10 @@ def _strata_of(path_s: str, by: str, _mtime_ns: int) -> tuple[tuple[str, str], .
     return tuple(zip(lab.get_column("id").to_list(), lab.get_column("stratum").to_list()))
 
 
-def _fit_eb_stratified(prior: PriorSpec, problem_ids: Sequence[str], n: np.ndarray, c: np.ndarray,
+def _fit_eb_stratified(prior: PriorSpec, labels: np.ndarray, n: np.ndarray, c: np.ndarray,
                        a0: np.ndarray, b0: np.ndarray, sel: np.ndarray) -> dict:
-    """Per-stratum fits for the groups ``sel`` of one model (module docstring); writes ``a0``/``b0``."""
-    strata = _strata(prior)
-    labels = np.asarray([strata.get(pid) for pid in problem_ids], dtype=object)
+    """Per-stratum fits for the groups ``sel`` of one model (module docstring; ``labels``: every group's
+    stratum, ``None`` when its problem is not in the table); writes ``a0``/``b0``."""
     out = {}
     for lab in sorted({x for x in labels[sel].tolist() if x is not None}):
         g = sel & (labels == lab)
@@ -429,14 +428,18 @@ def resolve_prior(prior: PriorSpec, problem_ids: Sequence[str], models: Sequence
     info: dict[str, Any] = {"prior": prior.label()}
     if prior.kind == "eb":
         models_arr = np.asarray(list(models), dtype=object)
+        labels = None
+        if prior.by is not None:  # every group's stratum, once for all models
+            strata = _strata(prior)
+            labels = np.asarray([strata.get(pid) for pid in problem_ids], dtype=object)
         fits = {}
         for m in sorted(set(models_arr.tolist())):
             sel = models_arr == m
             fit = fit_eb_prior(n[sel], c[sel], max_strength=prior.eb_max_strength)
             a0[sel], b0[sel] = fit["a0"], fit["b0"]
             fits[m] = fit
-            if prior.by is not None:
-                fits[m] = dict(fit, strata=_fit_eb_stratified(prior, problem_ids, n, c, a0, b0, sel))
+            if labels is not None:
+                fits[m] = dict(fit, strata=_fit_eb_stratified(prior, labels, n, c, a0, b0, sel))
         info["eb"] = fits
     if prior.scores is not None:
         other = _other_scores(prior)
