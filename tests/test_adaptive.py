@@ -390,6 +390,23 @@ def test_precision_prior_judges_the_vps_from_the_rollouts_alone():
         AdaptivePolicy(precision_prior="eb")
 
 
+def test_vps_precision_one_stops_every_prompt_once_its_band_is_decided():
+    """sd[p(1-p)] <= 1/8 under any Beta (a variable in [0, 1/4]), so --vps-precision 1 switches the precision
+    rule off even with the normalised OVS (4 alpha sd <= alpha / 2): band decided -> stop."""
+    a, b = np.meshgrid(np.geomspace(0.01, 200, 60), np.geomspace(0.01, 200, 60))
+    assert float(ovs_sd(a, b).max()) <= 0.125
+    st = _state([("low", 8, 1), ("mid", 8, 4), ("zero", 8, 0), ("ones", 8, 8)])
+    prior = PriorSpec.parse("beta:0.05,2")
+    strict = AdaptivePolicy(n_max=32, round_size=4, delta=0.1, vps_precision=0.03, prior=prior, normalize_ovs=True)
+    loose = dataclasses.replace(strict, vps_precision=1.0)
+    d_strict = {r["problem_id"]: r["decision"] for r in decide(st, strict, 1, spent=32).to_dicts()}
+    d_loose = {r["problem_id"]: r["decision"] for r in decide(st, loose, 1, spent=32).to_dicts()}
+    assert d_strict["low"] == d_strict["mid"] == "continue"  # both outcomes seen, VPS not yet precise
+    assert d_loose["low"] == d_loose["mid"] == "in_band"
+    # the band rules themselves are unchanged: out of band stays out, an undecided band continues
+    assert d_loose["zero"] == d_strict["zero"] == "out_of_band" and d_loose["ones"] == d_strict["ones"] == "continue"
+
+
 def _strata_problems(tmp_path: Path, ids_by_stratum: dict[str, list[str]]) -> Path:
     rows = [{"id": pid, "source": "s", "meta": json.dumps({"family": fam, "level": 1})}
             for fam, ids in ids_by_stratum.items() for pid in ids]

@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         round_size: Annotated[int, typer.Option("--round", help="Adaptive: rollouts per prompt per round.")] = 4,
         band: Annotated[tuple[str, str], typer.Option("--band", help="Adaptive: the pass-rate band to decide, MIN MAX (e.g. '>0' '<1'; 'none' for no bound).")] = (">0", "<1"),
         delta: Annotated[float, typer.Option("--delta", help="Adaptive: decided when in / out of band with probability >= 1 - delta.")] = 0.1,
-        vps_precision: Annotated[float, typer.Option("--vps-precision", help="Adaptive: an in-band prompt stops when the posterior sd of its VPS is at most this.")] = 0.03,
+        vps_precision: Annotated[float, typer.Option("--vps-precision", help="Adaptive: an in-band prompt stops when the posterior sd of its VPS is at most this (1: no precision rule, stop once the band is decided).")] = 0.03,
         precision_prior: Annotated[Optional[str], typer.Option("--precision-prior", help="Adaptive: judge the VPS precision from the rollouts alone, Beta(a0+c, b0+N-c) with this prior (uniform | jeffreys), not under the run's prior.")] = None,
         rules: Annotated[Optional[str], typer.Option("--rules", help="Extraction rules in order, comma-separated (default: boxed,answer_tag,gsm8k,answer_is,a_line,choice,bare; also last_math, last_number).")] = None,
         lenient: Annotated[bool, typer.Option("--lenient", help="Add the lenient last_math rule: a rollout with no final-answer marker is graded on the last math expression / number of its final sentence.")] = False,

@@ -21,7 +21,9 @@ already observed has ``P_in = 1`` for that band.  After each round, for every ac
 - ``in_band`` when ``P_in >= 1 - delta``, ``c / N`` is in the band, **and** its VPS is known to the set precision:
   ``sd_VPS = alpha * sd[p (1 - p)] <= vps_precision`` (``4 alpha sd[...]`` with ``normalize_ovs``), the
   posterior standard deviation of the outcome-variance term (:func:`curation.score.posterior.ovs_sd`).  The
-  TDS term's sampling error is not part of the rule (TDS has no posterior here).  ``precision_prior``
+  TDS term's sampling error is not part of the rule (TDS has no posterior here).  ``sd[p (1 - p)] <= 1/8``
+  for any Beta, so ``vps_precision >= alpha / 2`` (``1`` with the default ``alpha``) switches the precision rule off: a prompt then
+  stops as soon as its band is decided (what a ``curate rl-set`` band filter needs).  ``precision_prior``
   (``--precision-prior uniform|jeffreys``) takes that sd under ``Beta(a0 + c, b0 + N - c)`` with that fixed
   prior instead of the run's prior: the default VPS (MMR1's, from ``c / N``) is as noisy as the rollouts
   make it whatever the prior believes, and a strong prior (``--prior-by``: a stratum's fit weighs up to the
