@@ -25,6 +25,11 @@ sampling noise), **wall time per effective group** (TRL's ``train_runtime`` / ef
 reward** of the last optimizer step and over the run (training reward: it depends on which prompts an arm
 draws, so it is not a held-out score).  Ratios are against the uniform arm of the same run.
 
+``--posterior-prior eb`` fits the online posterior's base prior to the pool's counts (``vas.posterior_prior``,
+:mod:`training.vps`); the last line then compares both base priors' predicted zero-variance fraction with what
+the pool itself shows (first 16 samples as the scores, the next G as a fresh group).  ``--uniform-from OUT``
+reuses the uniform arm of an earlier run with the same seed and problem settings (it reads no VAS setting).
+
 Only the top transformer block trains (``bench/vas_effect.py``'s ``top_block_only``: the 135M backward pass is what
 makes CPU steps slow), learning rate 1e-6: the policy barely moves, so the comparison isolates the sampling.
 
@@ -78,6 +83,7 @@ def arm_section(arm: str, out: Path, data: Path, scores: Path | None, a: argpars
         return sec
     sec["vas"] = {"enabled": True, "lambda": a.lam, "refresh": "online", "vps_from": "posterior",
                   "posterior_decay": a.decay, "normalize_ovs": a.normalize_ovs,
+                  "posterior_prior": a.posterior_prior,
                   **({"scores": str(scores)} if scores else {})}
     sec["dynamic"] = {"skip": {"enabled": "skip" in arm, "q": a.q, "floor": a.floor},
                       "refill": {"enabled": "refill" in arm, "max_rounds": a.max_rounds,
@@ -166,12 +172,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--decay", type=float, default=0.95, help="vas.posterior_decay")
     ap.add_argument("--normalize-ovs", action="store_true",
                     help="vas.normalize_ovs: VPS = alpha * 4 E[p(1-p)] + beta * TDS (a deviation from MMR1)")
+    ap.add_argument("--posterior-prior", choices=("fixed", "eb"), default="fixed",
+                    help="vas.posterior_prior: the online posterior's base prior (eb: fitted to --scores' counts)")
     ap.add_argument("--q", type=float, default=0.8)
     ap.add_argument("--floor", type=float, default=0.1)
     ap.add_argument("--budget", type=int, default=0, help="refill budget in rollouts (0: 2 x generation batch)")
     ap.add_argument("--max-rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reprint", action="store_true", help="print the table of --out's earlier run again (no training)")
+    ap.add_argument("--uniform-from", type=Path,
+                    help="take the uniform arm from this earlier --out (same seed, problems, steps, G, length: "
+                         "checked) instead of training it again; the uniform arm does not read the VAS settings")
     a = ap.parse_args(argv)
 
     import pyarrow as pa
@@ -197,11 +208,15 @@ def main(argv: list[str] | None = None) -> dict:
     if scores:
         want = {r["problem_id"] for r in rows}
         pool_p = {r["problem_id"]: r["pass_rate"] for r in pq.read_table(scores).to_pylist() if r["problem_id"] in want}
-    report = {"model": model, "settings": {k: v for k, v in vars(a).items()}, "scores": str(scores) if scores else None,
+    report = {"model": model, "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}, "scores": str(scores) if scores else None,
               "arms": []}
     if a.reprint:  # the table of an earlier run of the same settings, without training again
         report = json.loads((out / "dynamic_sampling.json").read_text())
     else:
+        if a.uniform_from:
+            if "uniform" in a.arms.split(","):
+                raise SystemExit("--uniform-from: leave 'uniform' out of --arms")
+            report["arms"].append(uniform_arm_from(a.uniform_from, a))
         for arm in a.arms.split(","):
             print(f"[{time.strftime('%H:%M:%S')}] {arm} ...", flush=True)
             report["arms"].append(run_arm(arm, model, rows, data, scores, out / arm.replace("+", "_"), a, pool_p))
@@ -209,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = next((r for r in report["arms"] if r["arm"] == "uniform"), report["arms"][0])
     print(f"\nSmolLM2-135M GRPO on CPU: {len(rows)} pool problems, {a.steps} optimizer steps x {a.prompts_per_step} "
           f"prompts x G={a.G}, max {a.max_completion_length} tokens, seed {a.seed}; initial posterior "
-          f"{'from ' + str(scores) if scores else 'the uniform prior (no pool scores)'}; VPS = 0.8 * "
+          f"{'from ' + str(scores) if scores else 'the uniform prior (no pool scores)'}, base prior "
+          f"{a.posterior_prior}; skip q = {a.q}, floor {a.floor}, lambda {a.lam}; VPS = 0.8 * "
           f"{'4 E[p(1-p)] (normalised OVS)' if a.normalize_ovs else 'E[p(1-p)]'} + 0.2 * TDS")
     hdr = (f"{'arm':17s} {'groups':>6s} {'rollouts':>8s} {'eff':>5s} {'eff/1k':>7s} {'x unif':>6s} {'pool-exp/1k':>11s} "
            f"{'s/eff':>7s} {'x unif':>6s} {'reward last':>11s} {'mean':>5s} {'skip':>4s} {'drop':>4s} {'refill':>6s}")
@@ -238,8 +254,51 @@ def main(argv: list[str] | None = None) -> dict:
     if cal:
         print("posterior calibration (predicted vs observed zero-variance fraction of generated groups): " +
               ", ".join(f"{r['arm']} {r['calib_pred']:.2f} vs {r['calib_obs']:.2f}" for r in cal))
+    if scores and (scores.parent / "rollouts.parquet").is_file():
+        report["pool_calibration"] = pool_calibration(scores.parent / "rollouts.parquet", a.G)
+        print("base prior on the pool (all its problems; the first 16 samples as the scores, the next "
+              f"{a.G} as a fresh group): predicted zero-variance fraction " + ", ".join(
+                  f"{k} {v:.3f}" for k, v in report["pool_calibration"].items()))
     (out / "dynamic_sampling.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def uniform_arm_from(folder: Path, a: argparse.Namespace) -> dict:
+    """The uniform arm of an earlier run with the same seed, problems, steps, prompts per step, G and completion
+    length (its training reads nothing else of ours: VAS and dynamic sampling are off)."""
+    old = json.loads((folder / "dynamic_sampling.json").read_text())
+    same = ("seed", "problems", "steps", "prompts_per_step", "G", "max_completion_length", "gsm8k", "model")
+    diff = [k for k in same if old["settings"].get(k) != vars(a).get(k)]
+    if diff:
+        raise SystemExit(f"--uniform-from {folder}: different {', '.join(diff)}")
+    arm = next((r for r in old["arms"] if r["arm"] == "uniform"), None)
+    if arm is None:
+        raise SystemExit(f"--uniform-from {folder}: no uniform arm there")
+    return {**arm, "from": str(folder)}
+
+
+def pool_calibration(rollouts: Path, G: int, n_fit: int = 16) -> dict[str, float]:
+    """How well each base prior predicts zero-variance groups on the pool itself: the VPS table built from
+    every problem's first ``n_fit`` samples (``fixed`` and ``eb`` base priors) predicts P(a group of ``G`` has
+    zero variance); ``observed`` is what samples ``n_fit .. n_fit + G - 1`` did."""
+    import numpy as np
+    import polars as pl
+
+    from training.vps import VPSConfig, VPSTable
+
+    t = pl.read_parquet(rollouts, columns=["problem_id", "sample", "correct"])
+    fit = t.filter(pl.col("sample") < n_fit).group_by("problem_id").agg(
+        n=pl.len(), n_correct=pl.col("correct").cast(pl.Int64).sum())
+    new = t.filter((pl.col("sample") >= n_fit) & (pl.col("sample") < n_fit + G)).group_by("problem_id").agg(
+        g=pl.len(), k=pl.col("correct").cast(pl.Int64).sum())
+    j = fit.join(new.filter(pl.col("g") == G), on="problem_id").sort("problem_id").with_columns(
+        (pl.col("n_correct") / pl.col("n")).alias("pass_rate"))
+    rows = [{"problem_id": pid} for pid in j["problem_id"]]
+    out = {prior: float(np.mean(VPSTable.from_dataset(rows, config=VPSConfig(posterior_prior=prior),
+                                                      scores=j.to_dicts()).zero_variance_prob_by_index(G)))
+           for prior in ("fixed", "eb")}
+    out["observed"] = float(((j["k"] == 0) | (j["k"] == G)).mean())
+    return out
 
 
 if __name__ == "__main__":

@@ -295,6 +295,22 @@ def test_dynamic_recipe_section(tmp_path):
         build_grpo_recipe(_section(tmp_path, dynamic={"skip": {"enabled": True}}), "m")
     with pytest.raises(RecipeError, match="posterior_decay"):
         build_grpo_recipe(_section(tmp_path, vas={"enabled": True, "posterior_decay": 0}), "m")
+    # vas.posterior_prior reaches the trainer's VPS table (built from vas.scores' counts)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.grpo import build_vps_table
+
+    counts = [0] * 30 + [1, 2, 3, 5] * 5
+    pq.write_table(pa.table({"problem_id": [f"q{i}" for i in range(50)], "pass_rate": [c / 8 for c in counts],
+                             "n": [8] * 50, "n_correct": counts}), tmp_path / "scores.parquet")
+    eb = build_grpo_recipe(_section(tmp_path, vas={"enabled": True, "posterior_prior": "eb",
+                                                   "scores": str(tmp_path / "scores.parquet")}), "m")
+    assert eb.vas.posterior_prior == "eb"
+    table = build_vps_table([{"problem_id": f"q{i}"} for i in range(50)], eb)
+    assert table.prior_info["kind"] == "eb" and table.prior_beta()[0] < table.prior_beta()[1]
+    with pytest.raises(RecipeError, match="posterior_prior: must be 'fixed' or 'eb'"):
+        build_grpo_recipe(_section(tmp_path, vas={"enabled": True, "posterior_prior": "uniform"}), "m")
 
 
 # --- the trainer on a real tiny model -----------------------------------------------------------------------------

@@ -335,3 +335,66 @@ def test_posterior_mode_online_update_is_the_discounted_beta(tmp_path):
     back = VPSTable.load(path, config=cfg)
     np.testing.assert_allclose(back.vps_by_index(), t.vps_by_index(), rtol=0, atol=1e-15)
     assert back.get("a")["post_b"] == pytest.approx(4.5)
+
+
+# --- the base prior fitted to the scores (posterior_prior = "eb") -----------------------------------------------
+
+
+def test_eb_base_prior_is_the_beta_binomial_fit_of_the_scores_counts(tmp_path):
+    """Real GSM8K counts (4 graded solutions per problem): the base prior is ``fit_eb_prior`` of the scored
+    prompts' (n, n_correct), one per problem id; unscored prompts start on it, forgetting pulls toward it, and a
+    saved table (and a trainer checkpoint's state) keeps it."""
+    from curation.score.posterior import fit_eb_prior
+
+    groups = gsm8k_groups(300)
+    scores = [{"problem_id": g["problem_id"], "pass_rate": float(np.mean(g["rewards"])), "n": 4,
+               "n_correct": int(sum(g["rewards"])), "tds": 0.5} for g in groups]
+    rows = [{"problem_id": g["problem_id"]} for g in groups] + [{"problem_id": groups[0]["problem_id"]},
+                                                                 {"problem_id": "unscored"}]
+    cfg = VPSConfig(posterior_prior="eb", vps_from="posterior", posterior_decay=0.5)
+    t = VPSTable.from_dataset(rows, config=cfg, scores=scores)
+    fit = fit_eb_prior(np.full(300, 4.0), np.array([s["n_correct"] for s in scores], dtype=float))
+    a0, b0 = t.prior_beta()
+    assert t.prior_info["kind"] == "eb" and t.prior_info["groups"] == 300  # the duplicated row counts once
+    assert (a0, b0) == pytest.approx((fit["a0"], fit["b0"])) and (a0, b0) != pytest.approx((1.0, 1.0), abs=0.05)
+    assert (t.get("unscored")["post_a"], t.get("unscored")["post_b"]) == pytest.approx((a0, b0))
+    c = scores[5]["n_correct"]
+    assert (t.get(groups[5]["problem_id"])["post_a"], t.get(groups[5]["problem_id"])["post_b"]) == \
+        pytest.approx((a0 + c, b0 + 4 - c))
+    t.update([groups[5]["problem_id"]], [[1.0, 0.0, 0.0, 0.0]])  # a <- a0 + m (a - a0) + k (m = 0.5)
+    assert t.get(groups[5]["problem_id"])["post_a"] == pytest.approx(a0 + 0.5 * c + 1)
+    t.decay()
+    assert t.get("unscored")["post_a"] == pytest.approx(a0)  # the prior is a fixed point of forgetting
+    assert t.get(groups[5]["problem_id"])["post_a"] == pytest.approx(a0 + 0.5 * (0.5 * c + 1))
+    back = VPSTable.load(t.save(tmp_path / "vps.parquet"), config=cfg)
+    assert back.prior_beta() == pytest.approx((a0, b0)) and back.prior_info == t.prior_info
+    fresh = VPSTable.from_dataset(rows, config=cfg)  # no scores: nothing to fit
+    fresh.load_state_dict(t.state_dict())
+    assert fresh.prior_beta() == pytest.approx((a0, b0))
+    fresh.decay()
+    assert fresh.get("unscored")["post_a"] == pytest.approx(a0)
+    # the fixed prior (default) is unchanged, and the eb fit says when it cannot fit
+    assert VPSTable.from_dataset(rows, scores=scores).prior_beta() == (1.0, 1.0)
+    assert fresh.prior_info["kind"] == "eb"
+    none = VPSTable.from_dataset(rows, config=cfg)
+    assert none.prior_info["kind"] == "fixed" and none.prior_info["eb_status"].startswith("fallback")
+    with pytest.raises(ValueError, match="posterior_prior"):
+        VPSConfig(posterior_prior="jeffreys")
+
+
+def test_eb_base_prior_predicts_zero_variance_where_the_uniform_one_does_not():
+    """A data set where most prompts are never solved (60 % at p = 0, the rest p ~ Beta(1, 3)): from 16 scored
+    rollouts per prompt, the predicted probability that a fresh group of 4 has zero variance is about right under
+    the fitted prior and too low under the uniform one (0 of 16 under Beta(1, 1) still leaves p ~ 1/18)."""
+    rng = np.random.default_rng(0)
+    n_prompts = 4000
+    p = np.where(rng.random(n_prompts) < 0.6, 0.0, rng.beta(1.0, 3.0, n_prompts))
+    c = rng.binomial(16, p)
+    k = rng.binomial(4, p)
+    observed = float(np.mean((k == 0) | (k == 4)))
+    scores = [{"problem_id": f"q{i}", "pass_rate": c[i] / 16, "n": 16, "n_correct": int(c[i])} for i in range(n_prompts)]
+    rows = [{"problem_id": f"q{i}"} for i in range(n_prompts)]
+    pred = {prior: float(VPSTable.from_dataset(rows, config=VPSConfig(posterior_prior=prior), scores=scores)
+                         .zero_variance_prob_by_index(4).mean()) for prior in ("fixed", "eb")}
+    assert abs(pred["eb"] - observed) < 0.03  # 0.797 vs 0.778 (the fit is one Beta for a two-part mixture)
+    assert observed - pred["fixed"] > 0.08  # 0.669

@@ -13,7 +13,8 @@ A recipe's trainer sections use TRL's *own* field names, so a TRL YAML works unc
       data: {train: path/to/rl.parquet}
       rewards: {accuracy: 1.0, format: 0.5}                     # training.rewards.build_reward_funcs spec
       vas: {enabled: true, lambda: 0.5, alpha: 0.8, beta: 0.2, epsilon: 1.0e-3, momentum: 0.5,
-            refresh: online, rescore_every: 0, scores: path/to/scores.parquet, posterior_decay: 1.0}
+            refresh: online, rescore_every: 0, scores: path/to/scores.parquet, posterior_decay: 1.0,
+            posterior_prior: fixed}
       pad: {enabled: false, rho: 0.5, t_low: 0.0, t_high: .inf, tau_start: 1.0, tau_end: 0.3}
       dynamic:                      # training.dynamic: every step full of learning signal
         skip: {enabled: false, q: 0.8, floor: 0.1}                   # skip predicted zero-variance prompts
@@ -137,6 +138,7 @@ class VASSpec:
     # with the default alpha/beta the outcome term then outweighs trace diversity (a deviation from MMR1)
     normalize_ovs: bool = False
     posterior_decay: float = 1.0  # per generation batch, each prompt's Beta evidence beyond the prior x this
+    posterior_prior: str = "fixed"  # the Beta base prior: fixed (uniform) | eb (fitted to the scores' counts)
 
     def accuracy_uses(self) -> list[str]:
         """The settings that read each prompt's accuracy reward (GRPO: they need an accuracy reward function;
@@ -316,6 +318,8 @@ def _vas_spec(raw: Any, where: str) -> VASSpec:
         raise RecipeError(f"{where}.vps_from: must be 'pass_rate' or 'posterior', got {spec.vps_from!r}")
     if not 0.0 < spec.posterior_decay <= 1.0:
         raise RecipeError(f"{where}.posterior_decay: must lie in (0, 1] (1 = no forgetting), got {spec.posterior_decay}")
+    if spec.posterior_prior not in {"fixed", "eb"}:
+        raise RecipeError(f"{where}.posterior_prior: must be 'fixed' or 'eb', got {spec.posterior_prior!r}")
     return spec
 
 

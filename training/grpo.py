@@ -874,7 +874,8 @@ def build_vps_table(dataset: Any, recipe: GRPORecipe):
 
     v = recipe.vas
     cfg = VPSConfig(alpha=v.alpha, beta=v.beta, momentum=v.momentum, tds_metric=v.tds_metric, vps_from=v.vps_from,
-                    normalize_ovs=v.normalize_ovs, posterior_decay=v.posterior_decay)
+                    normalize_ovs=v.normalize_ovs, posterior_decay=v.posterior_decay,
+                    posterior_prior=v.posterior_prior)
     return VPSTable.from_dataset(dataset, config=cfg, scores=str(v.scores) if v.scores else None)
 
 
@@ -932,6 +933,12 @@ def build_grpo_trainer(
         st = table.stats()
         say(f"VAS: lambda={vas.lambda_}, refresh={vas.refresh}, rescore_every={vas.rescore_every}; initial VPS "
             f"mean {st['vps_mean']:.3f} (min {st['vps_min']:.3f}, max {st['vps_max']:.3f})")
+        pi = table.prior_info
+        if vas.posterior_prior == "eb":
+            say(f"VAS posterior base prior: Beta({pi['a0']:.3g}, {pi['b0']:.3g}) "
+                + (f"fitted to {pi['groups']} scored prompts ({pi['eb_status']})" if pi["kind"] == "eb" else
+                   f"- the eb fit fell back to the fixed prior ({pi['eb_status']}; it needs vas.scores with "
+                   "n / n_correct)"))
         if not args.shuffle_dataset and vas.lambda_ > 0:
             say(f"VAS with shuffle_dataset=false: the uniform part of each epoch walks the first "
                 f"{1 - vas.lambda_:.0%} of the rows in dataset order; the rest are reached by VAS draws only")
