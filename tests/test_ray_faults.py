@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PAUSE, POISON = "PAUSE-ME", "POISON-ME"
+PAUSE, POISON, HANG = "PAUSE-ME", "POISON-ME", "HANG-ME"
 GEN = {"n": 2, "max_tokens": 5, "temperature": 1.0, "seed": 3, "chunk_size": 2, "engine": "hf",
        "prompt_template": "plain", "engine_options": {"batch_size": 4}}
 
@@ -48,6 +48,9 @@ class _Faulty:
         text = json.dumps([r.prompt_messages for r in requests])
         if self.poison and POISON in text:
             os.kill(os.getpid(), signal.SIGKILL)
+        if HANG in text and not (self.ctl / "hung").exists():  # hang once, alive (no one kills it)
+            (self.ctl / "hung").write_text(str(os.getpid()))
+            time.sleep(600)
         if PAUSE in text and not (self.ctl / "killed").exists():
             (self.ctl / f"paused-{os.getpid()}").write_text(str(os.getpid()))
             time.sleep(300)  # the test kills this process meanwhile
@@ -165,3 +168,30 @@ def test_chunks_failing_in_a_row_stop_the_job(setup, cluster, tmp_path):
                       engine_factory=functools.partial(faulty_engine, ctl=str(tmp_path)), **GEN)
     parts = sorted(p.name for p in (tmp_path / "out" / "_work" / "parts").glob("excluded-*.parquet"))
     assert parts == [f"excluded-{c:06d}.parquet" for c in range(MAX_FAILED_CHUNKS_IN_A_ROW)]
+
+
+def test_a_hung_worker_is_killed_after_chunk_timeout_and_its_chunk_retried(setup, cluster, tmp_path):
+    """A worker that hangs (alive, never returns) on a chunk: after ``chunk_timeout`` the driver kills it and the
+    chunk runs again on a fresh actor; the job's rollouts equal the uninterrupted run's."""
+    from curation.score.job import run_score_job
+
+    rows = [dict(r) for r in setup["rows"]]
+    rows[2] = dict(rows[2], problem=rows[2]["problem"].replace(PAUSE, HANG))  # chunk 1 hangs once
+    rows[6] = dict(rows[6], problem=rows[6]["problem"].replace(POISON, "").strip())
+    data = tmp_path / "problems.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=S.PROBLEMS), data)
+    ref = run_score_job(data, tmp_path / "reference", model=setup["model"], executor="local", **GEN)
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    res = run_score_job(data, tmp_path / "out", model=setup["model"], executor="ray", num_workers=2,
+                        executor_options={"max_retries": 1, "chunk_timeout": 20},
+                        engine_factory=functools.partial(faulty_engine, ctl=str(ctl)), **GEN)
+    hung_pid = int((ctl / "hung").read_text())
+    assert res.rollouts.to_pylist() == ref.rollouts.to_pylist() and res.excluded.num_rows == 0
+    ex = res.stats["settings"]["executor"]
+    assert ex["chunk_timeout"] == 20 and ex["chunk_retries"] == 1 and ex["workers_lost"] == 1
+    timing = json.loads((tmp_path / "out" / "_work" / "parts" / "timing-000001.json").read_text())
+    assert not timing["worker"].endswith(f":{hung_pid}")
+    with pytest.raises(ValueError, match="chunk_timeout must be > 0"):
+        run_score_job(data, tmp_path / "bad", model=setup["model"], executor="ray", num_workers=1,
+                      executor_options={"chunk_timeout": 0}, **GEN)

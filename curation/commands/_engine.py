@@ -12,6 +12,8 @@ DATA_PARALLEL_HELP = (
     "runs whole chunks from a shared queue. Local executor (with --executor ray: --num-workers)."
 )
 MAX_RETRIES_HELP = "Ray executor: retries of a chunk whose worker died; then its problems are excluded (worker_failed)."
+CHUNK_TIMEOUT_HELP = ("Ray executor: seconds after which a chunk still running counts as a hung worker (killed; the "
+                      "chunk retried like a dead worker's). Default: wait forever.")
 
 
 def parse_engine_options(items: list[str] | None, data_parallel_size: int | None = None) -> dict:

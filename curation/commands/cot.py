@@ -9,7 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from curation.commands._engine import DATA_PARALLEL_HELP, MAX_RETRIES_HELP, parse_engine_options
+from curation.commands._engine import (
+    CHUNK_TIMEOUT_HELP,
+    DATA_PARALLEL_HELP,
+    MAX_RETRIES_HELP,
+    parse_engine_options,
+)
 from curation.core.console import console, fail, progress_factory
 
 
@@ -68,6 +73,7 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray executor: GPUs per engine actor (0 on CPU clusters).")] = 0.0,
         data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", help=DATA_PARALLEL_HELP)] = 1,
         max_retries: Annotated[int, typer.Option("--max-retries", help=MAX_RETRIES_HELP)] = 2,
+        chunk_timeout: Annotated[Optional[float], typer.Option("--chunk-timeout", help=CHUNK_TIMEOUT_HELP)] = None,
     ) -> None:
         """Generate K long chain-of-thought solutions per problem, keep verified and clean ones (SFT cold start).
 
@@ -100,7 +106,7 @@ def register(app: typer.Typer) -> None:
                     verify_timeout=verify_timeout, engine_options=parse_engine_options(engine_opt, data_parallel_size), progress=new_task,
                     executor=executor, ray_address=ray_address, num_workers=num_workers,
                     gpus_per_worker=gpus_per_worker,
-                    executor_options={"max_retries": max_retries} if executor == "ray" else None,
+                    executor_options={"max_retries": max_retries, "chunk_timeout": chunk_timeout} if executor == "ray" else None,
                 )
         except (ValueError, FileNotFoundError, ImportError) as e:
             fail(str(e))

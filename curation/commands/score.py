@@ -9,7 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from curation.commands._engine import DATA_PARALLEL_HELP, MAX_RETRIES_HELP, parse_engine_options
+from curation.commands._engine import (
+    CHUNK_TIMEOUT_HELP,
+    DATA_PARALLEL_HELP,
+    MAX_RETRIES_HELP,
+    parse_engine_options,
+)
 from curation.core.console import console, fail, progress_factory
 
 
@@ -84,6 +89,7 @@ def register(app: typer.Typer) -> None:
         gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", help="Ray executor: GPUs per engine actor (0 on CPU clusters).")] = 0.0,
         data_parallel_size: Annotated[int, typer.Option("--data-parallel-size", help=DATA_PARALLEL_HELP)] = 1,
         max_retries: Annotated[int, typer.Option("--max-retries", help=MAX_RETRIES_HELP)] = 2,
+        chunk_timeout: Annotated[Optional[float], typer.Option("--chunk-timeout", help=CHUNK_TIMEOUT_HELP)] = None,
         prior: Annotated[Optional[str], typer.Option("--prior", help="Prior of the pass-rate posterior: uniform | jeffreys | eb (empirical Bayes, fitted to the data) | beta:A,B. Default: uniform, eb with --adaptive.")] = None,
         prior_scores: Annotated[Optional[Path], typer.Option("--prior-scores", help="Another model's scores.parquet: its pass rate counts as --prior-strength pseudo-rollouts per prompt.")] = None,
         prior_strength: Annotated[float, typer.Option("--prior-strength", help="K: pseudo-rollouts the --prior-scores pass rate is worth (0 = the base prior).")] = 0.0,
@@ -164,7 +170,7 @@ def register(app: typer.Typer) -> None:
                         model_name=model_name, verify_timeout=verify_timeout, progress=new_task,
                         engine_options=parse_engine_options(engine_opt, data_parallel_size), executor=executor, ray_address=ray_address,
                         num_workers=num_workers, gpus_per_worker=gpus_per_worker,
-                        executor_options={"max_retries": max_retries} if executor == "ray" else None, **post_kw,
+                        executor_options={"max_retries": max_retries, "chunk_timeout": chunk_timeout} if executor == "ray" else None, **post_kw,
                     )
         except (ValueError, FileNotFoundError, ImportError) as e:
             fail(str(e))

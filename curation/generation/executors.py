@@ -43,6 +43,12 @@ Executors (:func:`make_executor`):
     kills its worker after ``max_retries`` retries is written as done with every one of its problems in
     the exclusions (reason ``worker_failed``, with the attempts and the last error in ``detail``) and the
     job goes on; a re-run in the same folder retries such chunks (:func:`curation.core.io.open_chunk_job`).
+    A *hung* worker (alive, but its chunk not back after ``chunk_timeout`` seconds: a wedged GPU, a deadlocked
+    engine) is treated the same way: the driver kills the actor and the chunk counts as a failed attempt
+    (``ChunkTimeout`` in the detail).  ``chunk_timeout=None`` (default) waits forever.  The clock of a chunk
+    starts when its actor is ready: before an actor's first chunk the driver asks it to build its engine
+    (``_ChunkActor.load``), and loading has no deadline, so a slow model load (minutes for a 7B vLLM engine) is
+    never mistaken for a hung chunk; set ``chunk_timeout`` well above the slowest chunk's generation time.
     ``MAX_FAILED_CHUNKS_IN_A_ROW`` chunks failing like that with no chunk finishing in between stop the
     job (the engine or the cluster is broken, not one chunk).  An exception raised *by* the chunk body
     (e.g. "the engine looks broken") is not a worker failure: it stops the job, as locally.
@@ -73,6 +79,7 @@ may itself use either executor.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -408,6 +415,15 @@ class _ChunkActor:
         self.streak = 0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
+    def load(self) -> float:
+        """Build the engine now if it is not built (seconds it took; 0 when it was): the driver sends this before
+        an actor's first chunk, so that ``chunk_timeout`` counts a chunk's own work, not the engine load."""
+        if self.engine is not None:
+            return 0.0
+        t0 = time.perf_counter()
+        self.engine = build_engine(self.spec)
+        return time.perf_counter() - t0
+
     def run(self, rows: Sequence[dict], spec: GenJobSpec | None = None) -> tuple[ChunkOutput, float, str | None]:
         """``(output, engine load seconds (0 after the first chunk), engine name)`` of one chunk.  ``spec``:
         this chunk's job when it differs from the actor's in what is drawn (``n``, ``sample_offset``: the
@@ -471,6 +487,7 @@ class RayExecutor:
     i.e. engines (one per GPU with ``gpus_per_worker=1``); ``cpus_per_worker``: CPUs reserved per actor.
     ``use_ray_llm``: ``"auto"`` | ``True`` | ``False`` (when ``ray.data.llm`` is used: module docstring).
     ``max_retries``: times a chunk is retried on a fresh actor after its worker died (module docstring).
+    ``chunk_timeout``: seconds after which a chunk still running counts as a dead worker (``None``: never).
     ``init_kwargs``: extra ``ray.init`` arguments for a cluster started here (e.g. ``object_store_memory``).
     """
 
@@ -486,6 +503,7 @@ class RayExecutor:
         llm_batch_size: int = 64,
         init_kwargs: dict | None = None,
         max_retries: int = 2,
+        chunk_timeout: float | None = None,
     ):
         if num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
@@ -503,6 +521,9 @@ class RayExecutor:
         self.llm_batch_size = int(llm_batch_size)
         self.init_kwargs = dict(init_kwargs or {})
         self.max_retries = int(max_retries)
+        if chunk_timeout is not None and not float(chunk_timeout) > 0:
+            raise ValueError(f"chunk_timeout must be > 0 seconds (or None), got {chunk_timeout}")
+        self.chunk_timeout = float(chunk_timeout) if chunk_timeout is not None else None
 
     def session(self, engine_obj: Any = None) -> RaySession:
         """A :class:`RaySession`: several runs (adaptive scoring's rounds) on one pool of engine actors."""
@@ -567,7 +588,8 @@ class RayExecutor:
                              f"use --num-workers {self.num_workers * dp} instead")
         info = RunInfo(details={"executor": self.name, "num_workers": self.num_workers,
                                 "gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": self.cpus_per_worker,
-                                "ray_address": self.address, "max_retries": self.max_retries})
+                                "ray_address": self.address, "max_retries": self.max_retries,
+                                "chunk_timeout": self.chunk_timeout})
         pending = {c: rows for c, rows in chunks.items() if rows}
         for c in set(chunks) - set(pending):  # an empty chunk cannot occur (chunks are cut from rows); be exact
             on_chunk(c, ChunkOutput(S.ROLLOUTS.empty_table(), S.EXCLUDED.empty_table(), 0.0, 0.0, 0))
@@ -617,12 +639,45 @@ class RayExecutor:
             idle = list(pool)
             pool.clear()
         running: dict[Any, tuple[Any, int]] = {}  # task ref -> (actor, chunk id)
+        started: dict[Any, float] = {}  # task ref -> when its actor was ready (chunk_timeout; inf: still loading)
+        loading: dict[Any, Any] = {}  # an actor's load() ref -> the ref of the chunk it runs next
+        ready_actors: set = set()  # actor ids whose engine this call has seen built
         row_refs: dict[int, Any] = {}
         attempts: dict[int, int] = {}
         errors: dict[int, list[str]] = {}
         workers: set[str] = set()
         failed_in_a_row = retried = lost = 0
         failed_chunks: list[int] = []
+
+        def worker_lost(actor: Any, cid: int, why: str, cause: BaseException | None) -> None:
+            """The worker of chunk ``cid`` died or hung: nothing of this attempt was written; retry the chunk
+            on a fresh actor, or after ``max_retries`` retries write it as failed (module docstring)."""
+            nonlocal failed_in_a_row, retried, lost
+            errors.setdefault(cid, []).append(why)
+            row_refs.pop(cid, None)  # put the rows again: the copy may have been on the lost node
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+            lost += 1
+            if attempts[cid] <= self.max_retries:
+                retried += 1
+                queue.appendleft(cid)
+            if queue:  # a fresh actor takes the dead one's place while there is work for it
+                idle.append(actor_cls.remote(spec_ref))
+            if attempts[cid] <= self.max_retries:
+                return
+            on_chunk(cid, failed_chunk(spec, cid, chunks[cid], attempts[cid], errors[cid]))
+            info.chunks_done += 1
+            failed_chunks.append(cid)
+            failed_in_a_row += 1
+            if failed_in_a_row >= MAX_FAILED_CHUNKS_IN_A_ROW:
+                raise RuntimeError(
+                    f"Ray workers died on every attempt for {failed_in_a_row} chunks in a row (last: "
+                    f"chunk {cid}, {errors[cid][-1]}); the engine or the cluster looks broken. Finished "
+                    "chunks are kept: re-run the same command to resume (failed chunks are retried)"
+                ) from cause
+
         try:
             while queue or running:
                 while queue and idle:
@@ -630,38 +685,36 @@ class RayExecutor:
                     if cid not in row_refs:
                         row_refs[cid] = ray.put(list(chunks[cid]))
                     attempts[cid] = attempts.get(cid, 0) + 1
-                    running[actor.run.remote(row_refs[cid], spec_ref)] = (actor, cid)
-                ready, _ = ray.wait(list(running), num_returns=1)
+                    cold = self.chunk_timeout is not None and actor._actor_id not in ready_actors
+                    load_ref = actor.load.remote() if cold else None  # runs before the chunk (actor order)
+                    ref = actor.run.remote(row_refs[cid], spec_ref)
+                    running[ref] = (actor, cid)
+                    started[ref] = math.inf if cold else time.monotonic()
+                    if cold:
+                        loading[load_ref] = ref
+                wait_s = None
+                due = [t for t in started.values() if t < math.inf]
+                if self.chunk_timeout is not None and due:  # wake up when the oldest running chunk is due
+                    wait_s = max(0.0, min(due) + self.chunk_timeout - time.monotonic())
+                ready, _ = ray.wait(list(running) + list(loading), num_returns=1, timeout=wait_s)
                 for ref in ready:
+                    if ref in loading:  # an actor is ready: its chunk's clock starts now
+                        run_ref = loading.pop(ref)
+                        if run_ref in running:
+                            started[run_ref] = time.monotonic()
+                            ready_actors.add(running[run_ref][0]._actor_id)
+                        try:
+                            info.engine_load_s += float(ray.get(ref))
+                        except Exception:  # noqa: BLE001 - a failed load surfaces again on the chunk's own ref
+                            pass
+                        continue
                     actor, cid = running.pop(ref)
+                    started.pop(ref, None)
                     try:
                         out, load_s, engine_name = ray.get(ref)
                     except failure_types as e:
                         # the worker (or its node / objects) is gone: nothing of this attempt was written
-                        errors.setdefault(cid, []).append(_short(e))
-                        row_refs.pop(cid, None)  # put the rows again: the copy may have been on the lost node
-                        try:
-                            ray.kill(actor, no_restart=True)
-                        except Exception:  # noqa: BLE001 - already dead
-                            pass
-                        lost += 1
-                        if attempts[cid] <= self.max_retries:
-                            retried += 1
-                            queue.appendleft(cid)
-                        if queue:  # a fresh actor takes the dead one's place while there is work for it
-                            idle.append(actor_cls.remote(spec_ref))
-                        if attempts[cid] <= self.max_retries:
-                            continue
-                        on_chunk(cid, failed_chunk(spec, cid, chunks[cid], attempts[cid], errors[cid]))
-                        info.chunks_done += 1
-                        failed_chunks.append(cid)
-                        failed_in_a_row += 1
-                        if failed_in_a_row >= MAX_FAILED_CHUNKS_IN_A_ROW:
-                            raise RuntimeError(
-                                f"Ray workers died on every attempt for {failed_in_a_row} chunks in a row (last: "
-                                f"chunk {cid}, {errors[cid][-1]}); the engine or the cluster looks broken. Finished "
-                                "chunks are kept: re-run the same command to resume (failed chunks are retried)"
-                            ) from e
+                        worker_lost(actor, cid, _short(e), e)
                         continue
                     failed_in_a_row = 0
                     row_refs.pop(cid, None)
@@ -671,6 +724,15 @@ class RayExecutor:
                     info.engine_load_s += load_s
                     info.engine_name = info.engine_name or engine_name
                     workers.add(out.worker)
+                if self.chunk_timeout is not None:
+                    now = time.monotonic()
+                    for ref in [r for r in running if now - started[r] >= self.chunk_timeout]:
+                        actor, cid = running.pop(ref)
+                        started.pop(ref)
+                        for lr in [lr for lr, rr in loading.items() if rr == ref]:
+                            loading.pop(lr)
+                        worker_lost(actor, cid, f"ChunkTimeout: chunk {cid} not back after {self.chunk_timeout:g} s "
+                                    "(worker hung; killed)", None)
         finally:
             keep = idle if pool is not None and not running else []
             if pool is not None:
@@ -761,8 +823,8 @@ class RaySession:
         ex = self.ex
         info = RunInfo(details={"executor": ex.name, "num_workers": ex.num_workers,
                                 "gpus_per_worker": ex.gpus_per_worker, "cpus_per_worker": ex.cpus_per_worker,
-                                "ray_address": ex.address, "max_retries": ex.max_retries, "ray_data_llm": False,
-                                "persistent_actors": True})
+                                "ray_address": ex.address, "max_retries": ex.max_retries,
+                                "chunk_timeout": ex.chunk_timeout, "ray_data_llm": False, "persistent_actors": True})
         pending = {c: rows for c, rows in chunks.items() if rows}
         for c in set(chunks) - set(pending):
             on_chunk(c, ChunkOutput(S.ROLLOUTS.empty_table(), S.EXCLUDED.empty_table(), 0.0, 0.0, 0))
