@@ -428,11 +428,7 @@ class _ChunkActor:
         """``(output, engine load seconds (0 after the first chunk), engine name)`` of one chunk.  ``spec``:
         this chunk's job when it differs from the actor's in what is drawn (``n``, ``sample_offset``: the
         rounds of a :class:`RaySession`), never in the engine."""
-        load_s = 0.0
-        if self.engine is None:
-            t0 = time.perf_counter()
-            self.engine = build_engine(self.spec)
-            load_s = time.perf_counter() - t0
+        load_s = self.load()
         out = process_chunk(self.engine, spec or self.spec, rows, self.streak)
         self.streak = out.fail_streak
         out.worker = self.worker
@@ -718,6 +714,7 @@ class RayExecutor:
                         continue
                     failed_in_a_row = 0
                     row_refs.pop(cid, None)
+                    ready_actors.add(actor._actor_id)  # its engine is built: no load() before its next chunk
                     idle.append(actor)
                     on_chunk(cid, out)
                     info.chunks_done += 1
