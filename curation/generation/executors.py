@@ -725,9 +725,7 @@ class RayExecutor:
                     now = time.monotonic()
                     for ref in [r for r in running if now - started[r] >= self.chunk_timeout]:
                         actor, cid = running.pop(ref)
-                        started.pop(ref)
-                        for lr in [lr for lr, rr in loading.items() if rr == ref]:
-                            loading.pop(lr)
+                        started.pop(ref)  # (a chunk still loading has no deadline: no load ref to drop)
                         worker_lost(actor, cid, f"ChunkTimeout: chunk {cid} not back after {self.chunk_timeout:g} s "
                                     "(worker hung; killed)", None)
         finally:
