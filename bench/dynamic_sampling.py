@@ -33,7 +33,10 @@ reuses the uniform arm of an earlier run with the same seed and problem settings
 Only the top transformer block trains (``bench/vas_effect.py``'s ``top_block_only``: the 135M backward pass is what
 makes CPU steps slow), learning rate 1e-6: the policy barely moves, so the comparison isolates the sampling.
 
-    .venv/bin/python bench/dynamic_sampling.py [--steps 10] [--problems 64] [--out runs/dynamic_sampling]
+    .venv/bin/python bench/dynamic_sampling.py [--seed 2] [--posterior-prior eb] [--out runs/dynamic_sampling]
+
+The defaults are the README's measured setting: 20 steps x 3 prompts x G = 4, 48-token completions (the pool's),
+lambda 0.5, q 0.6, floor 0.1, normalised OVS.
 """
 
 from __future__ import annotations
@@ -164,17 +167,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--gsm8k", default=str(HERE.parent.parent / "shared" / "data" / "gsm8k" / "train.jsonl"))
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--problems", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--prompts-per-step", type=int, default=3)
     ap.add_argument("--G", type=int, default=4)
-    ap.add_argument("--max-completion-length", type=int, default=16)
+    ap.add_argument("--max-completion-length", type=int, default=48, help="48: the pool's completion length")
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--decay", type=float, default=0.95, help="vas.posterior_decay")
-    ap.add_argument("--normalize-ovs", action="store_true",
-                    help="vas.normalize_ovs: VPS = alpha * 4 E[p(1-p)] + beta * TDS (a deviation from MMR1)")
+    ap.add_argument("--normalize-ovs", action=argparse.BooleanOptionalAction, default=True,
+                    help="vas.normalize_ovs: VPS = alpha * 4 E[p(1-p)] + beta * TDS (a deviation from MMR1; --no-normalize-ovs: MMR1's raw OVS)")
     ap.add_argument("--posterior-prior", choices=("fixed", "eb"), default="fixed",
                     help="vas.posterior_prior: the online posterior's base prior (eb: fitted to --scores' counts)")
-    ap.add_argument("--q", type=float, default=0.8)
+    ap.add_argument("--q", type=float, default=0.6, help="dynamic.skip.q (the recipe default is 0.8)")
     ap.add_argument("--floor", type=float, default=0.1)
     ap.add_argument("--budget", type=int, default=0, help="refill budget in rollouts (0: 2 x generation batch)")
     ap.add_argument("--max-rounds", type=int, default=2)
