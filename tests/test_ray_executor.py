@@ -278,3 +278,47 @@ def test_adaptive_on_ray_equals_local(setup, cluster):
         for f in (setup["root"] / "ad_ray" / "_work" / f"round-{r:03d}" / "parts").glob("timing-*.json"):
             workers.add(json.loads(f.read_text())["worker"])
     assert workers and all(not w.endswith(f":{os.getpid()}") for w in workers) and len(workers) <= 2
+
+
+def test_workers_that_fit_counts_by_each_alive_nodes_total_resources():
+    from curation.generation.executors import _node_shapes, workers_that_fit
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}},
+             {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},  # dead: holds nothing
+             {"Alive": True, "Resources": {"CPU": 32.0}}]  # no GPU
+    assert workers_that_fit(1, 1, nodes) == 5
+    assert workers_that_fit(4, 1, nodes) == 4 + 1  # GPUs bound both nodes (16 / 4 CPUs = 4, 8 / 4 = 2)
+    assert workers_that_fit(8, 1, nodes) == 2 + 1  # CPUs bound the first node (16 / 8)
+    assert workers_that_fit(1, 0.5, nodes) == 8 + 2
+    assert workers_that_fit(4, 0, nodes) == 4 + 2 + 8
+    assert workers_that_fit(1, 2, nodes[1:]) == 0
+    assert workers_that_fit(0, 0, nodes) is None  # asks for nothing: no limit
+    assert _node_shapes(nodes + nodes[:1]) == "2 x (CPU=16, GPU=4); 1 x (CPU=8, GPU=1); 1 x (CPU=32, GPU=0)"
+
+
+@pytest.mark.slow
+def test_more_workers_than_the_cluster_holds_run_on_those_that_fit(setup, cluster, caplog):
+    """4 one-CPU workers on the 2-CPU cluster: chunks go only to the 2 actors Ray can schedule (the others would
+    hold their chunks forever), the job says so and equals the local run.  A worker no node can hold is an
+    error on a cluster the job started itself, a warning on an existing one."""
+    from curation.generation.executors import RayExecutor, RunInfo
+
+    loc = setup["local"]
+    with caplog.at_level("WARNING", logger="curation.generation.executors"):
+        res = run_score_job(setup["data"], setup["root"] / "ray4", model=str(setup["model"]), executor="ray",
+                            num_workers=4, **GEN)
+    _same(res.rollouts, loc.rollouts)
+    _same(res.excluded, loc.excluded)
+    ex = res.stats["settings"]["executor"]
+    assert ex["num_workers"] == 4 and ex["workers_fit"] == 2 and 1 <= ex["workers_used"] <= 2
+    assert "holds 2 of the 4 workers asked (num_cpus=1 each" in caplog.text
+
+    gpu = RayExecutor(gpus_per_worker=1)
+    with pytest.raises(ValueError, match=r"no node of the Ray cluster can hold one worker \(num_cpus=1, num_gpus=1"):
+        gpu._check_fits(True, RunInfo())
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="curation.generation.executors"):
+        info = RunInfo()
+        gpu._check_fits(False, info)
+    assert info.details["workers_fit"] == 0 and "waiting for the cluster" in caplog.text

@@ -195,3 +195,39 @@ def test_a_hung_worker_is_killed_after_chunk_timeout_and_its_chunk_retried(setup
     with pytest.raises(ValueError, match="chunk_timeout must be > 0"):
         run_score_job(data, tmp_path / "bad", model=setup["model"], executor="ray", num_workers=1,
                       executor_options={"chunk_timeout": 0}, **GEN)
+
+
+def dying_loader(spec, ctl: str, always: bool):
+    """An engine factory whose worker process dies while building the engine: once (``ctl/load-died`` marks
+    it), or every time."""
+    marker = Path(ctl) / "load-died"
+    if always or not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return faulty_engine(spec, ctl, poison=False)
+
+
+def test_a_worker_dying_while_building_its_engine_is_replaced(setup, cluster, tmp_path):
+    """No chunk is sent to an actor before its engine is built, so a worker that dies while loading costs no
+    chunk attempt: a fresh actor takes its place and the job equals the uninterrupted run.  Workers dying at
+    every load stop the job after MAX_FAILED_CHUNKS_IN_A_ROW of them, with a message saying so."""
+    from curation.generation.executors import MAX_FAILED_CHUNKS_IN_A_ROW
+    from curation.score.job import run_score_job
+
+    rows = [dict(r, problem=r["problem"].replace(PAUSE, "").replace(POISON, "").strip()) for r in setup["rows"]]
+    data = tmp_path / "problems.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=S.PROBLEMS), data)
+    ref = run_score_job(data, tmp_path / "reference", model=setup["model"], executor="local", **GEN)
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    res = run_score_job(data, tmp_path / "out", model=setup["model"], executor="ray", num_workers=1,
+                        executor_options={"max_retries": 0},
+                        engine_factory=functools.partial(dying_loader, ctl=str(ctl), always=False), **GEN)
+    assert (ctl / "load-died").exists()
+    assert res.rollouts.to_pylist() == ref.rollouts.to_pylist() and res.excluded.num_rows == 0
+    ex = res.stats["settings"]["executor"]
+    assert ex["workers_lost"] == 1 and ex["chunk_retries"] == 0 and ex["chunks_failed"] == []
+
+    with pytest.raises(RuntimeError, match=f"died while building the engine {MAX_FAILED_CHUNKS_IN_A_ROW} times"):
+        run_score_job(data, tmp_path / "out2", model=setup["model"], executor="ray", num_workers=1,
+                      engine_factory=functools.partial(dying_loader, ctl=str(ctl), always=True), **GEN)

@@ -22,9 +22,9 @@ Executors (:func:`make_executor`):
     the same chunks on Ray actors (Ray Core)::
 
         W = num_workers actors (num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
-        driver: queue of pending chunk ids; each idle actor gets the next chunk (its rows put in the object
-                store once); the actor builds its engine on its first chunk and runs process_chunk
-                (generation + verification) on the worker
+        driver: queue of pending chunk ids; every actor is first asked to build its engine (load()), and
+                only an actor whose engine is built gets chunks: each idle one the next chunk (its rows put
+                in the object store once); it runs process_chunk (generation + verification) on the worker
         ray.wait -> the finished chunk -> ChunkStore.put(chunk_id, ...) on the driver (the SAME store, parts
                 and chunk ids as local)
 
@@ -46,12 +46,22 @@ Executors (:func:`make_executor`):
     A *hung* worker (alive, but its chunk not back after ``chunk_timeout`` seconds: a wedged GPU, a deadlocked
     engine) is treated the same way: the driver kills the actor and the chunk counts as a failed attempt
     (``ChunkTimeout`` in the detail).  ``chunk_timeout=None`` (default) waits forever.  The clock of a chunk
-    starts when its actor is ready: before an actor's first chunk the driver asks it to build its engine
-    (``_ChunkActor.load``), and loading has no deadline, so a slow model load (minutes for a 7B vLLM engine) is
-    never mistaken for a hung chunk; set ``chunk_timeout`` well above the slowest chunk's generation time.
+    starts when it is sent, to an actor whose engine is built (``_ChunkActor.load`` returned), and loading has no
+    deadline, so a slow model load (minutes for a 7B vLLM engine) is never mistaken for a hung chunk; set
+    ``chunk_timeout`` well above the slowest chunk's generation time.  An actor that dies while building its
+    engine is replaced (no chunk was sent to it); ``MAX_FAILED_CHUNKS_IN_A_ROW`` such deaths in a row stop the
+    job (a model that does not fit, say).
     ``MAX_FAILED_CHUNKS_IN_A_ROW`` chunks failing like that with no chunk finishing in between stop the
     job (the engine or the cluster is broken, not one chunk).  An exception raised *by* the chunk body
-    (e.g. "the engine looks broken") is not a worker failure: it stops the job, as locally.
+    (e.g. "the engine looks broken") or by the engine's build is not a worker failure: it stops the job, as
+    locally.
+
+    **A cluster with less room than asked.**  Because chunks go only to started actors, ``num_workers`` larger
+    than the cluster can hold (8 one-GPU workers on a 4-GPU node) runs on the actors that fit, and the others
+    join if room frees up; the job warns at the start (:meth:`RayExecutor._check_fits`, from the nodes' total
+    resources).  If no node can hold one worker, a cluster started by the job itself (it cannot grow) is an
+    error; on an existing cluster the job warns and waits (an autoscaler may add a node), and says so again
+    after ``WAITING_NOTICE_S`` seconds with no actor started.
 
     **Ray Data LLM** (``ray.data.llm``, vLLM batch inference) is used instead of the actors only when all
     of these hold: the engine is ``vllm``, ``gpus_per_worker > 0``, ``ray.data.llm`` and ``vllm`` import on
@@ -79,7 +89,7 @@ may itself use either executor.
 from __future__ import annotations
 
 import dataclasses
-import math
+import logging
 import os
 import threading
 import time
@@ -118,7 +128,10 @@ MAX_FAILED_PROMPTS_IN_A_ROW = 8
 # Chunks that killed their Ray worker on every attempt, in a row with none finishing in between, that stop the
 # job (a broken engine or cluster, rather than one bad chunk).
 MAX_FAILED_CHUNKS_IN_A_ROW = 3
+# After this many seconds with no Ray actor scheduled (the cluster has no free room for one) the job says so once.
+WAITING_NOTICE_S = 60.0
 OnChunk = Callable[[int, "ChunkOutput"], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -404,8 +417,8 @@ def _run_on_replicas(replicas: Sequence[Any], spec: GenJobSpec, chunks: Mapping[
 
 
 class _ChunkActor:
-    """Ray actor: builds the engine on its first chunk (so a process that dies while loading is a failure of
-    that chunk, retried like any other), then runs :func:`process_chunk` on every chunk it is given."""
+    """Ray actor: builds the engine when the driver asks (:meth:`load`, before any chunk is sent to it), then
+    runs :func:`process_chunk` on every chunk it is given."""
 
     def __init__(self, spec: GenJobSpec):
         import socket
@@ -416,8 +429,8 @@ class _ChunkActor:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def load(self) -> float:
-        """Build the engine now if it is not built (seconds it took; 0 when it was): the driver sends this before
-        an actor's first chunk, so that ``chunk_timeout`` counts a chunk's own work, not the engine load."""
+        """Build the engine now if it is not built (seconds it took; 0 when it was): the driver sends this first
+        and gives the actor chunks only once it returned (module docstring)."""
         if self.engine is not None:
             return 0.0
         t0 = time.perf_counter()
@@ -460,6 +473,29 @@ def failed_chunk(spec: GenJobSpec, cid: int, rows: Sequence[dict], attempts: int
 def _short(e: BaseException, limit: int = 300) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _actor_ask(remote: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={remote[k]:g}" for k in ("num_cpus", "num_gpus") if remote.get(k) is not None)
+
+
+def workers_that_fit(cpus_per_worker: float, gpus_per_worker: float, nodes: Sequence[Mapping[str, Any]]) -> int | None:
+    """How many workers asking ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs the alive ``nodes``
+    (``ray.nodes()``) can hold at once, by their total resources (``None``: a worker asks for nothing)."""
+    ask = {k: v for k, v in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)) if v > 0}
+    if not ask:
+        return None
+    return sum(min(int(float((n.get("Resources") or {}).get(k, 0.0)) / v + 1e-9) for k, v in ask.items())
+               for n in nodes if n.get("Alive", True))
+
+
+def _node_shapes(nodes: Sequence[Mapping[str, Any]]) -> str:
+    """``"4 x (CPU=16, GPU=4); 1 x (CPU=8, GPU=0)"``: the alive nodes' total CPUs and GPUs, grouped."""
+    from collections import Counter
+
+    shapes = Counter(", ".join(f"{k}={float((n.get('Resources') or {}).get(k, 0)):g}" for k in ("CPU", "GPU"))
+                     for n in nodes if n.get("Alive", True))
+    return "; ".join(f"{c} x ({shape})" for shape, c in shapes.most_common()) or "no alive node"
 
 
 def ray_llm_available() -> bool:
@@ -541,6 +577,29 @@ class RayExecutor:
         ray.init(address=self.address, **kw)
         return self.address is None
 
+    def _check_fits(self, started: bool, info: RunInfo) -> None:
+        """Compare the workers asked for with what the cluster's nodes can hold.  None fit: an error on a cluster
+        started here (it cannot grow), a warning on an existing one (an autoscaler may add a node).  Fewer than
+        ``num_workers`` fit: a warning; the others wait for room (chunks go only to started actors)."""
+        import ray
+
+        nodes = ray.nodes()
+        fit = workers_that_fit(self.cpus_per_worker, self.gpus_per_worker, nodes)
+        if fit is None or fit >= self.num_workers:
+            return
+        info.details["workers_fit"] = fit
+        ask = _actor_ask({"num_cpus": self.cpus_per_worker, "num_gpus": self.gpus_per_worker or None})
+        have = _node_shapes(nodes)
+        if fit == 0:
+            msg = f"--executor ray: no node of the Ray cluster can hold one worker ({ask} each; nodes: {have})"
+            if started:
+                raise ValueError(f"{msg}. Lower --gpus-per-worker (or the CPUs per worker), or run on a machine "
+                                 "with those resources")
+            log.warning("%s; waiting for the cluster (an autoscaler) to add such a node", msg)
+        else:
+            log.warning("--executor ray: the Ray cluster holds %d of the %d workers asked (%s each; nodes: %s); "
+                        "the job runs on those, the others start if room frees up", fit, self.num_workers, ask, have)
+
     def _use_llm(self, spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]]) -> bool:
         if self.use_ray_llm is False:
             return False
@@ -593,6 +652,7 @@ class RayExecutor:
             return info
         started = self._connect()
         try:
+            self._check_fits(started, info)
             if self._use_llm(spec, pending):
                 info.details["ray_data_llm"] = True
                 import ray.data
@@ -627,23 +687,23 @@ class RayExecutor:
         actor_cls = ray.remote(_ChunkActor).options(**remote)
         spec_ref = ray.put(spec)
         queue = deque(sorted(chunks))
-        if pool is None:
-            idle = [actor_cls.remote(spec_ref) for _ in range(min(self.num_workers, len(chunks)))]
-        else:
-            while len(pool) < self.num_workers:
-                pool.append(actor_cls.remote(spec_ref))
-            idle = list(pool)
-            pool.clear()
+        idle: list[Any] = []  # actors whose engine is built, waiting for a chunk (only these get chunks)
+        starting: dict[Any, Any] = {}  # an actor's load() ref -> the actor (not scheduled yet, or building)
         running: dict[Any, tuple[Any, int]] = {}  # task ref -> (actor, chunk id)
-        started: dict[Any, float] = {}  # task ref -> when its actor was ready (chunk_timeout; inf: still loading)
-        loading: dict[Any, Any] = {}  # an actor's load() ref -> the ref of the chunk it runs next
-        ready_actors: set = set()  # actor ids whose engine this call has seen built
+        started: dict[Any, float] = {}  # task ref -> when it was sent (to a ready actor: chunk_timeout's clock)
         row_refs: dict[int, Any] = {}
         attempts: dict[int, int] = {}
         errors: dict[int, list[str]] = {}
         workers: set[str] = set()
-        failed_in_a_row = retried = lost = 0
+        failed_in_a_row = loads_failed_in_a_row = retried = lost = 0
         failed_chunks: list[int] = []
+        waiting_since = time.monotonic()  # since when no actor was ready or running (the cluster is full)
+        said_waiting = False
+
+        def start(actor: Any) -> None:
+            """Ask ``actor`` to build its engine (idempotent): it gets chunks once that returns, so a chunk is
+            never sent to an actor Ray cannot schedule, and a slow engine load never counts as chunk time."""
+            starting[actor.load.remote()] = actor
 
         def worker_lost(actor: Any, cid: int, why: str, cause: BaseException | None) -> None:
             """The worker of chunk ``cid`` died or hung: nothing of this attempt was written; retry the chunk
@@ -660,7 +720,7 @@ class RayExecutor:
                 retried += 1
                 queue.appendleft(cid)
             if queue:  # a fresh actor takes the dead one's place while there is work for it
-                idle.append(actor_cls.remote(spec_ref))
+                start(actor_cls.remote(spec_ref))
             if attempts[cid] <= self.max_retries:
                 return
             on_chunk(cid, failed_chunk(spec, cid, chunks[cid], attempts[cid], errors[cid]))
@@ -674,6 +734,34 @@ class RayExecutor:
                     "chunks are kept: re-run the same command to resume (failed chunks are retried)"
                 ) from cause
 
+        def load_lost(actor: Any, e: BaseException) -> None:
+            """An actor died while building its engine (no chunk was sent to it): replace it while there is
+            work; ``MAX_FAILED_CHUNKS_IN_A_ROW`` such deaths with no engine built in between stop the job."""
+            nonlocal loads_failed_in_a_row, lost
+            lost += 1
+            loads_failed_in_a_row += 1
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+            if loads_failed_in_a_row >= MAX_FAILED_CHUNKS_IN_A_ROW:
+                raise RuntimeError(
+                    f"Ray workers died while building the engine {loads_failed_in_a_row} times in a row (last: "
+                    f"{_short(e)}); the engine or the cluster looks broken (out of memory?). Finished chunks are "
+                    "kept: re-run the same command to resume"
+                ) from e
+            if queue:
+                start(actor_cls.remote(spec_ref))
+
+        if pool is None:
+            for _ in range(min(self.num_workers, len(chunks))):
+                start(actor_cls.remote(spec_ref))
+        else:
+            while len(pool) < self.num_workers:
+                pool.append(actor_cls.remote(spec_ref))
+            for actor in pool:  # built ones answer at once
+                start(actor)
+            pool.clear()
         try:
             while queue or running:
                 while queue and idle:
@@ -681,28 +769,28 @@ class RayExecutor:
                     if cid not in row_refs:
                         row_refs[cid] = ray.put(list(chunks[cid]))
                     attempts[cid] = attempts.get(cid, 0) + 1
-                    cold = self.chunk_timeout is not None and actor._actor_id not in ready_actors
-                    load_ref = actor.load.remote() if cold else None  # runs before the chunk (actor order)
                     ref = actor.run.remote(row_refs[cid], spec_ref)
                     running[ref] = (actor, cid)
-                    started[ref] = math.inf if cold else time.monotonic()
-                    if cold:
-                        loading[load_ref] = ref
+                    started[ref] = time.monotonic()
+                if not running and not idle and not starting:  # every actor lost and no work left to replace them
+                    break
                 wait_s = None
-                due = [t for t in started.values() if t < math.inf]
-                if self.chunk_timeout is not None and due:  # wake up when the oldest running chunk is due
-                    wait_s = max(0.0, min(due) + self.chunk_timeout - time.monotonic())
-                ready, _ = ray.wait(list(running) + list(loading), num_returns=1, timeout=wait_s)
+                if self.chunk_timeout is not None and started:  # wake up when the oldest running chunk is due
+                    wait_s = max(0.0, min(started.values()) + self.chunk_timeout - time.monotonic())
+                if not running and not said_waiting:  # say so if the cluster has no room for any actor
+                    left = WAITING_NOTICE_S - (time.monotonic() - waiting_since)
+                    wait_s = max(0.0, left) if wait_s is None else min(wait_s, max(0.0, left))
+                ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=wait_s)
                 for ref in ready:
-                    if ref in loading:  # an actor is ready: its chunk's clock starts now
-                        run_ref = loading.pop(ref)
-                        if run_ref in running:
-                            started[run_ref] = time.monotonic()
-                            ready_actors.add(running[run_ref][0]._actor_id)
+                    if ref in starting:  # an actor is scheduled and its engine built: it can take chunks
+                        actor = starting.pop(ref)
                         try:
                             info.engine_load_s += float(ray.get(ref))
-                        except Exception:  # noqa: BLE001 - a failed load surfaces again on the chunk's own ref
-                            pass
+                        except failure_types as e:
+                            load_lost(actor, e)
+                            continue
+                        loads_failed_in_a_row = 0
+                        idle.append(actor)
                         continue
                     actor, cid = running.pop(ref)
                     started.pop(ref, None)
@@ -714,25 +802,35 @@ class RayExecutor:
                         continue
                     failed_in_a_row = 0
                     row_refs.pop(cid, None)
-                    ready_actors.add(actor._actor_id)  # its engine is built: no load() before its next chunk
                     idle.append(actor)
                     on_chunk(cid, out)
                     info.chunks_done += 1
                     info.engine_load_s += load_s
                     info.engine_name = info.engine_name or engine_name
                     workers.add(out.worker)
+                if running or idle:
+                    waiting_since = time.monotonic()
+                elif not said_waiting and time.monotonic() - waiting_since >= WAITING_NOTICE_S:
+                    said_waiting = True
+                    log.warning(
+                        "--executor ray: no worker has started after %.0f s: the cluster has no free room for an "
+                        "actor (%s each; %d chunks waiting). Waiting for resources to free up or for the "
+                        "autoscaler; stop with Ctrl-C", WAITING_NOTICE_S, _actor_ask(remote), len(queue))
                 if self.chunk_timeout is not None:
                     now = time.monotonic()
                     for ref in [r for r in running if now - started[r] >= self.chunk_timeout]:
                         actor, cid = running.pop(ref)
-                        started.pop(ref)  # (a chunk still loading has no deadline: no load ref to drop)
+                        started.pop(ref)
                         worker_lost(actor, cid, f"ChunkTimeout: chunk {cid} not back after {self.chunk_timeout:g} s "
                                     "(worker hung; killed)", None)
+            if queue:  # the work loop ended with chunks left: no actor could take them (cannot happen: be exact)
+                raise RuntimeError(f"--executor ray: {len(queue)} chunks left with no worker to run them")
         finally:
-            keep = idle if pool is not None and not running else []
+            # a session keeps its live actors (built, or still being scheduled / built) for its next run
+            keep = idle + list(starting.values()) if pool is not None and not running else []
             if pool is not None:
-                pool.extend(keep)  # alive and idle: the session's next run uses them
-            for actor in [a for a in idle if a not in keep] + [a for a, _ in running.values()]:
+                pool.extend(keep)
+            for actor in [a for a in idle + list(starting.values()) if a not in keep] + [a for a, _ in running.values()]:
                 try:
                     ray.kill(actor, no_restart=True)
                 except Exception:  # noqa: BLE001 - best effort
@@ -827,6 +925,7 @@ class RaySession:
             return info
         if self._started is None:
             self._started = ex._connect()
+            ex._check_fits(self._started, info)
         ex._run_actors(spec, pending, on_chunk, info, pool=self.pool)
         return info
 
