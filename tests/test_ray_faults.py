@@ -170,6 +170,18 @@ def test_chunks_failing_in_a_row_stop_the_job(setup, cluster, tmp_path):
     assert parts == [f"excluded-{c:06d}.parquet" for c in range(MAX_FAILED_CHUNKS_IN_A_ROW)]
 
 
+def _problems_and_reference(rows: list[dict], tmp_path: Path, model: str):
+    """The problems table of ``rows``, its uninterrupted local run and an empty control folder."""
+    from curation.score.job import run_score_job
+
+    data = tmp_path / "problems.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=S.PROBLEMS), data)
+    ref = run_score_job(data, tmp_path / "reference", model=model, executor="local", **GEN)
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    return data, ref, ctl
+
+
 def test_a_hung_worker_is_killed_after_chunk_timeout_and_its_chunk_retried(setup, cluster, tmp_path):
     """A worker that hangs (alive, never returns) on a chunk: after ``chunk_timeout`` the driver kills it and the
     chunk runs again on a fresh actor; the job's rollouts equal the uninterrupted run's."""
@@ -178,11 +190,7 @@ def test_a_hung_worker_is_killed_after_chunk_timeout_and_its_chunk_retried(setup
     rows = [dict(r) for r in setup["rows"]]
     rows[2] = dict(rows[2], problem=rows[2]["problem"].replace(PAUSE, HANG))  # chunk 1 hangs once
     rows[6] = dict(rows[6], problem=rows[6]["problem"].replace(POISON, "").strip())
-    data = tmp_path / "problems.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=S.PROBLEMS), data)
-    ref = run_score_job(data, tmp_path / "reference", model=setup["model"], executor="local", **GEN)
-    ctl = tmp_path / "ctl"
-    ctl.mkdir()
+    data, ref, ctl = _problems_and_reference(rows, tmp_path, setup["model"])
     res = run_score_job(data, tmp_path / "out", model=setup["model"], executor="ray", num_workers=2,
                         executor_options={"max_retries": 1, "chunk_timeout": 20},
                         engine_factory=functools.partial(faulty_engine, ctl=str(ctl)), **GEN)
@@ -215,11 +223,7 @@ def test_a_worker_dying_while_building_its_engine_is_replaced(setup, cluster, tm
     from curation.score.job import run_score_job
 
     rows = [dict(r, problem=r["problem"].replace(PAUSE, "").replace(POISON, "").strip()) for r in setup["rows"]]
-    data = tmp_path / "problems.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=S.PROBLEMS), data)
-    ref = run_score_job(data, tmp_path / "reference", model=setup["model"], executor="local", **GEN)
-    ctl = tmp_path / "ctl"
-    ctl.mkdir()
+    data, ref, ctl = _problems_and_reference(rows, tmp_path, setup["model"])
     res = run_score_job(data, tmp_path / "out", model=setup["model"], executor="ray", num_workers=1,
                         executor_options={"max_retries": 0},
                         engine_factory=functools.partial(dying_loader, ctl=str(ctl), always=False), **GEN)
