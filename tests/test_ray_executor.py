@@ -322,3 +322,44 @@ def test_more_workers_than_the_cluster_holds_run_on_those_that_fit(setup, cluste
         info = RunInfo()
         gpu._check_fits(False, info)
     assert info.details["workers_fit"] == 0 and "waiting for the cluster" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_full_cluster_is_waited_for_said_and_the_job_runs_once_room_frees_up(setup, cluster, caplog, monkeypatch):
+    """Another job holds both CPUs: no actor of ours can be scheduled, so the job waits (no chunk is sent to an
+    unscheduled actor), says so after WAITING_NOTICE_S, and finishes, equal to the local run, once room frees."""
+    import threading
+    import time
+
+    import curation.generation.executors as E
+
+    monkeypatch.setattr(E, "WAITING_NOTICE_S", 2.0)
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        def ready(self) -> bool:
+            return True
+
+    hog = Hog.remote()
+    ray.get(hog.ready.remote())
+    out: dict = {}
+
+    def job() -> None:
+        try:
+            out["res"] = run_score_job(setup["data"], setup["root"] / "full", model=str(setup["model"]),
+                                       executor="ray", num_workers=2, **GEN)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            out["err"] = e
+
+    with caplog.at_level("WARNING", logger="curation.generation.executors"):
+        t = threading.Thread(target=job, daemon=True)
+        t.start()
+        deadline = time.monotonic() + 60
+        while "scheduled no worker" not in caplog.text and time.monotonic() < deadline and t.is_alive():
+            time.sleep(0.5)
+        assert t.is_alive() and "Ray has scheduled no worker for 2 s" in caplog.text
+        assert not (setup["root"] / "full" / "rollouts.parquet").exists()
+        ray.kill(hog)
+        t.join(timeout=300)
+    assert not t.is_alive() and "err" not in out, out.get("err")
+    _same(out["res"].rollouts, setup["local"].rollouts)

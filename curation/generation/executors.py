@@ -61,7 +61,7 @@ Executors (:func:`make_executor`):
     join if room frees up; the job warns at the start (:meth:`RayExecutor._check_fits`, from the nodes' total
     resources).  If no node can hold one worker, a cluster started by the job itself (it cannot grow) is an
     error; on an existing cluster the job warns and waits (an autoscaler may add a node), and says so again
-    after ``WAITING_NOTICE_S`` seconds with no actor started.
+    after ``WAITING_NOTICE_S`` seconds with no actor scheduled (a slow engine build does not count).
 
     **Ray Data LLM** (``ray.data.llm``, vLLM batch inference) is used instead of the actors only when all
     of these hold: the engine is ``vllm``, ``gpus_per_worker > 0``, ``ray.data.llm`` and ``vllm`` import on
@@ -428,6 +428,10 @@ class _ChunkActor:
         self.streak = 0
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
+    def ping(self) -> bool:
+        """Returns at once: the driver learns that Ray has scheduled this actor (before its engine is built)."""
+        return True
+
     def load(self) -> float:
         """Build the engine now if it is not built (seconds it took; 0 when it was): the driver sends this first
         and gives the actor chunks only once it returned (module docstring)."""
@@ -689,6 +693,8 @@ class RayExecutor:
         queue = deque(sorted(chunks))
         idle: list[Any] = []  # actors whose engine is built, waiting for a chunk (only these get chunks)
         starting: dict[Any, Any] = {}  # an actor's load() ref -> the actor (not scheduled yet, or building)
+        pings: dict[Any, Any] = {}  # an actor's ping() ref -> the actor: it returns once Ray has scheduled it
+        building: set = set()  # actors scheduled (ping returned) and still building their engine
         running: dict[Any, tuple[Any, int]] = {}  # task ref -> (actor, chunk id)
         started: dict[Any, float] = {}  # task ref -> when it was sent (to a ready actor: chunk_timeout's clock)
         row_refs: dict[int, Any] = {}
@@ -697,12 +703,13 @@ class RayExecutor:
         workers: set[str] = set()
         failed_in_a_row = loads_failed_in_a_row = retried = lost = 0
         failed_chunks: list[int] = []
-        waiting_since = time.monotonic()  # since when no actor was ready or running (the cluster is full)
+        waiting_since = time.monotonic()  # since when no actor was scheduled (the cluster has no room for one)
         said_waiting = False
 
         def start(actor: Any) -> None:
             """Ask ``actor`` to build its engine (idempotent): it gets chunks once that returns, so a chunk is
             never sent to an actor Ray cannot schedule, and a slow engine load never counts as chunk time."""
+            pings[actor.ping.remote()] = actor  # actor methods run in order: ping, then load
             starting[actor.load.remote()] = actor
 
         def worker_lost(actor: Any, cid: int, why: str, cause: BaseException | None) -> None:
@@ -780,10 +787,16 @@ class RayExecutor:
                 if not running and not said_waiting:  # say so if the cluster has no room for any actor
                     left = WAITING_NOTICE_S - (time.monotonic() - waiting_since)
                     wait_s = max(0.0, left) if wait_s is None else min(wait_s, max(0.0, left))
-                ready, _ = ray.wait(list(running) + list(starting), num_returns=1, timeout=wait_s)
+                ready, _ = ray.wait(list(running) + list(starting) + list(pings), num_returns=1, timeout=wait_s)
                 for ref in ready:
+                    if ref in pings:  # scheduled: building its engine now (a death shows on its load ref)
+                        actor = pings.pop(ref)
+                        if actor in starting.values():
+                            building.add(actor)
+                        continue
                     if ref in starting:  # an actor is scheduled and its engine built: it can take chunks
                         actor = starting.pop(ref)
+                        building.discard(actor)
                         try:
                             info.engine_load_s += float(ray.get(ref))
                         except failure_types as e:
@@ -808,13 +821,13 @@ class RayExecutor:
                     info.engine_load_s += load_s
                     info.engine_name = info.engine_name or engine_name
                     workers.add(out.worker)
-                if running or idle:
+                if running or idle or building:
                     waiting_since = time.monotonic()
                 elif not said_waiting and time.monotonic() - waiting_since >= WAITING_NOTICE_S:
                     said_waiting = True
                     log.warning(
-                        "--executor ray: no worker has started after %.0f s: the cluster has no free room for an "
-                        "actor (%s each; %d chunks waiting). Waiting for resources to free up or for the "
+                        "--executor ray: Ray has scheduled no worker for %.0f s: the cluster has no free room for "
+                        "an actor (%s each; %d chunks waiting). Waiting for resources to free up or for the "
                         "autoscaler; stop with Ctrl-C", WAITING_NOTICE_S, _actor_ask(remote), len(queue))
                 if self.chunk_timeout is not None:
                     now = time.monotonic()
