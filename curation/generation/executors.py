@@ -479,6 +479,17 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
+def _kill_actors(actors: Sequence[Any]) -> None:
+    """``ray.kill`` each actor (no restart); one already dead is skipped."""
+    import ray
+
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead
+            pass
+
+
 def _actor_ask(remote: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={remote[k]:g}" for k in ("num_cpus", "num_gpus") if remote.get(k) is not None)
 
@@ -581,6 +592,12 @@ class RayExecutor:
         ray.init(address=self.address, **kw)
         return self.address is None
 
+    def _settings(self) -> dict:
+        """The executor's settings, as ``stats.json`` records them (``settings.executor``)."""
+        return {"executor": self.name, "num_workers": self.num_workers, "gpus_per_worker": self.gpus_per_worker,
+                "cpus_per_worker": self.cpus_per_worker, "ray_address": self.address,
+                "max_retries": self.max_retries, "chunk_timeout": self.chunk_timeout}
+
     def _check_fits(self, started: bool, info: RunInfo) -> None:
         """Compare the workers asked for with what the cluster's nodes can hold.  None fit: an error on a cluster
         started here (it cannot grow), a warning on an existing one (an autoscaler may add a node).  Fewer than
@@ -645,10 +662,7 @@ class RayExecutor:
         if dp > 1:
             raise ValueError(f"--data-parallel-size {dp} with --executor ray: Ray runs one engine per worker; "
                              f"use --num-workers {self.num_workers * dp} instead")
-        info = RunInfo(details={"executor": self.name, "num_workers": self.num_workers,
-                                "gpus_per_worker": self.gpus_per_worker, "cpus_per_worker": self.cpus_per_worker,
-                                "ray_address": self.address, "max_retries": self.max_retries,
-                                "chunk_timeout": self.chunk_timeout})
+        info = RunInfo(details=self._settings())
         pending = {c: rows for c, rows in chunks.items() if rows}
         for c in set(chunks) - set(pending):  # an empty chunk cannot occur (chunks are cut from rows); be exact
             on_chunk(c, ChunkOutput(S.ROLLOUTS.empty_table(), S.EXCLUDED.empty_table(), 0.0, 0.0, 0))
@@ -693,10 +707,10 @@ class RayExecutor:
         queue = deque(sorted(chunks))
         idle: list[Any] = []  # actors whose engine is built, waiting for a chunk (only these get chunks)
         starting: dict[Any, Any] = {}  # an actor's load() ref -> the actor (not scheduled yet, or building)
-        pings: dict[Any, Any] = {}  # an actor's ping() ref -> the actor: it returns once Ray has scheduled it
-        building: set = set()  # actors scheduled (ping returned) and still building their engine
-        running: dict[Any, tuple[Any, int]] = {}  # task ref -> (actor, chunk id)
-        started: dict[Any, float] = {}  # task ref -> when it was sent (to a ready actor: chunk_timeout's clock)
+        pings: dict[Any, Any] = {}  # an actor's ping() ref -> its load() ref: the ping returns once Ray scheduled it
+        building: set = set()  # load() refs of actors scheduled (ping returned) and still building their engine
+        # task ref -> (actor, chunk id, when it was sent: to a ready actor, so this is chunk_timeout's clock)
+        running: dict[Any, tuple[Any, int, float]] = {}
         row_refs: dict[int, Any] = {}
         attempts: dict[int, int] = {}
         errors: dict[int, list[str]] = {}
@@ -709,8 +723,9 @@ class RayExecutor:
         def start(actor: Any) -> None:
             """Ask ``actor`` to build its engine (idempotent): it gets chunks once that returns, so a chunk is
             never sent to an actor Ray cannot schedule, and a slow engine load never counts as chunk time."""
-            pings[actor.ping.remote()] = actor  # actor methods run in order: ping, then load
-            starting[actor.load.remote()] = actor
+            ping = actor.ping.remote()  # actor methods run in order: ping, then load
+            load = actor.load.remote()
+            pings[ping], starting[load] = load, actor
 
         def worker_lost(actor: Any, cid: int, why: str, cause: BaseException | None) -> None:
             """The worker of chunk ``cid`` died or hung: nothing of this attempt was written; retry the chunk
@@ -718,10 +733,7 @@ class RayExecutor:
             nonlocal failed_in_a_row, retried, lost
             errors.setdefault(cid, []).append(why)
             row_refs.pop(cid, None)  # put the rows again: the copy may have been on the lost node
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
+            _kill_actors([actor])
             lost += 1
             if attempts[cid] <= self.max_retries:
                 retried += 1
@@ -747,10 +759,7 @@ class RayExecutor:
             nonlocal loads_failed_in_a_row, lost
             lost += 1
             loads_failed_in_a_row += 1
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
+            _kill_actors([actor])
             if loads_failed_in_a_row >= MAX_FAILED_CHUNKS_IN_A_ROW:
                 raise RuntimeError(
                     f"Ray workers died while building the engine {loads_failed_in_a_row} times in a row (last: "
@@ -776,27 +785,25 @@ class RayExecutor:
                     if cid not in row_refs:
                         row_refs[cid] = ray.put(list(chunks[cid]))
                     attempts[cid] = attempts.get(cid, 0) + 1
-                    ref = actor.run.remote(row_refs[cid], spec_ref)
-                    running[ref] = (actor, cid)
-                    started[ref] = time.monotonic()
-                if not running and not idle and not starting:  # every actor lost and no work left to replace them
-                    break
+                    running[actor.run.remote(row_refs[cid], spec_ref)] = (actor, cid, time.monotonic())
+                if not (running or idle or starting):  # cannot happen (a lost actor is replaced while work is left)
+                    raise RuntimeError(f"--executor ray: {len(queue)} chunks left with no worker to run them")
                 wait_s = None
-                if self.chunk_timeout is not None and started:  # wake up when the oldest running chunk is due
-                    wait_s = max(0.0, min(started.values()) + self.chunk_timeout - time.monotonic())
+                if self.chunk_timeout is not None and running:  # wake up when the oldest running chunk is due
+                    wait_s = max(0.0, min(t for _, _, t in running.values()) + self.chunk_timeout - time.monotonic())
                 if not running and not said_waiting:  # say so if the cluster has no room for any actor
                     left = WAITING_NOTICE_S - (time.monotonic() - waiting_since)
                     wait_s = max(0.0, left) if wait_s is None else min(wait_s, max(0.0, left))
                 ready, _ = ray.wait(list(running) + list(starting) + list(pings), num_returns=1, timeout=wait_s)
                 for ref in ready:
                     if ref in pings:  # scheduled: building its engine now (a death shows on its load ref)
-                        actor = pings.pop(ref)
-                        if actor in starting.values():
-                            building.add(actor)
+                        load = pings.pop(ref)
+                        if load in starting:
+                            building.add(load)
                         continue
                     if ref in starting:  # an actor is scheduled and its engine built: it can take chunks
                         actor = starting.pop(ref)
-                        building.discard(actor)
+                        building.discard(ref)
                         try:
                             info.engine_load_s += float(ray.get(ref))
                         except failure_types as e:
@@ -805,8 +812,7 @@ class RayExecutor:
                         loads_failed_in_a_row = 0
                         idle.append(actor)
                         continue
-                    actor, cid = running.pop(ref)
-                    started.pop(ref, None)
+                    actor, cid, _ = running.pop(ref)
                     try:
                         out, load_s, engine_name = ray.get(ref)
                     except failure_types as e:
@@ -831,23 +837,16 @@ class RayExecutor:
                         "autoscaler; stop with Ctrl-C", WAITING_NOTICE_S, _actor_ask(remote), len(queue))
                 if self.chunk_timeout is not None:
                     now = time.monotonic()
-                    for ref in [r for r in running if now - started[r] >= self.chunk_timeout]:
-                        actor, cid = running.pop(ref)
-                        started.pop(ref)
+                    for ref in [r for r, (_, _, t) in running.items() if now - t >= self.chunk_timeout]:
+                        actor, cid, _ = running.pop(ref)
                         worker_lost(actor, cid, f"ChunkTimeout: chunk {cid} not back after {self.chunk_timeout:g} s "
                                     "(worker hung; killed)", None)
-            if queue:  # the work loop ended with chunks left: no actor could take them (cannot happen: be exact)
-                raise RuntimeError(f"--executor ray: {len(queue)} chunks left with no worker to run them")
         finally:
-            # a session keeps its live actors (built, or still being scheduled / built) for its next run
-            keep = idle + list(starting.values()) if pool is not None and not running else []
-            if pool is not None:
-                pool.extend(keep)
-            for actor in [a for a in idle + list(starting.values()) if a not in keep] + [a for a, _ in running.values()]:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception:  # noqa: BLE001 - best effort
-                    pass
+            live = idle + list(starting.values())  # built, or still being scheduled / built
+            if pool is not None and not running:
+                pool.extend(live)  # a session's next run uses them
+            else:
+                _kill_actors(live + [a for a, _, _ in running.values()])
             info.details.update(workers_used=len(workers), chunk_retries=retried, workers_lost=lost,
                                 chunks_failed=failed_chunks)
 
@@ -927,10 +926,7 @@ class RaySession:
 
     def run(self, spec: GenJobSpec, chunks: Mapping[int, Sequence[dict]], on_chunk: OnChunk) -> RunInfo:
         ex = self.ex
-        info = RunInfo(details={"executor": ex.name, "num_workers": ex.num_workers,
-                                "gpus_per_worker": ex.gpus_per_worker, "cpus_per_worker": ex.cpus_per_worker,
-                                "ray_address": ex.address, "max_retries": ex.max_retries,
-                                "chunk_timeout": ex.chunk_timeout, "ray_data_llm": False, "persistent_actors": True})
+        info = RunInfo(details={**ex._settings(), "ray_data_llm": False, "persistent_actors": True})
         pending = {c: rows for c, rows in chunks.items() if rows}
         for c in set(chunks) - set(pending):
             on_chunk(c, ChunkOutput(S.ROLLOUTS.empty_table(), S.EXCLUDED.empty_table(), 0.0, 0.0, 0))
@@ -944,13 +940,7 @@ class RaySession:
 
     def close(self) -> None:
         if self.pool:
-            import ray
-
-            for actor in self.pool:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception:  # noqa: BLE001 - best effort
-                    pass
+            _kill_actors(self.pool)
             self.pool = []
         if self._started:
             import ray
